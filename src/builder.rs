@@ -1,0 +1,244 @@
+//! [`PresenceBuilder`]: the settings of a tracker, validated where they are set.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock, TimeSource};
+use crate::tracker::Presence;
+
+/// Longest accepted `idle_timeout`, `idle_after` and `heartbeat_limit`: 7 days. Presence is
+/// about who is here now; longer values are almost certainly a unit mistake.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest accepted `remember_users_for`: 366 days.
+pub const MAX_REMEMBER: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest accepted `reap_interval`: 1 hour.
+pub const MAX_REAP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Who evicts sessions that went quiet.
+///
+/// Reads ([`Presence::counts`] and friends) are exact whatever the reaper: they settle what is
+/// already due first. The reaper bounds how late [`Event::Left`](crate::Event::Left) and
+/// [`Event::UserOffline`](crate::Event::UserOffline) arrive and frees memory.
+///
+/// A background reaper holds no strong reference to the tracker: it stops when the last
+/// [`Presence`] handle is dropped or on [`Presence::shutdown`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Reaper {
+    /// A tokio task when [`build`](PresenceBuilder::build) runs inside a tokio runtime, else
+    /// a named thread (`presence-reaper`). The default.
+    #[default]
+    Auto,
+    /// A named std thread (`presence-reaper`).
+    Thread,
+    /// A task on the given tokio runtime (it needs the `time` driver enabled).
+    Tokio(tokio::runtime::Handle),
+    /// No background work: call [`Presence::reap`] yourself.
+    Manual,
+}
+
+/// Settings for a [`Presence`] tracker; start from [`Presence::builder`].
+///
+/// Every setting has a default suited to a web site; setters refuse nonsensical values (zero
+/// or absurdly long durations) by panicking with a message naming the setting, so mistakes
+/// show up at start-up rather than as sessions that never expire.
+///
+/// ```
+/// use presence_tracker::{Presence, Reaper};
+/// use std::time::Duration;
+///
+/// let presence = Presence::builder()
+///     .idle_timeout(Duration::from_secs(120))
+///     .max_sessions(100_000)
+///     .reaper(Reaper::Manual)
+///     .build();
+/// assert_eq!(presence.idle_timeout(), Duration::from_secs(120));
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+pub struct PresenceBuilder {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) idle_after: Duration,
+    pub(crate) heartbeat_limit: Duration,
+    pub(crate) reap_interval: Duration,
+    pub(crate) max_sessions: Option<usize>,
+    pub(crate) remember_users_for: Duration,
+    pub(crate) event_capacity: usize,
+    pub(crate) clock: TimeSource,
+    pub(crate) reaper: Reaper,
+}
+
+impl Default for PresenceBuilder {
+    fn default() -> Self {
+        PresenceBuilder {
+            idle_timeout: Duration::from_secs(300),
+            idle_after: Duration::from_secs(300),
+            heartbeat_limit: Duration::from_secs(20 * 60),
+            reap_interval: Duration::from_secs(1),
+            max_sessions: None,
+            remember_users_for: Duration::from_secs(24 * 3600),
+            event_capacity: 1024,
+            clock: TimeSource::System(SystemClock::new()),
+            reaper: Reaper::Auto,
+        }
+    }
+}
+
+fn check(setting: &str, value: Duration, min: Duration, max: Duration) {
+    assert!(
+        value >= min && value <= max,
+        "presence-tracker: {setting} must be between {min:?} and {max:?}, got {value:?}"
+    );
+}
+
+impl PresenceBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a session stays online with no touch, visit or heartbeat. Default 300 s,
+    /// the classic "users active over the past five minutes".
+    ///
+    /// # Panics
+    /// Below 1 ms or above [`MAX_TIMEOUT`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        check("idle_timeout", timeout, Duration::from_millis(1), MAX_TIMEOUT);
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long without *activity* (touch or visit; heartbeats do not count) before a live
+    /// session is reported idle ("away"). Default 300 s.
+    ///
+    /// # Panics
+    /// Below 1 ms or above [`MAX_TIMEOUT`].
+    pub fn idle_after(mut self, after: Duration) -> Self {
+        check("idle_after", after, Duration::from_millis(1), MAX_TIMEOUT);
+        self.idle_after = after;
+        self
+    }
+
+    /// The longest heartbeats alone keep a session: with no activity for this long it is
+    /// evicted ([`LeaveReason::HeartbeatLimit`](crate::LeaveReason::HeartbeatLimit)) whatever
+    /// its heartbeats, so a forgotten tab does not stay online forever. Default 20 min.
+    ///
+    /// # Panics
+    /// Below 1 ms or above [`MAX_TIMEOUT`].
+    pub fn heartbeat_limit(mut self, limit: Duration) -> Self {
+        check("heartbeat_limit", limit, Duration::from_millis(1), MAX_TIMEOUT);
+        self.heartbeat_limit = limit;
+        self
+    }
+
+    /// How often the background reaper evicts what fell due. Default 1 s: a session that went
+    /// quiet leaves (its `Left` event fires) within `idle_timeout + reap_interval`. Reads
+    /// are exact at any interval.
+    ///
+    /// # Panics
+    /// Below 1 ms or above [`MAX_REAP_INTERVAL`].
+    pub fn reap_interval(mut self, interval: Duration) -> Self {
+        check(
+            "reap_interval",
+            interval,
+            Duration::from_millis(1),
+            MAX_REAP_INTERVAL,
+        );
+        self.reap_interval = interval;
+        self
+    }
+
+    /// The most live sessions at once. Past it, new sessions get
+    /// [`PresenceError::Full`](crate::PresenceError::Full) while existing ones keep working;
+    /// nothing is ever dropped silently. Default: unbounded.
+    ///
+    /// # Panics
+    /// If `max` is 0.
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        assert!(max > 0, "presence-tracker: max_sessions must be at least 1");
+        self.max_sessions = Some(max);
+        self
+    }
+
+    /// How long an offline member's last-seen time is kept for
+    /// [`Presence::user`](crate::Presence::user) (then it reports `Unknown`). Default 24 h.
+    ///
+    /// # Panics
+    /// Above [`MAX_REMEMBER`]. Zero is allowed: forget users as soon as they go offline.
+    pub fn remember_users_for(mut self, remember: Duration) -> Self {
+        check("remember_users_for", remember, Duration::ZERO, MAX_REMEMBER);
+        self.remember_users_for = remember;
+        self
+    }
+
+    /// Capacity of the event channel: how far a subscriber may fall behind before it misses
+    /// events. Default 1024.
+    ///
+    /// # Panics
+    /// If `capacity` is 0 or above `usize::MAX / 2`.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        assert!(
+            capacity > 0 && capacity <= usize::MAX / 2,
+            "presence-tracker: event_capacity must be between 1 and usize::MAX / 2, got {capacity}"
+        );
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// The time source. Default: [`SystemClock`], the coarse monotonic clock. Tests pass a
+    /// [`ManualClock`](crate::ManualClock) and keep a clone to advance.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = TimeSource::Custom(Arc::new(clock));
+        self
+    }
+
+    /// Who evicts quiet sessions. Default [`Reaper::Auto`].
+    pub fn reaper(mut self, reaper: Reaper) -> Self {
+        self.reaper = reaper;
+        self
+    }
+
+    /// Builds the tracker and starts its reaper.
+    pub fn build(self) -> Presence {
+        Presence::from_builder(self)
+    }
+}
+
+impl fmt::Debug for PresenceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceBuilder")
+            .field("idle_timeout", &self.idle_timeout)
+            .field("idle_after", &self.idle_after)
+            .field("heartbeat_limit", &self.heartbeat_limit)
+            .field("reap_interval", &self.reap_interval)
+            .field("max_sessions", &self.max_sessions)
+            .field("remember_users_for", &self.remember_users_for)
+            .field("event_capacity", &self.event_capacity)
+            .field("clock", &self.clock)
+            .field("reaper", &self.reaper)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "idle_timeout must be between")]
+    fn zero_idle_timeout_is_refused() {
+        let _ = PresenceBuilder::new().idle_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "heartbeat_limit must be between")]
+    fn absurd_heartbeat_limit_is_refused() {
+        let _ = PresenceBuilder::new().heartbeat_limit(Duration::from_secs(365 * 24 * 3600));
+    }
+
+    #[test]
+    #[should_panic(expected = "max_sessions must be at least 1")]
+    fn zero_capacity_is_refused() {
+        let _ = PresenceBuilder::new().max_sessions(0);
+    }
+}

@@ -1,0 +1,116 @@
+//! Who is online right now? An embeddable, in-process presence tracker for Rust servers,
+//! with exact O(1) counts.
+//!
+//! A server calls [`Presence::touch`] (or [`Presence::visit`] with a page) on every request
+//! with a [`SessionId`] and the visitor's [`Kind`]; a page's periodic
+//! [`heartbeat`](Presence::heartbeat) keeps an open tab online. Anyone can then ask, in
+//! constant time, "12 users online: 3 registered, 1 hidden and 8 guests" ([`Counts`]), who is
+//! viewing a page ([`Presence::page_count`]), whether a user is online or when they were last
+//! seen ([`Presence::user`]), and subscribe to [`Event`]s. A background [`Reaper`] evicts
+//! sessions that went quiet.
+//!
+//! ```
+//! use presence_tracker::{Kind, Presence, SessionId};
+//!
+//! let presence = Presence::new();
+//! let (guest, alice_tab1, alice_tab2, bob) =
+//!     (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
+//!
+//! presence.visit(guest, Kind::Guest, "/")?;
+//! presence.visit(alice_tab1, Kind::member("alice"), "/forum/42")?;
+//! presence.visit(alice_tab2, Kind::member("alice"), "/forum/7")?; // one user, two tabs
+//! presence.touch(bob, Kind::hidden_member("bob"))?;              // signed in, not listed
+//!
+//! let c = presence.counts();
+//! println!(
+//!     "In total there are {} users online :: {} registered, {} hidden and {} guests",
+//!     c.online, c.members, c.hidden, c.guests
+//! );
+//! assert_eq!((c.online, c.members, c.hidden, c.guests), (3, 1, 1, 1));
+//! assert_eq!(presence.page_count("/forum/42"), 1);
+//!
+//! presence.leave(alice_tab1);                    // one tab closed: alice is still online
+//! assert_eq!(presence.counts().members, 1);
+//! # Ok::<(), presence_tracker::PresenceError>(())
+//! ```
+//!
+//! # A tour
+//! - [`Presence`]: the tracker handle (`Clone`, an `Arc` bump), built with
+//!   [`Presence::builder`] ([`PresenceBuilder`]): timeouts, capacity, clock, reaper.
+//! - [`SessionId`]: a UUID, strictly parsed; [`Kind`]: guest, bot, member, hidden member,
+//!   with [`UserId`] a cheap-clone user name.
+//! - [`Counts`] with its [`Peak`] ("most users ever online"), [`SessionInfo`] with its
+//!   [`SessionState`] (active or idle), [`UserStatus`].
+//! - [`Event`] and [`LeaveReason`] from [`Presence::subscribe`].
+//! - [`Clock`], [`SystemClock`] and [`ManualClock`] for tests that move time by hand.
+//!
+//! # Semantics
+//! - A session is live while `now < deadline` and due from `now >= deadline`, where
+//!   `deadline = min(last_seen + idle_timeout, last_active + heartbeat_limit)`: `last_seen`
+//!   moves on touch, visit and heartbeat, `last_active` on touch and visit only. So a session
+//!   with no call for `idle_timeout` goes offline, and a forgotten tab whose heartbeats keep
+//!   beating goes offline `heartbeat_limit` after its last activity.
+//! - A due session is gone at once for every read, even before the reaper evicts it:
+//!   [`heartbeat`](Presence::heartbeat) returns `false` and does not revive it; a touch starts
+//!   a new session (`Joined`, after its `Left`). Reads settle what is due first, so
+//!   [`counts`](Presence::counts) always equals a recount of [`sessions`](Presence::sessions)
+//!   when no call is in flight.
+//! - A user with several live sessions counts once. A user is *hidden* while all their live
+//!   sessions are hidden; one listed session makes them a member. [`Presence::user`] is the
+//!   server's truth: hiding a user from other visitors is the application's job.
+//! - Events about one session, and about one user, arrive in the order the changes happened.
+//!   No user code ever runs under an internal lock.
+//! - At `max_sessions`, existing sessions keep working and new ones get
+//!   [`PresenceError::Full`].
+//!
+//! # Features
+//! - `serde`: `Serialize` for [`Counts`], [`SessionInfo`], [`UserStatus`], [`Event`] and the
+//!   types they hold. Times serialize as integer milliseconds since the Unix epoch.
+//! - `axum`: the `http` module: a tower layer issuing a UUID cookie, heartbeat / leave /
+//!   counts routes, and the page script.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod builder;
+mod clock;
+mod events;
+mod expiry;
+mod id;
+mod kind;
+mod pages;
+mod reaper;
+mod tracker;
+mod users;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod http;
+
+pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder, Reaper};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use events::{Event, LeaveReason};
+pub use id::{ParseSessionIdError, SessionId};
+pub use kind::{Kind, UserId};
+pub use tracker::{Counts, Peak, Presence, PresenceError, SessionInfo, SessionState, Touch, UserStatus};
+
+#[cfg(feature = "serde")]
+fn unix_millis<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    s.serialize_u64(ms)
+}
+
+const _: () = {
+    const fn handle<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
+    handle::<Presence>();
+    handle::<ManualClock>();
+    handle::<SessionId>();
+    handle::<Kind>();
+    handle::<Event>();
+};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,879 @@
+//! [`Presence`]: the session map, the counters, and every operation on them.
+//!
+//! # Locks
+//! In the order they may be taken (a thread holding one may take only later ones):
+//! 1. `reaping`: serialises reaps, so a read that settles waits for one in flight;
+//! 2. a session's shard lock in `sessions` (a read lock on the hot path);
+//! 3. the user table's lock, then the page table's lock;
+//! 4. leaves: the expiry index's lock, the peak's lock, the event queue's lock.
+//!
+//! Every change to a session, and the counters and events it implies, happens under that
+//! session's shard *write* lock, so events about one session are queued in the order the
+//! changes became visible. Events are delivered after all locks are released. No user code
+//! runs under any of these locks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use crate::builder::PresenceBuilder;
+use crate::clock::{Tick, TimeSource, WallClock, millis};
+use crate::events::{Event, EventQueue, LeaveReason};
+use crate::expiry::ExpiryIndex;
+use crate::pages::PageTable;
+use crate::reaper::ReaperControl;
+use crate::users::{UserSession, UserSnapshot, UserTable};
+use crate::{Kind, SessionId};
+
+/// Whether a call started a session or refreshed a live one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Touch {
+    /// A new session started (it was unknown, or had already expired).
+    Joined,
+    /// A live session was refreshed.
+    Refreshed,
+}
+
+/// Why a call was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The tracker holds `max_sessions` live sessions: a new one is refused (existing ones
+    /// keep working). Presence is best effort; a web server should serve the request anyway.
+    Full {
+        /// The configured limit.
+        max_sessions: usize,
+    },
+}
+
+impl fmt::Display for PresenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PresenceError::Full { max_sessions } => write!(
+                f,
+                "presence is full: {max_sessions} live sessions (max_sessions); \
+                 new sessions are refused until some leave or expire"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PresenceError {}
+
+/// The most people ever online at once, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Peak {
+    /// The highest [`Counts::online`] seen since the tracker was built.
+    pub online: usize,
+    /// When it was first reached (the build time while `online` is 0).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub at: SystemTime,
+}
+
+/// Who is online, as phpBB puts it: "12 users online: 3 registered, 1 hidden and 8 guests".
+///
+/// Always exact at the time of the call: `online == members + hidden + guests` and
+/// `active + idle == sessions` hold in every value returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Counts {
+    /// People online: `members + hidden + guests` (bots are not people).
+    pub online: usize,
+    /// Distinct listed users (two tabs of one user count once).
+    pub members: usize,
+    /// Distinct users all of whose sessions are hidden.
+    pub hidden: usize,
+    /// Guest sessions.
+    pub guests: usize,
+    /// Bot sessions.
+    pub bots: usize,
+    /// All live sessions, of every kind.
+    pub sessions: usize,
+    /// Live sessions with activity within `idle_after`.
+    pub active: usize,
+    /// Live sessions without activity for `idle_after` ("away").
+    pub idle: usize,
+    /// The most people ever online at once.
+    pub peak: Peak,
+}
+
+/// Whether a live session shows activity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum SessionState {
+    /// Touched or visited within `idle_after`.
+    Active,
+    /// No activity for `idle_after` (heartbeats may still keep it online).
+    Idle,
+}
+
+/// One live session, as the admin list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SessionInfo {
+    /// The session.
+    pub id: SessionId,
+    /// Its current kind.
+    pub kind: Kind,
+    /// The page of its last [`visit`](Presence::visit), if any.
+    pub page: Option<String>,
+    /// When it started.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub first_seen: SystemTime,
+    /// Its last touch, visit or heartbeat.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub last_seen: SystemTime,
+    /// Its last touch or visit (activity; heartbeats do not count).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub last_active: SystemTime,
+    /// Active or idle, now.
+    pub state: SessionState,
+}
+
+/// Where a signed-in user stands: the server's truth, hidden users included.
+///
+/// Keeping a hidden user's status from other visitors is the application's job: check
+/// `hidden` before showing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "status", rename_all = "snake_case"))]
+pub enum UserStatus {
+    /// At least one live session.
+    Online {
+        /// How many live sessions (tabs, browsers, devices).
+        sessions: usize,
+        /// The latest touch, visit or heartbeat of any of them.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+        last_seen: SystemTime,
+        /// Whether every session is idle.
+        idle: bool,
+        /// Whether every session is hidden (then the user counts in `hidden`).
+        hidden: bool,
+    },
+    /// No live session; seen within `remember_users_for`.
+    Offline {
+        /// The last touch, visit or heartbeat of their last session.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+        last_seen: SystemTime,
+    },
+    /// Never seen, or offline for longer than `remember_users_for`.
+    Unknown,
+}
+
+/// The counters `counts()` reads. Each is changed under the lock of the thing it counts.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) guests: AtomicUsize,
+    pub(crate) bots: AtomicUsize,
+    pub(crate) active: AtomicUsize,
+    pub(crate) idle: AtomicUsize,
+    pub(crate) members: AtomicUsize,
+    pub(crate) hidden: AtomicUsize,
+    /// `members + hidden + guests`, changed by each operation's net delta in one step, so
+    /// its history is a sequence of real states: the peak is taken from it.
+    people: AtomicUsize,
+    /// Entries in the map (live, or due and not yet reaped): the capacity check.
+    occupied: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Config {
+    idle_timeout: Tick,
+    idle_after: Tick,
+    heartbeat_limit: Tick,
+    reap_interval: Duration,
+    max_sessions: Option<usize>,
+    remember_users_for: Tick,
+}
+
+/// One session. Times are ticks; `last_seen` and `last_active` are atomics because the hot
+/// path refreshes them under the shard's *read* lock; everything else changes under the
+/// write lock.
+#[derive(Debug)]
+struct Session {
+    last_seen: AtomicU64,
+    last_active: AtomicU64,
+    first_seen: Tick,
+    /// The time of this session's one current item in the expiry index.
+    next_check: Tick,
+    kind: Kind,
+    page: Option<Arc<str>>,
+    /// Counted as idle (set by the reaper, cleared by activity).
+    idle: bool,
+}
+
+impl Session {
+    #[inline]
+    fn deadline(&self, cfg: &Config) -> Tick {
+        let seen = self.last_seen.load(Ordering::Relaxed) + cfg.idle_timeout;
+        let active = self.last_active.load(Ordering::Relaxed) + cfg.heartbeat_limit;
+        seen.min(active)
+    }
+
+    fn leave_reason(&self, cfg: &Config) -> LeaveReason {
+        let seen = self.last_seen.load(Ordering::Relaxed) + cfg.idle_timeout;
+        let active = self.last_active.load(Ordering::Relaxed) + cfg.heartbeat_limit;
+        if active < seen {
+            LeaveReason::HeartbeatLimit
+        } else {
+            LeaveReason::Expired
+        }
+    }
+
+    fn idle_at(&self, cfg: &Config) -> Tick {
+        self.last_active.load(Ordering::Relaxed) + cfg.idle_after
+    }
+
+    /// When its state may next change: it expires, or (while counted active) goes idle.
+    fn next_change(&self, cfg: &Config) -> Tick {
+        let deadline = self.deadline(cfg);
+        if self.idle {
+            deadline
+        } else {
+            deadline.min(self.idle_at(cfg))
+        }
+    }
+
+    /// Moves `last_seen` (and with `active`, `last_active`) forward to `now`. Concurrent
+    /// callers read the clock at slightly different times; `fetch_max` keeps the latest.
+    /// The load first: repeated touches within one clock tick write nothing at all.
+    #[inline]
+    fn refresh(&self, now: Tick, active: bool) {
+        if self.last_seen.load(Ordering::Relaxed) < now {
+            self.last_seen.fetch_max(now, Ordering::Relaxed);
+        }
+        if active && self.last_active.load(Ordering::Relaxed) < now {
+            self.last_active.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+}
+
+type Hasher = foldhash::fast::RandomState;
+
+/// The shared state behind every [`Presence`] handle.
+pub(crate) struct Tracker {
+    cfg: Config,
+    clock: TimeSource,
+    wall: WallClock,
+    sessions: DashMap<SessionId, Session, Hasher>,
+    counters: Counters,
+    users: UserTable,
+    pages: PageTable,
+    expiry: ExpiryIndex,
+    reaping: Mutex<()>,
+    peak: Mutex<(usize, Tick)>,
+    /// `peak.0`, readable without the lock: most changes need not take it.
+    peak_online: AtomicUsize,
+    events: EventQueue,
+    reaper: ReaperControl,
+}
+
+/// The "who is online" tracker. Cheap to clone (an `Arc`); all methods take `&self` and may
+/// be called from any thread.
+///
+/// ```
+/// use presence_tracker::{Kind, Presence, SessionId, Touch};
+///
+/// let presence = Presence::new();
+/// let (alice_tab1, alice_tab2, guest) = (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
+/// assert_eq!(presence.touch(alice_tab1, Kind::member("alice"))?, Touch::Joined);
+/// presence.visit(alice_tab2, Kind::member("alice"), "/forum/42")?;
+/// presence.visit(guest, Kind::Guest, "/forum/42")?;
+///
+/// let c = presence.counts();
+/// assert_eq!((c.online, c.members, c.guests, c.sessions), (2, 1, 1, 3));
+/// assert_eq!(presence.page_count("/forum/42"), 2);
+/// # Ok::<(), presence_tracker::PresenceError>(())
+/// ```
+#[derive(Clone)]
+pub struct Presence {
+    tracker: Arc<Tracker>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Presence {
+    /// A builder to configure a tracker; see [`PresenceBuilder`] for the defaults.
+    pub fn builder() -> PresenceBuilder {
+        PresenceBuilder::new()
+    }
+
+    /// A tracker with the defaults (5 minutes to go offline, reaper started by
+    /// [`Reaper::Auto`](crate::Reaper::Auto)).
+    pub fn new() -> Self {
+        PresenceBuilder::new().build()
+    }
+
+    pub(crate) fn from_builder(b: PresenceBuilder) -> Self {
+        let now = b.clock.now();
+        let tracker = Arc::new(Tracker {
+            cfg: Config {
+                idle_timeout: millis(b.idle_timeout).max(1),
+                idle_after: millis(b.idle_after).max(1),
+                heartbeat_limit: millis(b.heartbeat_limit).max(1),
+                reap_interval: b.reap_interval,
+                max_sessions: b.max_sessions,
+                remember_users_for: millis(b.remember_users_for),
+            },
+            wall: WallClock::new(now),
+            clock: b.clock,
+            sessions: DashMap::with_hasher(Hasher::default()),
+            counters: Counters::default(),
+            users: UserTable::default(),
+            pages: PageTable::default(),
+            expiry: ExpiryIndex::new(),
+            reaping: Mutex::new(()),
+            peak: Mutex::new((0, now)),
+            peak_online: AtomicUsize::new(0),
+            events: EventQueue::new(b.event_capacity),
+            reaper: ReaperControl::default(),
+        });
+        tracker
+            .reaper
+            .start(b.reaper, &tracker, tracker.cfg.reap_interval);
+        Presence { tracker }
+    }
+
+    /// Records activity of session `id` (a request, a click): starts the session or refreshes
+    /// it, and moves it to `kind` if that changed (signing in or out moves the counts in one
+    /// step). The session's page, if any, is kept.
+    ///
+    /// The hot path, a live session of unchanged kind, takes a shard read lock and stores
+    /// the time; it allocates nothing.
+    ///
+    /// # Errors
+    /// [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live.
+    ///
+    /// # Locks
+    /// Takes internal locks only for the duration of the call; safe to call from any
+    /// context, including while iterating [`sessions`](Self::sessions)' result.
+    pub fn touch(&self, id: SessionId, kind: Kind) -> Result<Touch, PresenceError> {
+        self.tracker.activity(id, kind, None)
+    }
+
+    /// Records activity of session `id` on `page` ("currently viewing"): as
+    /// [`touch`](Self::touch), and moves the session to `page` for
+    /// [`page_count`](Self::page_count) and [`top_pages`](Self::top_pages).
+    ///
+    /// Pages are compared as exact strings; normalise them (strip query strings, bound their
+    /// length) before calling if they come from the outside world.
+    ///
+    /// # Errors
+    /// [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live.
+    pub fn visit(&self, id: SessionId, kind: Kind, page: &str) -> Result<Touch, PresenceError> {
+        self.tracker.activity(id, kind, Some(page))
+    }
+
+    /// Keeps a live session online without counting as activity (a page's periodic ping):
+    /// returns `true` if the session is live, `false` if it is unknown or already due, in
+    /// which case it is *not* revived: the page should re-join with activity.
+    ///
+    /// Heartbeats alone keep a session at most `heartbeat_limit` after its last activity.
+    pub fn heartbeat(&self, id: SessionId) -> bool {
+        let tracker = &*self.tracker;
+        let now = tracker.clock.now();
+        match tracker.sessions.get(&id) {
+            Some(s) if now < s.deadline(&tracker.cfg) => {
+                s.refresh(now, false);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends session `id` now ("go offline": logout, tab closed, an admin's kill). Returns the
+    /// session as it was, or `None` if it was unknown or already due.
+    pub fn leave(&self, id: SessionId) -> Option<SessionInfo> {
+        let tracker = &*self.tracker;
+        let now = tracker.clock.now();
+        let info = match tracker.sessions.entry(id) {
+            MapEntry::Occupied(entry) => {
+                let session = entry.get();
+                let live = now < session.deadline(&tracker.cfg);
+                let info = live.then(|| tracker.info(id, session, now));
+                let reason = if live {
+                    LeaveReason::Left
+                } else {
+                    session.leave_reason(&tracker.cfg)
+                };
+                tracker.end(id, session, reason, now);
+                entry.remove();
+                tracker.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+                info
+            }
+            MapEntry::Vacant(_) => None,
+        };
+        tracker.events.deliver();
+        info
+    }
+
+    /// Who is online now. O(1): reads counters, never scans.
+    ///
+    /// Exact at the time of the call: sessions already due are settled first (a cost in
+    /// proportion to what fell due, usually nothing), whatever the reaper's interval.
+    pub fn counts(&self) -> Counts {
+        let tracker = &*self.tracker;
+        tracker.settle();
+        let c = &tracker.counters;
+        let members = c.members.load(Ordering::Relaxed);
+        let hidden = c.hidden.load(Ordering::Relaxed);
+        let guests = c.guests.load(Ordering::Relaxed);
+        let active = c.active.load(Ordering::Relaxed);
+        let idle = c.idle.load(Ordering::Relaxed);
+        let (peak, at) = *tracker.peak.lock();
+        Counts {
+            online: members + hidden + guests,
+            members,
+            hidden,
+            guests,
+            bots: c.bots.load(Ordering::Relaxed),
+            sessions: active + idle,
+            active,
+            idle,
+            peak: Peak {
+                online: peak,
+                at: tracker.wall.at(at),
+            },
+        }
+    }
+
+    /// Live sessions whose last [`visit`](Self::visit) was `page`.
+    pub fn page_count(&self, page: &str) -> usize {
+        self.tracker.settle();
+        self.tracker.pages.count(page)
+    }
+
+    /// The `n` pages with the most live sessions, busiest first (ties by name).
+    pub fn top_pages(&self, n: usize) -> Vec<(String, usize)> {
+        self.tracker.settle();
+        self.tracker.pages.top(n)
+    }
+
+    /// One live session, or `None` if unknown or due.
+    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        let tracker = &*self.tracker;
+        let now = tracker.clock.now();
+        let session = tracker.sessions.get(&id)?;
+        (now < session.deadline(&tracker.cfg)).then(|| tracker.info(id, &session, now))
+    }
+
+    /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
+    /// offline with a last-seen time, or unknown.
+    pub fn user(&self, user: &str) -> UserStatus {
+        let tracker = &*self.tracker;
+        let now = tracker.settle();
+        tracker
+            .users
+            .forget_due(now, tracker.cfg.remember_users_for);
+        match tracker.users.snapshot(user) {
+            UserSnapshot::Unknown => UserStatus::Unknown,
+            UserSnapshot::Offline { last_seen } => UserStatus::Offline {
+                last_seen: tracker.wall.at(last_seen),
+            },
+            UserSnapshot::Online { sessions, hidden } => {
+                let mut last_seen = 0;
+                let mut idle = true;
+                for id in &sessions {
+                    if let Some(s) = tracker.sessions.get(id) {
+                        last_seen = last_seen.max(s.last_seen.load(Ordering::Relaxed));
+                        idle &= s.idle_at(&tracker.cfg) <= now;
+                    }
+                }
+                UserStatus::Online {
+                    sessions: sessions.len(),
+                    last_seen: tracker.wall.at(last_seen),
+                    idle,
+                    hidden,
+                }
+            }
+        }
+    }
+
+    /// Every live session: the admin list. O(sessions); for counts use
+    /// [`counts`](Self::counts). "Kill" a session with [`leave`](Self::leave).
+    ///
+    /// # Locks
+    /// Holds each shard's read lock while copying it; the result is a snapshot.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let tracker = &*self.tracker;
+        let now = tracker.settle();
+        tracker
+            .sessions
+            .iter()
+            .filter(|s| now < s.deadline(&tracker.cfg))
+            .map(|s| tracker.info(*s.key(), s.value(), now))
+            .collect()
+    }
+
+    /// Evicts every session that is due now and returns how many; sends their `Left` (and
+    /// `UserOffline`) events. The background reaper calls this every `reap_interval`; with
+    /// [`Reaper::Manual`](crate::Reaper::Manual) call it yourself.
+    ///
+    /// Costs in proportion to what falls due (plus sessions whose check time came and that
+    /// are re-scheduled), not to the number of sessions.
+    pub fn reap(&self) -> usize {
+        self.tracker.reap()
+    }
+
+    /// A receiver of every [`Event`] from now on. Events are built only while someone is
+    /// subscribed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tracker.events.subscribe()
+    }
+
+    /// Stops the background reaper (for every clone of this handle). The tracker keeps
+    /// working: reads still settle what is due, and [`reap`](Self::reap) still works.
+    /// Dropping the last handle does this too.
+    pub fn shutdown(&self) {
+        self.tracker.reaper.stop();
+    }
+
+    /// The configured `idle_timeout`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg.idle_timeout)
+    }
+
+    /// The configured `idle_after`.
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg.idle_after)
+    }
+
+    /// The configured `heartbeat_limit`.
+    pub fn heartbeat_limit(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg.heartbeat_limit)
+    }
+
+    /// The configured `reap_interval`.
+    pub fn reap_interval(&self) -> Duration {
+        self.tracker.cfg.reap_interval
+    }
+
+    /// The configured `max_sessions`, if any.
+    pub fn max_sessions(&self) -> Option<usize> {
+        self.tracker.cfg.max_sessions
+    }
+}
+
+impl fmt::Debug for Presence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tracker = &*self.tracker;
+        f.debug_struct("Presence")
+            .field("entries", &tracker.sessions.len())
+            .field("config", &tracker.cfg)
+            .field("clock", &tracker.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an operation does to the session counters.
+enum Step {
+    Add,
+    Remove,
+}
+
+impl Tracker {
+    /// Reads the clock and, if anything may be due, reaps it; returns now.
+    fn settle(&self) -> Tick {
+        let now = self.clock.now();
+        if self.expiry.may_be_due(now) {
+            self.reap_at(now);
+            self.events.deliver();
+        }
+        now
+    }
+
+    pub(crate) fn reap(&self) -> usize {
+        let now = self.clock.now();
+        let evicted = self.reap_at(now);
+        self.events.deliver();
+        evicted
+    }
+
+    fn reap_at(&self, now: Tick) -> usize {
+        let _reaping = self.reaping.lock();
+        let mut due = Vec::new();
+        self.expiry.take_due(now, &mut due);
+        let mut later = Vec::new();
+        let mut evicted = 0;
+        for (at, id) in due {
+            let MapEntry::Occupied(mut entry) = self.sessions.entry(id) else {
+                continue;
+            };
+            let session = entry.get_mut();
+            if session.next_check != at {
+                continue; // a stale item: the session was rescheduled, or left and rejoined
+            }
+            if session.deadline(&self.cfg) <= now {
+                let reason = session.leave_reason(&self.cfg);
+                self.end(id, session, reason, now);
+                entry.remove();
+                self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+                evicted += 1;
+                continue;
+            }
+            if !session.idle && session.idle_at(&self.cfg) <= now {
+                session.idle = true;
+                self.counters.idle.fetch_add(1, Ordering::Relaxed);
+                self.counters.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            session.next_check = session.next_change(&self.cfg);
+            later.push((session.next_check, id));
+        }
+        self.expiry.schedule_all(later);
+        self.expiry.finish();
+        self.users.forget_due(now, self.cfg.remember_users_for);
+        evicted
+    }
+
+    fn activity(&self, id: SessionId, kind: Kind, page: Option<&str>) -> Result<Touch, PresenceError> {
+        let now = self.clock.now();
+        if let Some(s) = self.sessions.get(&id) {
+            if !s.idle
+                && s.kind == kind
+                && page.is_none_or(|p| s.page.as_deref() == Some(p))
+                && now < s.deadline(&self.cfg)
+            {
+                s.refresh(now, true);
+                return Ok(Touch::Refreshed);
+            }
+        }
+        let result = self.activity_slow(id, kind, page, now);
+        self.events.deliver();
+        result
+    }
+
+    fn activity_slow(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) -> Result<Touch, PresenceError> {
+        let mut settled = false;
+        loop {
+            match self.sessions.entry(id) {
+                MapEntry::Occupied(mut entry) => {
+                    let session = entry.get_mut();
+                    if now < session.deadline(&self.cfg) {
+                        self.refresh_live(id, session, kind, page, now);
+                        return Ok(Touch::Refreshed);
+                    }
+                    // Due but not yet reaped: it ends, and a new session starts in its place.
+                    let reason = session.leave_reason(&self.cfg);
+                    self.end(id, session, reason, now);
+                    let fresh = self.start(id, kind, page, now);
+                    self.expiry.schedule(fresh.next_check, id);
+                    *session = fresh;
+                    return Ok(Touch::Joined);
+                }
+                MapEntry::Vacant(entry) => {
+                    if !self.reserve() {
+                        drop(entry);
+                        if settled {
+                            let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            return Err(PresenceError::Full { max_sessions });
+                        }
+                        // Full: evict what is already due, then try once more.
+                        self.reap_at(now);
+                        settled = true;
+                        continue;
+                    }
+                    let fresh = self.start(id, kind, page, now);
+                    self.expiry.schedule(fresh.next_check, id);
+                    entry.insert(fresh);
+                    return Ok(Touch::Joined);
+                }
+            }
+        }
+    }
+
+    /// Takes one place for a new entry, if `max_sessions` allows.
+    fn reserve(&self) -> bool {
+        let occupied = &self.counters.occupied;
+        match self.cfg.max_sessions {
+            None => {
+                occupied.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(max) => occupied
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+                .is_ok(),
+        }
+    }
+
+    /// Activity on a live session that the hot path could not take: it was counted idle, or
+    /// its kind or page changes. Under the shard write lock.
+    fn refresh_live(&self, id: SessionId, session: &mut Session, kind: Kind, page: Option<&str>, now: Tick) {
+        session.refresh(now, true);
+        if session.idle {
+            session.idle = false;
+            self.counters.active.fetch_add(1, Ordering::Relaxed);
+            self.counters.idle.fetch_sub(1, Ordering::Relaxed);
+        }
+        if session.kind != kind {
+            let events = self.events.wanted().then_some(&self.events);
+            if let Some(events) = events {
+                events.push(Event::KindChanged {
+                    session: id,
+                    from: session.kind.clone(),
+                    to: kind.clone(),
+                });
+            }
+            let mut people = self.count_kind(&kind, Step::Add) - self.count_kind(&session.kind, Step::Remove);
+            let last_seen = session.last_seen.load(Ordering::Relaxed);
+            people += self.users.apply(
+                user_session(id, &session.kind).map(|s| (s, last_seen)),
+                user_session(id, &kind),
+                now,
+                &self.counters,
+                events,
+            );
+            self.add_people(people, now);
+            session.kind = kind;
+        }
+        if let Some(page) = page {
+            if session.page.as_deref() != Some(page) {
+                session.page = Some(self.pages.change(session.page.as_ref(), page));
+            }
+        }
+        // Activity only moves the session's times later, so its current expiry item usually
+        // still fires early enough. The exception: a session counted idle becomes active and
+        // may now go idle again before that item.
+        let next = session.next_change(&self.cfg);
+        if next < session.next_check {
+            session.next_check = next;
+            self.expiry.schedule(next, id);
+        }
+    }
+
+    /// A new session's entry, counted and announced. Under the shard write lock.
+    fn start(&self, id: SessionId, kind: Kind, page: Option<&str>, now: Tick) -> Session {
+        let events = self.events.wanted().then_some(&self.events);
+        if let Some(events) = events {
+            events.push(Event::Joined {
+                session: id,
+                kind: kind.clone(),
+            });
+        }
+        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        let mut people = self.count_kind(&kind, Step::Add);
+        people += self
+            .users
+            .apply(None, user_session(id, &kind), now, &self.counters, events);
+        self.add_people(people, now);
+        let page = page.map(|p| self.pages.change(None, p));
+        let mut session = Session {
+            last_seen: AtomicU64::new(now),
+            last_active: AtomicU64::new(now),
+            first_seen: now,
+            next_check: 0,
+            kind,
+            page,
+            idle: false,
+        };
+        session.next_check = session.next_change(&self.cfg);
+        session
+    }
+
+    /// Uncounts a session that ends and announces it. Under the shard write lock; the caller
+    /// removes or replaces the entry.
+    fn end(&self, id: SessionId, session: &Session, reason: LeaveReason, now: Tick) {
+        let events = self.events.wanted().then_some(&self.events);
+        if let Some(events) = events {
+            events.push(Event::Left {
+                session: id,
+                kind: session.kind.clone(),
+                reason,
+            });
+        }
+        let counter = if session.idle {
+            &self.counters.idle
+        } else {
+            &self.counters.active
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+        let mut people = -self.count_kind(&session.kind, Step::Remove);
+        let last_seen = session.last_seen.load(Ordering::Relaxed);
+        people += self.users.apply(
+            user_session(id, &session.kind).map(|s| (s, last_seen)),
+            None,
+            now,
+            &self.counters,
+            events,
+        );
+        self.add_people(people, now);
+        if let Some(page) = &session.page {
+            self.pages.leave(page);
+        }
+    }
+
+    /// Counts a guest or bot session in or out; returns the guests it adds to `people`.
+    fn count_kind(&self, kind: &Kind, step: Step) -> isize {
+        let counter = match kind {
+            Kind::Guest => &self.counters.guests,
+            Kind::Bot => &self.counters.bots,
+            Kind::Member(_) | Kind::HiddenMember(_) => return 0,
+        };
+        match step {
+            Step::Add => counter.fetch_add(1, Ordering::Relaxed),
+            Step::Remove => counter.fetch_sub(1, Ordering::Relaxed),
+        };
+        isize::from(matches!(kind, Kind::Guest))
+    }
+
+    /// Applies an operation's net change in people online and records a new peak.
+    fn add_people(&self, delta: isize, now: Tick) {
+        let people = &self.counters.people;
+        let online = match delta {
+            0 => return,
+            d if d > 0 => people.fetch_add(d.unsigned_abs(), Ordering::AcqRel) + d.unsigned_abs(),
+            d => {
+                people.fetch_sub(d.unsigned_abs(), Ordering::AcqRel);
+                return;
+            }
+        };
+        if online > self.peak_online.load(Ordering::Relaxed) {
+            let mut peak = self.peak.lock();
+            if online > peak.0 {
+                *peak = (online, now);
+                self.peak_online.store(online, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn info(&self, id: SessionId, s: &Session, now: Tick) -> SessionInfo {
+        SessionInfo {
+            id,
+            kind: s.kind.clone(),
+            page: s.page.as_deref().map(str::to_owned),
+            first_seen: self.wall.at(s.first_seen),
+            last_seen: self.wall.at(s.last_seen.load(Ordering::Relaxed)),
+            last_active: self.wall.at(s.last_active.load(Ordering::Relaxed)),
+            state: if s.idle_at(&self.cfg) <= now {
+                SessionState::Idle
+            } else {
+                SessionState::Active
+            },
+        }
+    }
+}
+
+fn user_session(id: SessionId, kind: &Kind) -> Option<UserSession<'_>> {
+    kind.user().map(|user| UserSession {
+        user,
+        hidden: kind.is_hidden(),
+        session: id,
+    })
+}
