@@ -1,0 +1,138 @@
+//! A simulated forum: visitors arrive, browse, sign in, go idle and leave, while the
+//! "who is online" line updates every second. Ends by itself after about 20 seconds.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! Timeouts are shortened (5 s offline, 2 s idle) so that a few seconds show a whole life.
+
+use std::time::Duration;
+
+use presence_tracker::{Event, Kind, LeaveReason, Presence, SessionId};
+
+const NAMES: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
+const PAGES: [&str; 5] = [
+    "/",
+    "/forum/rust",
+    "/forum/rust/42",
+    "/forum/async",
+    "/members",
+];
+
+/// A visitor of the simulation: a session and how it behaves.
+struct Visitor {
+    id: SessionId,
+    kind: Kind,
+    /// Seconds until this visitor stops sending anything (then it expires by itself).
+    stays: u32,
+    /// Closes the tab properly (an explicit leave) instead of just going quiet.
+    says_goodbye: bool,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(5))
+        .idle_after(Duration::from_secs(2))
+        .heartbeat_limit(Duration::from_secs(12))
+        .reap_interval(Duration::from_millis(250))
+        .build();
+    let mut events = presence.subscribe();
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut visitors: Vec<Visitor> = Vec::new();
+
+    for second in 1..=20u32 {
+        // Arrivals: mostly guests, now and then a crawler, until the last few seconds.
+        if second <= 14 {
+            for _ in 0..rng.below(4) {
+                let kind = if rng.below(10) == 0 {
+                    Kind::Bot
+                } else {
+                    Kind::Guest
+                };
+                visitors.push(Visitor {
+                    id: SessionId::new_v4(),
+                    kind,
+                    stays: 3 + rng.below(9),
+                    says_goodbye: rng.below(2) == 0,
+                });
+            }
+        }
+        for v in &mut visitors {
+            if v.stays == 0 {
+                continue;
+            }
+            v.stays -= 1;
+            if v.stays == 0 {
+                if v.says_goodbye {
+                    presence.leave(v.id);
+                }
+                continue;
+            }
+            // Some guests sign in; some members hide; a third of the time nothing happens
+            // (the page is open but the visitor reads: idle after 2 s, heartbeats keep it).
+            if v.kind == Kind::Guest && rng.below(6) == 0 {
+                let name = NAMES[rng.below(NAMES.len() as u32) as usize];
+                v.kind = if rng.below(4) == 0 {
+                    Kind::hidden_member(name)
+                } else {
+                    Kind::member(name)
+                };
+            }
+            match rng.below(3) {
+                0 => {
+                    presence.heartbeat(v.id);
+                }
+                _ => {
+                    let page = PAGES[rng.below(PAGES.len() as u32) as usize];
+                    presence.visit(v.id, v.kind.clone(), page)?;
+                }
+            }
+        }
+
+        let (mut joined, mut left, mut expired) = (0, 0, 0);
+        while let Ok(event) = events.try_recv() {
+            match event {
+                Event::Joined { .. } => joined += 1,
+                Event::Left {
+                    reason: LeaveReason::Left,
+                    ..
+                } => left += 1,
+                Event::Left { .. } => expired += 1,
+                _ => {}
+            }
+        }
+        let c = presence.counts();
+        let top = presence.top_pages(1);
+        let busiest = top
+            .first()
+            .map(|(page, n)| format!("{page} ({n})"))
+            .unwrap_or_default();
+        println!(
+            "[{second:>2}s] In total there are {:>2} users online :: {} registered, {} hidden and {:>2} guests \
+             (+{} bots) | {:>2} active, {:>2} idle | busiest: {busiest:<20} | +{joined} joined, -{left} left, -{expired} expired",
+            c.online, c.members, c.hidden, c.guests, c.bots, c.active, c.idle,
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let c = presence.counts();
+    println!(
+        "Most users ever online was {} (with {} still here at the end).",
+        c.peak.online, c.online
+    );
+    Ok(())
+}
+
+/// A tiny deterministic generator, so the demo needs no dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % u64::from(n)) as u32
+    }
+}
