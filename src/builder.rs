@@ -103,7 +103,12 @@ impl PresenceBuilder {
     /// # Panics
     /// Below 1 ms or above [`MAX_TIMEOUT`].
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        check("idle_timeout", timeout, Duration::from_millis(1), MAX_TIMEOUT);
+        check(
+            "idle_timeout",
+            timeout,
+            Duration::from_millis(1),
+            MAX_TIMEOUT,
+        );
         self.idle_timeout = timeout;
         self
     }
@@ -126,7 +131,12 @@ impl PresenceBuilder {
     /// # Panics
     /// Below 1 ms or above [`MAX_TIMEOUT`].
     pub fn heartbeat_limit(mut self, limit: Duration) -> Self {
-        check("heartbeat_limit", limit, Duration::from_millis(1), MAX_TIMEOUT);
+        check(
+            "heartbeat_limit",
+            limit,
+            Duration::from_millis(1),
+            MAX_TIMEOUT,
+        );
         self.heartbeat_limit = limit;
         self
     }

@@ -82,13 +82,20 @@ impl ExpiryIndex {
             }
             if start + (BUCKET_MS - 1) <= now {
                 let bucket = first.remove();
-                out.extend(bucket.items.into_iter().map(|(off, id)| (start + Tick::from(off), id)));
+                out.extend(
+                    bucket
+                        .items
+                        .into_iter()
+                        .map(|(off, id)| (start + Tick::from(off), id)),
+                );
                 continue;
             }
             // The bucket straddles now: sort it once, then take from the end.
             let bucket = first.get_mut();
             if !bucket.sorted {
-                bucket.items.sort_unstable_by_key(|&(off, _)| std::cmp::Reverse(off));
+                bucket
+                    .items
+                    .sort_unstable_by_key(|&(off, _)| std::cmp::Reverse(off));
                 bucket.sorted = true;
             }
             while let Some(&(off, id)) = bucket.items.last() {

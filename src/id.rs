@@ -172,6 +172,12 @@ mod tests {
             assert!(err.to_string().starts_with("invalid session id: "), "{err}");
         }
         let oversized = good.repeat(1000);
-        assert!(oversized.parse::<SessionId>().unwrap_err().to_string().contains("36000 bytes"));
+        assert!(
+            oversized
+                .parse::<SessionId>()
+                .unwrap_err()
+                .to_string()
+                .contains("36000 bytes")
+        );
     }
 }

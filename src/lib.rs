@@ -92,7 +92,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, LeaveReason};
 pub use id::{ParseSessionIdError, SessionId};
 pub use kind::{Kind, UserId};
-pub use tracker::{Counts, Peak, Presence, PresenceError, SessionInfo, SessionState, Touch, UserStatus};
+pub use tracker::{
+    Counts, Peak, Presence, PresenceError, SessionInfo, SessionState, Touch, UserStatus,
+};
 
 #[cfg(feature = "serde")]
 fn unix_millis<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {

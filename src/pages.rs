@@ -45,7 +45,8 @@ impl PageTable {
             let pages = self.pages.lock();
             pages.iter().map(|(p, &c)| (p.clone(), c)).collect()
         };
-        let by_count = |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        let by_count =
+            |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
         if top.len() > n {
             if n == 0 {
                 return Vec::new();

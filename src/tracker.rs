@@ -637,7 +637,12 @@ impl Tracker {
         evicted
     }
 
-    fn activity(&self, id: SessionId, kind: Kind, page: Option<&str>) -> Result<Touch, PresenceError> {
+    fn activity(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+    ) -> Result<Touch, PresenceError> {
         let now = self.clock.now();
         if let Some(s) = self.sessions.get(&id) {
             if !s.idle
@@ -708,14 +713,23 @@ impl Tracker {
                 true
             }
             Some(max) => occupied
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
                 .is_ok(),
         }
     }
 
     /// Activity on a live session that the hot path could not take: it was counted idle, or
     /// its kind or page changes. Under the shard write lock.
-    fn refresh_live(&self, id: SessionId, session: &mut Session, kind: Kind, page: Option<&str>, now: Tick) {
+    fn refresh_live(
+        &self,
+        id: SessionId,
+        session: &mut Session,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) {
         session.refresh(now, true);
         if session.idle {
             session.idle = false;
@@ -731,7 +745,8 @@ impl Tracker {
                     to: kind.clone(),
                 });
             }
-            let mut people = self.count_kind(&kind, Step::Add) - self.count_kind(&session.kind, Step::Remove);
+            let mut people =
+                self.count_kind(&kind, Step::Add) - self.count_kind(&session.kind, Step::Remove);
             let last_seen = session.last_seen.load(Ordering::Relaxed);
             people += self.users.apply(
                 user_session(id, &session.kind).map(|s| (s, last_seen)),

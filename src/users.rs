@@ -60,8 +60,13 @@ pub(crate) struct UserSession<'a> {
 #[derive(Debug)]
 pub(crate) enum UserSnapshot {
     Unknown,
-    Offline { last_seen: Tick },
-    Online { sessions: Vec<SessionId>, hidden: bool },
+    Offline {
+        last_seen: Tick,
+    },
+    Online {
+        sessions: Vec<SessionId>,
+        hidden: bool,
+    },
 }
 
 #[derive(Debug, Default)]
