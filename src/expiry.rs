@@ -5,9 +5,10 @@
 //! change (it may expire or go idle). Touches do not move it: the hot path never comes here.
 //! When an item falls due the tracker checks the session under its shard lock, evicts it if
 //! it is really due, and otherwise schedules it again at its real next time, so a session
-//! that stays active is looked at about once per `idle_timeout`. Items left behind by a
-//! session that has been rescheduled or has left are recognised by their time (the session
-//! remembers its current one) and dropped.
+//! that stays active is looked at about once per `idle_timeout`. An item names the session's
+//! slot in the map (4 bytes, reached without hashing), not its id. Items left behind by a
+//! session that has been rescheduled or has left, or whose slot another session now holds,
+//! are recognised by their time (the session remembers its current one) and dropped.
 //!
 //! Items live in coarse buckets of [`BUCKET_MS`] in a `BTreeMap`; only the one bucket that
 //! straddles "now" is ever sorted, which keeps scheduling O(log buckets) and taking what is
@@ -19,16 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::SessionId;
 use crate::clock::Tick;
+use crate::map::SlotRef;
 
 /// Width of a bucket. A power of two so that bucket and offset are a shift and a mask.
 const BUCKET_MS: Tick = 1 << 10;
 
 #[derive(Debug, Default)]
 struct Bucket {
-    /// (offset in the bucket, session). Sorted latest-first once the bucket straddles now.
-    items: Vec<(u32, SessionId)>,
+    /// (offset in the bucket, the session's slot): 8 bytes an item. Sorted latest-first once the bucket straddles now.
+    items: Vec<(u32, SlotRef)>,
     sorted: bool,
 }
 
@@ -56,13 +57,13 @@ impl ExpiryIndex {
         self.next_due.load(Ordering::Acquire) <= now
     }
 
-    pub(crate) fn schedule(&self, at: Tick, id: SessionId) {
+    pub(crate) fn schedule(&self, at: Tick, id: SlotRef) {
         let mut buckets = self.buckets.lock();
         insert(&mut buckets, at, id);
         self.next_due.fetch_min(at, Ordering::AcqRel);
     }
 
-    pub(crate) fn schedule_all(&self, items: impl IntoIterator<Item = (Tick, SessionId)>) {
+    pub(crate) fn schedule_all(&self, items: impl IntoIterator<Item = (Tick, SlotRef)>) {
         let mut buckets = self.buckets.lock();
         let mut earliest = Tick::MAX;
         for (at, id) in items {
@@ -73,7 +74,7 @@ impl ExpiryIndex {
     }
 
     /// Removes and returns every item scheduled at or before `now`, earliest buckets first.
-    pub(crate) fn take_due(&self, now: Tick, out: &mut Vec<(Tick, SessionId)>) {
+    pub(crate) fn take_due(&self, now: Tick, out: &mut Vec<(Tick, SlotRef)>) {
         let mut buckets = self.buckets.lock();
         while let Some(mut first) = buckets.first_entry() {
             let start = *first.key() * BUCKET_MS;
@@ -136,7 +137,7 @@ impl ExpiryIndex {
     }
 }
 
-fn insert(buckets: &mut BTreeMap<Tick, Bucket>, at: Tick, id: SessionId) {
+fn insert(buckets: &mut BTreeMap<Tick, Bucket>, at: Tick, id: SlotRef) {
     let key = at / BUCKET_MS;
     // Fits: the offset is below BUCKET_MS.
     let off = (at % BUCKET_MS) as u32;
@@ -153,8 +154,8 @@ fn insert(buckets: &mut BTreeMap<Tick, Bucket>, at: Tick, id: SessionId) {
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<SessionId> {
-        (0..n).map(|_| SessionId::new_v4()).collect()
+    fn ids(n: usize) -> Vec<SlotRef> {
+        (0..n as SlotRef).map(|i| i * 7 + 1).collect()
     }
 
     #[test]

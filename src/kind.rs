@@ -5,36 +5,58 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// A signed-in user's identity (a name or an account id): a cheap-to-clone shared string.
+/// A shared immutable string behind a *thin* pointer (8 bytes, not 16): the tracker keeps
+/// one per user and one per page, and every session holding one costs a pointer.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub(crate) struct SharedStr(Arc<Box<str>>);
+
+impl SharedStr {
+    pub(crate) fn new(s: &str) -> Self {
+        SharedStr(Arc::new(Box::from(s)))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A signed-in user's identity (a name or an account id): a cheap-to-clone shared string
+/// (one pointer; cloning bumps a reference count).
 ///
 /// Several sessions with the same `UserId` are one person: they count once in
 /// [`Counts::members`](crate::Counts::members) and produce one
 /// [`Event::UserOnline`](crate::Event::UserOnline).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(Arc<str>);
+pub struct UserId(SharedStr);
 
 impl UserId {
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
 impl From<&str> for UserId {
     fn from(s: &str) -> Self {
-        UserId(Arc::from(s))
+        UserId(SharedStr::new(s))
     }
 }
 
 impl From<String> for UserId {
     fn from(s: String) -> Self {
-        UserId(Arc::from(s))
+        UserId(SharedStr(Arc::new(s.into_boxed_str())))
     }
 }
 
 impl From<Arc<str>> for UserId {
     fn from(s: Arc<str>) -> Self {
-        UserId(s)
+        UserId(SharedStr::new(&s))
     }
 }
 
@@ -47,43 +69,43 @@ impl From<&UserId> for UserId {
 impl Deref for UserId {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for UserId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl Borrow<str> for UserId {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl PartialEq<str> for UserId {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for UserId {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 

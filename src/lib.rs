@@ -78,6 +78,7 @@ mod events;
 mod expiry;
 mod id;
 mod kind;
+mod map;
 mod pages;
 mod reaper;
 mod tracker;

@@ -1,38 +1,39 @@
 //! Page counts: how many live sessions last visited each page.
 //!
-//! Page names are interned: every session on a page shares one `Arc<str>`, so a session
+//! Page names are interned: every session on a page shares one [`SharedStr`], so a session
 //! costs a pointer, and a page with no session left is dropped. The table's lock is taken
 //! only when a session changes page, joins or leaves with a page, or a reader asks; it
 //! nests inside a session's shard lock and takes no other lock.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::kind::SharedStr;
 
 type Hasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Default)]
 pub(crate) struct PageTable {
-    pages: Mutex<HashMap<Arc<str>, usize, Hasher>>,
+    pages: Mutex<HashMap<SharedStr, usize, Hasher>>,
 }
 
 impl PageTable {
     /// Moves one session from `from` (if any) to `to`; returns the interned `to`.
-    pub(crate) fn change(&self, from: Option<&Arc<str>>, to: &str) -> Arc<str> {
+    pub(crate) fn change(&self, from: Option<&SharedStr>, to: &str) -> SharedStr {
         let mut pages = self.pages.lock();
         if let Some(from) = from {
             release(&mut pages, from);
         }
         let name = match pages.get_key_value(to) {
             Some((name, _)) => name.clone(),
-            None => Arc::from(to),
+            None => SharedStr::new(to),
         };
         *pages.entry(name.clone()).or_insert(0) += 1;
         name
     }
 
-    pub(crate) fn leave(&self, page: &Arc<str>) {
+    pub(crate) fn leave(&self, page: &SharedStr) {
         release(&mut self.pages.lock(), page);
     }
 
@@ -41,12 +42,12 @@ impl PageTable {
     }
 
     pub(crate) fn top(&self, n: usize) -> Vec<(String, usize)> {
-        let mut top: Vec<(Arc<str>, usize)> = {
+        let mut top: Vec<(SharedStr, usize)> = {
             let pages = self.pages.lock();
             pages.iter().map(|(p, &c)| (p.clone(), c)).collect()
         };
         let by_count =
-            |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+            |a: &(SharedStr, usize), b: &(SharedStr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
         if top.len() > n {
             if n == 0 {
                 return Vec::new();
@@ -55,11 +56,13 @@ impl PageTable {
             top.truncate(n);
         }
         top.sort_unstable_by(by_count);
-        top.into_iter().map(|(p, c)| (p.to_string(), c)).collect()
+        top.into_iter()
+            .map(|(p, c)| (p.as_str().to_owned(), c))
+            .collect()
     }
 }
 
-fn release(pages: &mut HashMap<Arc<str>, usize, Hasher>, page: &Arc<str>) {
+fn release(pages: &mut HashMap<SharedStr, usize, Hasher>, page: &SharedStr) {
     if let Some(count) = pages.get_mut(page) {
         *count -= 1;
         if *count == 0 {

@@ -14,11 +14,9 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as MapEntry;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
@@ -26,10 +24,12 @@ use crate::builder::PresenceBuilder;
 use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::events::{Event, EventQueue, LeaveReason};
 use crate::expiry::ExpiryIndex;
+use crate::kind::SharedStr;
+use crate::map::{Entry as MapEntry, SessionMap, SlotRef};
 use crate::pages::PageTable;
 use crate::reaper::ReaperControl;
 use crate::users::{UserSession, UserSnapshot, UserTable};
-use crate::{Kind, SessionId};
+use crate::{Kind, SessionId, UserId};
 
 /// Whether a call started a session or refreshed a live one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -194,33 +194,117 @@ struct Config {
     remember_users_for: Tick,
 }
 
-/// One session. Times are ticks; `last_seen` and `last_active` are atomics because the hot
-/// path refreshes them under the shard's *read* lock; everything else changes under the
-/// write lock.
+/// One session, in 40 bytes (56 with its id in the map's slot).
+///
+/// `seen` and `active` are atomics because the hot path refreshes them under the shard's
+/// *read* lock; everything else changes under the write lock. They hold the low 32 bits of
+/// their tick and are widened against `now`: a live session's times lie within
+/// `idle_timeout` (at most 7 days) of now, far inside the +-24 days that 32 bits of
+/// milliseconds tell apart. Every read and reap settles due sessions, so a time is only
+/// misread if nothing at all (no reap, no read) happened for 24 days under
+/// [`Reaper::Manual`](crate::Reaper::Manual) and the session is then touched: it is simply
+/// refreshed.
 #[derive(Debug)]
 struct Session {
-    last_seen: AtomicU64,
-    last_active: AtomicU64,
+    seen: AtomicU32,
+    active: AtomicU32,
     first_seen: Tick,
-    /// The time of this session's one current item in the expiry index.
-    next_check: Tick,
-    kind: Kind,
-    page: Option<Arc<str>>,
+    /// The low 32 bits of the time of this session's one current expiry item.
+    next_check: u32,
+    user: Option<UserId>,
+    page: Option<SharedStr>,
+    tag: KindTag,
     /// Counted as idle (set by the reaper, cleared by activity).
     idle: bool,
 }
 
+/// A [`Kind`] without its user, which the session keeps beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KindTag {
+    Guest,
+    Bot,
+    Member,
+    Hidden,
+}
+
+impl KindTag {
+    fn of(kind: &Kind) -> Self {
+        match kind {
+            Kind::Guest => KindTag::Guest,
+            Kind::Bot => KindTag::Bot,
+            Kind::Member(_) => KindTag::Member,
+            Kind::HiddenMember(_) => KindTag::Hidden,
+        }
+    }
+}
+
+/// The full tick of `t`, the low 32 bits of a tick within +-24 days of `now`.
+#[inline]
+fn widen(now: Tick, t: u32) -> Tick {
+    // Truncation intended: both sides are the low 32 bits.
+    let back = i64::from((now as u32).wrapping_sub(t) as i32);
+    u64::try_from(i64::try_from(now).unwrap_or(i64::MAX) - back).unwrap_or(0)
+}
+
+/// The low 32 bits of a tick.
+#[inline]
+fn narrow(t: Tick) -> u32 {
+    t as u32
+}
+
 impl Session {
+    fn new(kind: Kind, page: Option<SharedStr>, now: Tick) -> Self {
+        let tag = KindTag::of(&kind);
+        let user = match kind {
+            Kind::Member(u) | Kind::HiddenMember(u) => Some(u),
+            Kind::Guest | Kind::Bot => None,
+        };
+        Session {
+            seen: AtomicU32::new(narrow(now)),
+            active: AtomicU32::new(narrow(now)),
+            first_seen: now,
+            next_check: 0,
+            user,
+            page,
+            tag,
+            idle: false,
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match (self.tag, &self.user) {
+            (KindTag::Member, Some(u)) => Kind::Member(u.clone()),
+            (KindTag::Hidden, Some(u)) => Kind::HiddenMember(u.clone()),
+            (KindTag::Bot, _) => Kind::Bot,
+            _ => Kind::Guest,
+        }
+    }
+
     #[inline]
-    fn deadline(&self, cfg: &Config) -> Tick {
-        let seen = self.last_seen.load(Ordering::Relaxed) + cfg.idle_timeout;
-        let active = self.last_active.load(Ordering::Relaxed) + cfg.heartbeat_limit;
+    fn is(&self, kind: &Kind) -> bool {
+        self.tag == KindTag::of(kind) && self.user.as_ref() == kind.user()
+    }
+
+    #[inline]
+    fn last_seen(&self, now: Tick) -> Tick {
+        widen(now, self.seen.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn last_active(&self, now: Tick) -> Tick {
+        widen(now, self.active.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn deadline(&self, cfg: &Config, now: Tick) -> Tick {
+        let seen = self.last_seen(now) + cfg.idle_timeout;
+        let active = self.last_active(now) + cfg.heartbeat_limit;
         seen.min(active)
     }
 
-    fn leave_reason(&self, cfg: &Config) -> LeaveReason {
-        let seen = self.last_seen.load(Ordering::Relaxed) + cfg.idle_timeout;
-        let active = self.last_active.load(Ordering::Relaxed) + cfg.heartbeat_limit;
+    fn leave_reason(&self, cfg: &Config, now: Tick) -> LeaveReason {
+        let seen = self.last_seen(now) + cfg.idle_timeout;
+        let active = self.last_active(now) + cfg.heartbeat_limit;
         if active < seen {
             LeaveReason::HeartbeatLimit
         } else {
@@ -228,42 +312,50 @@ impl Session {
         }
     }
 
-    fn idle_at(&self, cfg: &Config) -> Tick {
-        self.last_active.load(Ordering::Relaxed) + cfg.idle_after
+    fn idle_at(&self, cfg: &Config, now: Tick) -> Tick {
+        self.last_active(now) + cfg.idle_after
     }
 
     /// When its state may next change: it expires, or (while counted active) goes idle.
-    fn next_change(&self, cfg: &Config) -> Tick {
-        let deadline = self.deadline(cfg);
+    fn next_change(&self, cfg: &Config, now: Tick) -> Tick {
+        let deadline = self.deadline(cfg, now);
         if self.idle {
             deadline
         } else {
-            deadline.min(self.idle_at(cfg))
+            deadline.min(self.idle_at(cfg, now))
         }
     }
 
     /// Moves `last_seen` (and with `active`, `last_active`) forward to `now`. Concurrent
-    /// callers read the clock at slightly different times; `fetch_max` keeps the latest.
+    /// callers read the clock at slightly different times; only a later time is stored.
     /// The load first: repeated touches within one clock tick write nothing at all.
     #[inline]
     fn refresh(&self, now: Tick, active: bool) {
-        if self.last_seen.load(Ordering::Relaxed) < now {
-            self.last_seen.fetch_max(now, Ordering::Relaxed);
-        }
-        if active && self.last_active.load(Ordering::Relaxed) < now {
-            self.last_active.fetch_max(now, Ordering::Relaxed);
+        advance(&self.seen, narrow(now));
+        if active {
+            advance(&self.active, narrow(now));
         }
     }
 }
 
-type Hasher = foldhash::fast::RandomState;
+/// Stores `now` into `time` unless it already holds a later time (compared modulo 2^32).
+#[inline]
+fn advance(time: &AtomicU32, now: u32) {
+    let mut current = time.load(Ordering::Relaxed);
+    while (now.wrapping_sub(current) as i32) > 0 {
+        match time.compare_exchange_weak(current, now, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(actual) => current = actual,
+        }
+    }
+}
 
 /// The shared state behind every [`Presence`] handle.
 pub(crate) struct Tracker {
     cfg: Config,
     clock: TimeSource,
     wall: WallClock,
-    sessions: DashMap<SessionId, Session, Hasher>,
+    sessions: SessionMap<Session>,
     counters: Counters,
     users: UserTable,
     pages: PageTable,
@@ -329,7 +421,7 @@ impl Presence {
             },
             wall: WallClock::new(now),
             clock: b.clock,
-            sessions: DashMap::with_hasher(Hasher::default()),
+            sessions: SessionMap::new(),
             counters: Counters::default(),
             users: UserTable::default(),
             pages: PageTable::default(),
@@ -384,8 +476,8 @@ impl Presence {
     pub fn heartbeat(&self, id: SessionId) -> bool {
         let tracker = &*self.tracker;
         let now = tracker.clock.now();
-        match tracker.sessions.get(&id) {
-            Some(s) if now < s.deadline(&tracker.cfg) => {
+        match tracker.sessions.read(&id) {
+            Some(s) if now < s.deadline(&tracker.cfg, now) => {
                 s.refresh(now, false);
                 true
             }
@@ -401,12 +493,12 @@ impl Presence {
         let info = match tracker.sessions.entry(id) {
             MapEntry::Occupied(entry) => {
                 let session = entry.get();
-                let live = now < session.deadline(&tracker.cfg);
+                let live = now < session.deadline(&tracker.cfg, now);
                 let info = live.then(|| tracker.info(id, session, now));
                 let reason = if live {
                     LeaveReason::Left
                 } else {
-                    session.leave_reason(&tracker.cfg)
+                    session.leave_reason(&tracker.cfg, now)
                 };
                 tracker.end(id, session, reason, now);
                 entry.remove();
@@ -465,8 +557,8 @@ impl Presence {
     pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
         let tracker = &*self.tracker;
         let now = tracker.clock.now();
-        let session = tracker.sessions.get(&id)?;
-        (now < session.deadline(&tracker.cfg)).then(|| tracker.info(id, &session, now))
+        let session = tracker.sessions.read(&id)?;
+        (now < session.deadline(&tracker.cfg, now)).then(|| tracker.info(id, &session, now))
     }
 
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
@@ -479,16 +571,22 @@ impl Presence {
             .forget_due(now, tracker.cfg.remember_users_for);
         match tracker.users.snapshot(user) {
             UserSnapshot::Unknown => UserStatus::Unknown,
-            UserSnapshot::Offline { last_seen } => UserStatus::Offline {
+            // The forget queue is only roughly ordered; the read is exact.
+            UserSnapshot::Offline { since, .. }
+                if since.saturating_add(tracker.cfg.remember_users_for) <= now =>
+            {
+                UserStatus::Unknown
+            }
+            UserSnapshot::Offline { last_seen, .. } => UserStatus::Offline {
                 last_seen: tracker.wall.at(last_seen),
             },
             UserSnapshot::Online { sessions, hidden } => {
                 let mut last_seen = 0;
                 let mut idle = true;
                 for id in &sessions {
-                    if let Some(s) = tracker.sessions.get(id) {
-                        last_seen = last_seen.max(s.last_seen.load(Ordering::Relaxed));
-                        idle &= s.idle_at(&tracker.cfg) <= now;
+                    if let Some(s) = tracker.sessions.read(id) {
+                        last_seen = last_seen.max(s.last_seen(now));
+                        idle &= s.idle_at(&tracker.cfg, now) <= now;
                     }
                 }
                 UserStatus::Online {
@@ -509,12 +607,13 @@ impl Presence {
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let tracker = &*self.tracker;
         let now = tracker.settle();
-        tracker
-            .sessions
-            .iter()
-            .filter(|s| now < s.deadline(&tracker.cfg))
-            .map(|s| tracker.info(*s.key(), s.value(), now))
-            .collect()
+        let mut list = Vec::new();
+        tracker.sessions.for_each(|id, s| {
+            if now < s.deadline(&tracker.cfg, now) {
+                list.push(tracker.info(id, s, now));
+            }
+        });
+        list
     }
 
     /// Evicts every session that is due now and returns how many; sends their `Left` (and
@@ -607,29 +706,31 @@ impl Tracker {
         self.expiry.take_due(now, &mut due);
         let mut later = Vec::new();
         let mut evicted = 0;
-        for (at, id) in due {
-            let MapEntry::Occupied(mut entry) = self.sessions.entry(id) else {
-                continue;
+        for (at, slot) in due {
+            let Some(mut entry) = self.sessions.at(slot) else {
+                continue; // a stale item: the session left
             };
+            let id = entry.id();
             let session = entry.get_mut();
-            if session.next_check != at {
-                continue; // a stale item: the session was rescheduled, or left and rejoined
+            if session.next_check != narrow(at) {
+                continue; // a stale item: the session was rescheduled, or left and another came
             }
-            if session.deadline(&self.cfg) <= now {
-                let reason = session.leave_reason(&self.cfg);
+            if session.deadline(&self.cfg, now) <= now {
+                let reason = session.leave_reason(&self.cfg, now);
                 self.end(id, session, reason, now);
                 entry.remove();
                 self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                 evicted += 1;
                 continue;
             }
-            if !session.idle && session.idle_at(&self.cfg) <= now {
+            if !session.idle && session.idle_at(&self.cfg, now) <= now {
                 session.idle = true;
                 self.counters.idle.fetch_add(1, Ordering::Relaxed);
                 self.counters.active.fetch_sub(1, Ordering::Relaxed);
             }
-            session.next_check = session.next_change(&self.cfg);
-            later.push((session.next_check, id));
+            let next = session.next_change(&self.cfg, now);
+            session.next_check = narrow(next);
+            later.push((next, slot));
         }
         self.expiry.schedule_all(later);
         self.expiry.finish();
@@ -644,15 +745,21 @@ impl Tracker {
         page: Option<&str>,
     ) -> Result<Touch, PresenceError> {
         let now = self.clock.now();
-        if let Some(s) = self.sessions.get(&id) {
+        if let Some(s) = self.sessions.read(&id) {
             if !s.idle
-                && s.kind == kind
-                && page.is_none_or(|p| s.page.as_deref() == Some(p))
-                && now < s.deadline(&self.cfg)
+                && s.is(&kind)
+                && page.is_none_or(|p| s.page.as_ref().map(SharedStr::as_str) == Some(p))
+                && now < s.deadline(&self.cfg, now)
             {
                 s.refresh(now, true);
                 return Ok(Touch::Refreshed);
             }
+        }
+        // A due session is logically gone: evict it before starting or changing one, so that
+        // a newcomer is not counted alongside it (peak) and its user's `UserOffline` /
+        // `UserOnline` are not lost.
+        if self.expiry.may_be_due(now) {
+            self.reap_at(now);
         }
         let result = self.activity_slow(id, kind, page, now);
         self.events.deliver();
@@ -670,17 +777,18 @@ impl Tracker {
         loop {
             match self.sessions.entry(id) {
                 MapEntry::Occupied(mut entry) => {
+                    let slot = entry.slot_ref();
                     let session = entry.get_mut();
-                    if now < session.deadline(&self.cfg) {
-                        self.refresh_live(id, session, kind, page, now);
+                    if now < session.deadline(&self.cfg, now) {
+                        self.refresh_live(id, slot, session, kind, page, now);
                         return Ok(Touch::Refreshed);
                     }
                     // Due but not yet reaped: it ends, and a new session starts in its place.
-                    let reason = session.leave_reason(&self.cfg);
+                    let reason = session.leave_reason(&self.cfg, now);
                     self.end(id, session, reason, now);
-                    let fresh = self.start(id, kind, page, now);
-                    self.expiry.schedule(fresh.next_check, id);
+                    let (fresh, check) = self.start(id, kind, page, now);
                     *session = fresh;
+                    self.expiry.schedule(check, slot);
                     return Ok(Touch::Joined);
                 }
                 MapEntry::Vacant(entry) => {
@@ -695,9 +803,17 @@ impl Tracker {
                         settled = true;
                         continue;
                     }
-                    let fresh = self.start(id, kind, page, now);
-                    self.expiry.schedule(fresh.next_check, id);
-                    entry.insert(fresh);
+                    let (fresh, check) = self.start(id, kind, page, now);
+                    match entry.insert(fresh) {
+                        Ok(slot) => self.expiry.schedule(check, slot),
+                        Err(fresh) => {
+                            // No slot left in this shard (2^26 sessions): as full as it gets.
+                            self.end(id, &fresh, LeaveReason::Left, now);
+                            self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+                            let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            return Err(PresenceError::Full { max_sessions });
+                        }
+                    }
                     return Ok(Touch::Joined);
                 }
             }
@@ -725,6 +841,7 @@ impl Tracker {
     fn refresh_live(
         &self,
         id: SessionId,
+        slot: SlotRef,
         session: &mut Session,
         kind: Kind,
         page: Option<&str>,
@@ -736,45 +853,49 @@ impl Tracker {
             self.counters.active.fetch_add(1, Ordering::Relaxed);
             self.counters.idle.fetch_sub(1, Ordering::Relaxed);
         }
-        if session.kind != kind {
+        if !session.is(&kind) {
             let events = self.events.wanted().then_some(&self.events);
             if let Some(events) = events {
                 events.push(Event::KindChanged {
                     session: id,
-                    from: session.kind.clone(),
+                    from: session.kind(),
                     to: kind.clone(),
                 });
             }
+            let new_tag = KindTag::of(&kind);
             let mut people =
-                self.count_kind(&kind, Step::Add) - self.count_kind(&session.kind, Step::Remove);
-            let last_seen = session.last_seen.load(Ordering::Relaxed);
+                self.count_kind(new_tag, Step::Add) - self.count_kind(session.tag, Step::Remove);
             people += self.users.apply(
-                user_session(id, &session.kind).map(|s| (s, last_seen)),
-                user_session(id, &kind),
+                user_session(id, session.tag, session.user.as_ref())
+                    .map(|s| (s, session.last_seen(now))),
+                user_session(id, new_tag, kind.user()),
                 now,
                 &self.counters,
                 events,
             );
             self.add_people(people, now);
-            session.kind = kind;
+            let fresh = Session::new(kind, None, now);
+            session.tag = fresh.tag;
+            session.user = fresh.user;
         }
         if let Some(page) = page {
-            if session.page.as_deref() != Some(page) {
+            if session.page.as_ref().map(SharedStr::as_str) != Some(page) {
                 session.page = Some(self.pages.change(session.page.as_ref(), page));
             }
         }
         // Activity only moves the session's times later, so its current expiry item usually
         // still fires early enough. The exception: a session counted idle becomes active and
         // may now go idle again before that item.
-        let next = session.next_change(&self.cfg);
-        if next < session.next_check {
-            session.next_check = next;
-            self.expiry.schedule(next, id);
+        let next = session.next_change(&self.cfg, now);
+        if next < widen(now, session.next_check) {
+            session.next_check = narrow(next);
+            self.expiry.schedule(next, slot);
         }
     }
 
-    /// A new session's entry, counted and announced. Under the shard write lock.
-    fn start(&self, id: SessionId, kind: Kind, page: Option<&str>, now: Tick) -> Session {
+    /// A new session, counted and announced, and the time of its first check. Under the
+    /// shard write lock.
+    fn start(&self, id: SessionId, kind: Kind, page: Option<&str>, now: Tick) -> (Session, Tick) {
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Joined {
@@ -783,23 +904,21 @@ impl Tracker {
             });
         }
         self.counters.active.fetch_add(1, Ordering::Relaxed);
-        let mut people = self.count_kind(&kind, Step::Add);
-        people += self
-            .users
-            .apply(None, user_session(id, &kind), now, &self.counters, events);
+        let tag = KindTag::of(&kind);
+        let mut people = self.count_kind(tag, Step::Add);
+        people += self.users.apply(
+            None,
+            user_session(id, tag, kind.user()),
+            now,
+            &self.counters,
+            events,
+        );
         self.add_people(people, now);
         let page = page.map(|p| self.pages.change(None, p));
-        let mut session = Session {
-            last_seen: AtomicU64::new(now),
-            last_active: AtomicU64::new(now),
-            first_seen: now,
-            next_check: 0,
-            kind,
-            page,
-            idle: false,
-        };
-        session.next_check = session.next_change(&self.cfg);
-        session
+        let mut session = Session::new(kind, page, now);
+        let check = session.next_change(&self.cfg, now);
+        session.next_check = narrow(check);
+        (session, check)
     }
 
     /// Uncounts a session that ends and announces it. Under the shard write lock; the caller
@@ -809,7 +928,7 @@ impl Tracker {
         if let Some(events) = events {
             events.push(Event::Left {
                 session: id,
-                kind: session.kind.clone(),
+                kind: session.kind(),
                 reason,
             });
         }
@@ -819,12 +938,14 @@ impl Tracker {
             &self.counters.active
         };
         counter.fetch_sub(1, Ordering::Relaxed);
-        let mut people = -self.count_kind(&session.kind, Step::Remove);
-        let last_seen = session.last_seen.load(Ordering::Relaxed);
+        let mut people = -self.count_kind(session.tag, Step::Remove);
+        // A due session ended at its deadline, however late that is noticed.
+        let ended = now.min(session.deadline(&self.cfg, now));
         people += self.users.apply(
-            user_session(id, &session.kind).map(|s| (s, last_seen)),
+            user_session(id, session.tag, session.user.as_ref())
+                .map(|s| (s, session.last_seen(now))),
             None,
-            now,
+            ended,
             &self.counters,
             events,
         );
@@ -835,17 +956,17 @@ impl Tracker {
     }
 
     /// Counts a guest or bot session in or out; returns the guests it adds to `people`.
-    fn count_kind(&self, kind: &Kind, step: Step) -> isize {
-        let counter = match kind {
-            Kind::Guest => &self.counters.guests,
-            Kind::Bot => &self.counters.bots,
-            Kind::Member(_) | Kind::HiddenMember(_) => return 0,
+    fn count_kind(&self, tag: KindTag, step: Step) -> isize {
+        let counter = match tag {
+            KindTag::Guest => &self.counters.guests,
+            KindTag::Bot => &self.counters.bots,
+            KindTag::Member | KindTag::Hidden => return 0,
         };
         match step {
             Step::Add => counter.fetch_add(1, Ordering::Relaxed),
             Step::Remove => counter.fetch_sub(1, Ordering::Relaxed),
         };
-        isize::from(matches!(kind, Kind::Guest))
+        isize::from(tag == KindTag::Guest)
     }
 
     /// Applies an operation's net change in people online and records a new peak.
@@ -871,12 +992,12 @@ impl Tracker {
     fn info(&self, id: SessionId, s: &Session, now: Tick) -> SessionInfo {
         SessionInfo {
             id,
-            kind: s.kind.clone(),
-            page: s.page.as_deref().map(str::to_owned),
+            kind: s.kind(),
+            page: s.page.as_ref().map(|p| p.as_str().to_owned()),
             first_seen: self.wall.at(s.first_seen),
-            last_seen: self.wall.at(s.last_seen.load(Ordering::Relaxed)),
-            last_active: self.wall.at(s.last_active.load(Ordering::Relaxed)),
-            state: if s.idle_at(&self.cfg) <= now {
+            last_seen: self.wall.at(s.last_seen(now)),
+            last_active: self.wall.at(s.last_active(now)),
+            state: if s.idle_at(&self.cfg, now) <= now {
                 SessionState::Idle
             } else {
                 SessionState::Active
@@ -885,10 +1006,38 @@ impl Tracker {
     }
 }
 
-fn user_session(id: SessionId, kind: &Kind) -> Option<UserSession<'_>> {
-    kind.user().map(|user| UserSession {
+fn user_session(id: SessionId, tag: KindTag, user: Option<&UserId>) -> Option<UserSession<'_>> {
+    user.map(|user| UserSession {
         user,
-        hidden: kind.is_hidden(),
+        hidden: tag == KindTag::Hidden,
         session: id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_stays_small() {
+        // Memory per session is a tracked figure: 40 bytes here, 56 with its id in the map.
+        assert!(
+            std::mem::size_of::<Session>() <= 40,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+    }
+
+    #[test]
+    fn times_widen_across_the_32_bit_wrap() {
+        let now: Tick = (1 << 32) + 5;
+        assert_eq!(widen(now, narrow(now - 10)), now - 10);
+        assert_eq!(widen(now, narrow(now + 3)), now + 3);
+        assert_eq!(widen(7, narrow(2)), 2);
+        let t = AtomicU32::new(narrow((1 << 32) - 2));
+        advance(&t, narrow(now));
+        assert_eq!(widen(now, t.load(Ordering::Relaxed)), now);
+        advance(&t, narrow(now - 1)); // an earlier time never overwrites a later one
+        assert_eq!(widen(now, t.load(Ordering::Relaxed)), now);
+    }
 }

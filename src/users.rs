@@ -62,6 +62,7 @@ pub(crate) enum UserSnapshot {
     Unknown,
     Offline {
         last_seen: Tick,
+        since: Tick,
     },
     Online {
         sessions: Vec<SessionId>,
@@ -109,6 +110,10 @@ impl UserTable {
                 }
                 rec.sessions.retain(|&id| id != s.session);
                 rec.last_seen = rec.last_seen.max(last_seen);
+                // While online this collects the latest end of a session: sessions due
+                // together may be evicted in any order, and the user went offline when the
+                // last of them ended, not when the last one evicted ended.
+                rec.offline_since = rec.offline_since.max(now);
             }
         }
         if let Some(s) = joined {
@@ -149,10 +154,8 @@ impl UserTable {
             }
         }
         if let Some(user) = went_offline {
-            if let Some(rec) = users.map.get_mut(user) {
-                rec.offline_since = now;
-            }
-            users.forget.push_back((now, user.clone()));
+            let since = users.map.get(user).map_or(now, |rec| rec.offline_since);
+            users.forget.push_back((since, user.clone()));
         }
         if let Some(events) = events {
             if let Some(user) = went_offline {
@@ -172,6 +175,7 @@ impl UserTable {
             Some(rec) => match rec.standing() {
                 Standing::Offline => UserSnapshot::Offline {
                     last_seen: rec.last_seen,
+                    since: rec.offline_since,
                 },
                 standing => UserSnapshot::Online {
                     sessions: rec.sessions.clone(),

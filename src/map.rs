@@ -1,0 +1,350 @@
+//! The session map: sessions by [`SessionId`], sharded behind reader-writer locks, stored
+//! compactly.
+//!
+//! Why not a `DashMap<SessionId, Session>`: its table stores key and value inline, so every
+//! empty bucket costs a whole entry, and right after a resize (where 1 M entries land) half
+//! the buckets are empty. Here each shard keeps its sessions in a slab of fixed-size chunks
+//! (never reallocated, so no copy and no doubling slack) and the hash table holds only a
+//! `u32` slot index: an empty bucket costs 5 bytes instead of an entry. A session's slot is
+//! stable for its life, so the expiry index refers to it by a 4-byte [`SlotRef`] and the
+//! reaper reaches it without hashing.
+//!
+//! Locking: one `parking_lot::RwLock` per shard; nothing here takes any other lock. A guard
+//! returned by [`SessionMap::read`] or an entry from [`SessionMap::entry`] holds its shard's
+//! lock until dropped: do not call back into the map for a key of the same shard meanwhile.
+
+use std::fmt;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::SessionId;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// 64 shards: two threads touching random sessions meet on one shard 1 time in 64.
+const SHARD_BITS: u32 = 6;
+const SLOT_BITS: u32 = u32::BITS - SHARD_BITS;
+/// Slots per chunk: small enough that the partly used last chunk of each shard is noise
+/// (64 shards x 256 slots), large enough that the chunk list stays short.
+const CHUNK: usize = 256;
+
+/// Where a session lives: shard in the top bits, slot in the shard below.
+pub(crate) type SlotRef = u32;
+
+struct Slot<V> {
+    id: SessionId,
+    value: V,
+}
+
+struct Shard<V> {
+    /// Slot indices, hashed by the id in the slot.
+    table: HashTable<u32>,
+    chunks: Vec<Box<[Option<Slot<V>>]>>,
+    /// Slots freed by removals, reused first.
+    free: Vec<u32>,
+    /// Slots ever used (the high-water mark).
+    used: u32,
+}
+
+impl<V> Shard<V> {
+    fn new() -> Self {
+        Shard {
+            table: HashTable::new(),
+            chunks: Vec::new(),
+            free: Vec::new(),
+            used: 0,
+        }
+    }
+
+    fn slot(&self, idx: u32) -> Option<&Slot<V>> {
+        let idx = idx as usize;
+        self.chunks[idx / CHUNK][idx % CHUNK].as_ref()
+    }
+
+    fn slot_mut(&mut self, idx: u32) -> &mut Option<Slot<V>> {
+        let idx = idx as usize;
+        &mut self.chunks[idx / CHUNK][idx % CHUNK]
+    }
+
+    fn find(&self, hash: u64, id: &SessionId) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.table
+            .find(hash, |&idx| {
+                let idx = idx as usize;
+                chunks[idx / CHUNK][idx % CHUNK]
+                    .as_ref()
+                    .is_some_and(|slot| slot.id == *id)
+            })
+            .copied()
+    }
+}
+
+/// Sessions by id; see the module docs.
+pub(crate) struct SessionMap<V> {
+    shards: Box<[RwLock<Shard<V>>]>,
+    hasher: Hasher,
+}
+
+impl<V> fmt::Debug for SessionMap<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionMap")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> SessionMap<V> {
+    pub(crate) fn new() -> Self {
+        SessionMap {
+            shards: (0..1 << SHARD_BITS)
+                .map(|_| RwLock::new(Shard::new()))
+                .collect(),
+            hasher: Hasher::default(),
+        }
+    }
+
+    #[inline]
+    fn locate(&self, id: &SessionId) -> (u64, usize) {
+        let hash = self.hasher.hash_one(id);
+        // Skip the top 7 bits: the table uses them as its in-bucket tag, and keys sharing a
+        // shard must not share their tags.
+        let shard = ((hash << 7) >> (u64::BITS - SHARD_BITS)) as usize;
+        (hash, shard)
+    }
+
+    /// The session `id`, under its shard's read lock.
+    #[inline]
+    pub(crate) fn read(&self, id: &SessionId) -> Option<MappedRwLockReadGuard<'_, V>> {
+        let (hash, shard) = self.locate(id);
+        let guard = self.shards[shard].read();
+        RwLockReadGuard::try_map(guard, |shard| {
+            let idx = shard.find(hash, id)?;
+            shard.slot(idx).map(|slot| &slot.value)
+        })
+        .ok()
+    }
+
+    /// The place of `id`, under its shard's write lock.
+    pub(crate) fn entry(&self, id: SessionId) -> Entry<'_, V> {
+        let (hash, shard_no) = self.locate(&id);
+        let shard = self.shards[shard_no].write();
+        match shard.find(hash, &id) {
+            Some(idx) => Entry::Occupied(OccupiedEntry {
+                shard,
+                shard_no,
+                idx,
+                hash,
+            }),
+            None => Entry::Vacant(VacantEntry {
+                shard,
+                shard_no,
+                hash,
+                id,
+                hasher: &self.hasher,
+            }),
+        }
+    }
+
+    /// The session in slot `at`, if the slot is in use, under its shard's write lock.
+    pub(crate) fn at(&self, at: SlotRef) -> Option<OccupiedEntry<'_, V>> {
+        let shard_no = (at >> SLOT_BITS) as usize;
+        let idx = at & ((1 << SLOT_BITS) - 1);
+        let shard = self.shards[shard_no].write();
+        if idx >= shard.used {
+            return None;
+        }
+        let id = shard.slot(idx)?.id;
+        Some(OccupiedEntry {
+            shard,
+            shard_no,
+            idx,
+            hash: self.hasher.hash_one(id),
+        })
+    }
+
+    /// Calls `f` for every session, one shard at a time under its read lock.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(SessionId, &V)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for slot in shard.chunks.iter().flat_map(|c| c.iter()).flatten() {
+                f(slot.id, &slot.value);
+            }
+        }
+    }
+
+    /// Number of sessions stored.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().table.len()).sum()
+    }
+}
+
+pub(crate) enum Entry<'a, V> {
+    Occupied(OccupiedEntry<'a, V>),
+    Vacant(VacantEntry<'a, V>),
+}
+
+pub(crate) struct OccupiedEntry<'a, V> {
+    shard: RwLockWriteGuard<'a, Shard<V>>,
+    shard_no: usize,
+    idx: u32,
+    hash: u64,
+}
+
+impl<V> OccupiedEntry<'_, V> {
+    fn slot(&self) -> &Slot<V> {
+        self.shard
+            .slot(self.idx)
+            .expect("an occupied entry's slot is in use")
+    }
+
+    pub(crate) fn id(&self) -> SessionId {
+        self.slot().id
+    }
+
+    pub(crate) fn slot_ref(&self) -> SlotRef {
+        slot_ref(self.shard_no, self.idx)
+    }
+
+    pub(crate) fn get(&self) -> &V {
+        &self.slot().value
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut V {
+        let idx = self.idx;
+        &mut self
+            .shard
+            .slot_mut(idx)
+            .as_mut()
+            .expect("an occupied entry's slot is in use")
+            .value
+    }
+
+    pub(crate) fn remove(mut self) -> V {
+        let idx = self.idx;
+        if let Ok(found) = self.shard.table.find_entry(self.hash, |&i| i == idx) {
+            found.remove();
+        }
+        self.shard.free.push(idx);
+        let slot = self
+            .shard
+            .slot_mut(idx)
+            .take()
+            .expect("an occupied entry's slot is in use");
+        slot.value
+    }
+}
+
+pub(crate) struct VacantEntry<'a, V> {
+    shard: RwLockWriteGuard<'a, Shard<V>>,
+    shard_no: usize,
+    hash: u64,
+    id: SessionId,
+    hasher: &'a Hasher,
+}
+
+impl<V> VacantEntry<'_, V> {
+    /// Stores `value`; `Err(value)` when the shard has no slot index left (2^26 sessions in
+    /// one shard, far beyond any memory this could run in).
+    pub(crate) fn insert(mut self, value: V) -> Result<SlotRef, V> {
+        let shard = &mut *self.shard;
+        let idx = match shard.free.pop() {
+            Some(idx) => idx,
+            None => {
+                if shard.used >= 1 << SLOT_BITS {
+                    return Err(value);
+                }
+                let idx = shard.used;
+                if idx as usize % CHUNK == 0 {
+                    shard.chunks.push((0..CHUNK).map(|_| None).collect());
+                }
+                shard.used += 1;
+                idx
+            }
+        };
+        *shard.slot_mut(idx) = Some(Slot { id: self.id, value });
+        let Shard { table, chunks, .. } = shard;
+        let hasher = self.hasher;
+        table.insert_unique(self.hash, idx, |&i| {
+            let i = i as usize;
+            // Every index in the table names a slot in use.
+            chunks[i / CHUNK][i % CHUNK]
+                .as_ref()
+                .map_or(0, |slot| hasher.hash_one(slot.id))
+        });
+        Ok(slot_ref(self.shard_no, idx))
+    }
+}
+
+fn slot_ref(shard_no: usize, idx: u32) -> SlotRef {
+    // Fits: shard_no < 2^SHARD_BITS and idx < 2^SLOT_BITS.
+    ((shard_no as u32) << SLOT_BITS) | idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn behaves_like_a_map() {
+        let map = SessionMap::<u64>::new();
+        let mut model = HashMap::new();
+        let ids: Vec<SessionId> = (0..2000).map(|_| SessionId::new_v4()).collect();
+        let mut refs = HashMap::new();
+        for round in 0..3u64 {
+            for (i, &id) in ids.iter().enumerate() {
+                let i = i as u64;
+                match map.entry(id) {
+                    Entry::Occupied(mut e) if (i + round) % 3 == 0 => {
+                        assert_eq!(e.id(), id);
+                        assert_eq!(refs[&id], e.slot_ref());
+                        *e.get_mut() += 1;
+                        *model.get_mut(&id).unwrap() += 1;
+                    }
+                    Entry::Occupied(e) => {
+                        assert_eq!(e.remove(), model.remove(&id).unwrap());
+                    }
+                    Entry::Vacant(v) => {
+                        let at = v.insert(i).unwrap();
+                        refs.insert(id, at);
+                        model.insert(id, i);
+                    }
+                }
+            }
+            assert_eq!(map.len(), model.len());
+            for (id, value) in &model {
+                assert_eq!(*map.read(id).unwrap(), *value);
+                let at = map.at(refs[id]).unwrap();
+                assert_eq!((at.id(), *at.get()), (*id, *value));
+            }
+            let mut seen = 0;
+            map.for_each(|id, value| {
+                assert_eq!(model[&id], *value);
+                seen += 1;
+            });
+            assert_eq!(seen, model.len());
+        }
+        assert!(map.read(&SessionId::new_v4()).is_none());
+    }
+
+    #[test]
+    fn freed_slots_are_reused() {
+        let map = SessionMap::<u8>::new();
+        let id = SessionId::new_v4();
+        let Entry::Vacant(v) = map.entry(id) else {
+            panic!("empty map")
+        };
+        let first = v.insert(1).unwrap();
+        let Entry::Occupied(e) = map.entry(id) else {
+            panic!("just inserted")
+        };
+        e.remove();
+        assert!(map.at(first).is_none());
+        let Entry::Vacant(v) = map.entry(id) else {
+            panic!("just removed")
+        };
+        assert_eq!(v.insert(2).unwrap(), first);
+    }
+}
