@@ -1,0 +1,447 @@
+//! "Who is online" on a small forum, phpBB style, refreshed live by the page script.
+//!
+//! ```text
+//! cargo run --example whos_online --features axum
+//! # then open http://127.0.0.1:3000/ in two browsers
+//! ```
+//!
+//! Sign in by name (kept in a plain `forum_user` cookie; several tabs or browsers of one
+//! name count once), hide yourself, sign out; visitors whose `User-Agent` says bot,
+//! crawler or spider count as bots; `/admin` lists the sessions and can kill one.
+//!
+//! Environment: `PORT` (default 3000, on 127.0.0.1), `PRESENCE_IDLE_TIMEOUT` (seconds,
+//! default 300), `PRESENCE_HEARTBEAT_LIMIT` (seconds, default 1200),
+//! `PRESENCE_HEARTBEAT_INTERVAL` (seconds, may be fractional; default: 30 or a third of
+//! the idle timeout).
+//!
+//! The demo has no authentication at all (anyone may sign in as anyone, and `/admin` is
+//! open): it shows presence, not security.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::header::{COOKIE, REFERER, SET_COOKIE, USER_AGENT};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use cookie::Cookie;
+use presence_tracker::http::{self as presence_http, Key, PresenceLayer, ScriptTag};
+use presence_tracker::{Kind, Presence, SessionId, SessionState};
+use serde::Deserialize;
+
+const USER_COOKIE: &str = "forum_user";
+const HIDDEN_COOKIE: &str = "forum_hidden";
+const MAX_NAME_CHARS: usize = 24;
+
+const TOPICS: [(&str, &str); 3] = [
+    (
+        "Welcome to the forum",
+        "Say hello and tell us where you are from.",
+    ),
+    (
+        "Rust async questions",
+        "Pinning, cancellation, and why the borrow checker is right.",
+    ),
+    (
+        "Show your project",
+        "Built something with presence-tracker? Post it here.",
+    ),
+];
+
+/// The tracker with the settings taken from the environment (see the module docs).
+pub(crate) fn presence_from_env() -> Presence {
+    let mut builder = Presence::builder();
+    if let Some(secs) = env_secs("PRESENCE_IDLE_TIMEOUT") {
+        builder = builder.idle_timeout(secs).idle_after(secs);
+    }
+    if let Some(secs) = env_secs("PRESENCE_HEARTBEAT_LIMIT") {
+        builder = builder.heartbeat_limit(secs);
+    }
+    builder.build()
+}
+
+fn env_secs(name: &str) -> Option<Duration> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
+        _ => {
+            eprintln!("ignoring {name}={value:?}: expected a positive number of seconds");
+            None
+        }
+    }
+}
+
+struct Demo {
+    presence: Presence,
+    script_tag: String,
+}
+
+/// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
+/// overrides the script's default.
+pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> Router {
+    let mut tag = ScriptTag::new(&presence);
+    if let Some(interval) = heartbeat_interval {
+        tag = tag.interval(interval);
+    }
+    let demo = Arc::new(Demo {
+        presence: presence.clone(),
+        script_tag: tag.to_string(),
+    });
+    // Plain HTTP on loopback: no `Secure`. The key is per process, like the tracker.
+    let layer = PresenceLayer::new(presence.clone())
+        .secure(false)
+        .signing_key(Key::generate())
+        .classify(classify)
+        // Form posts are not page views; the favicon is not a visit.
+        .skip(|req| {
+            let path = req.uri.path();
+            (req.method == Method::POST && !path.starts_with("/presence/"))
+                || path == "/favicon.ico"
+        });
+    Router::new()
+        .route("/", get(home))
+        .route("/topic/{id}", get(topic))
+        .route("/admin", get(admin))
+        .route("/admin/kill", post(kill))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/hide", post(toggle_hidden))
+        .merge(presence_http::routes(presence))
+        .layer(layer)
+        .with_state(demo)
+}
+
+fn classify(req: &Parts) -> Kind {
+    let agent = req
+        .headers
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ["bot", "crawler", "spider"]
+        .iter()
+        .any(|w| agent.contains(w))
+    {
+        return Kind::Bot;
+    }
+    match signed_in(&req.headers) {
+        Some((name, true)) => Kind::hidden_member(name),
+        Some((name, false)) => Kind::member(name),
+        None => Kind::Guest,
+    }
+}
+
+/// The signed-in user name and whether they are hidden, from the demo's own cookies.
+fn signed_in(headers: &HeaderMap) -> Option<(String, bool)> {
+    let mut name = None;
+    let mut hidden = false;
+    for header in headers.get_all(COOKIE) {
+        let Ok(header) = header.to_str() else {
+            continue;
+        };
+        for cookie in Cookie::split_parse_encoded(header).flatten() {
+            match cookie.name() {
+                USER_COOKIE => name = valid_name(cookie.value()),
+                HIDDEN_COOKIE => hidden = cookie.value() == "1",
+                _ => {}
+            }
+        }
+    }
+    name.map(|n| (n, hidden))
+}
+
+fn valid_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && !name.chars().any(char::is_control);
+    ok.then(|| name.to_owned())
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`, without a date crate.
+fn utc(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn ago(time: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(time)
+        .map_or(0, |d| d.as_secs());
+    format!("{secs} s ago")
+}
+
+fn page(demo: &Demo, headers: &HeaderMap, path: &str, title: &str, body: &str) -> Html<String> {
+    let c = demo.presence.counts();
+    let here = demo.presence.page_count(path);
+    let mut listed: Vec<String> = demo
+        .presence
+        .sessions()
+        .into_iter()
+        .filter_map(|s| match s.kind {
+            Kind::Member(user) => Some(user.to_string()),
+            _ => None,
+        })
+        .collect();
+    listed.sort();
+    listed.dedup();
+    let listed = if listed.is_empty() {
+        "None".to_owned()
+    } else {
+        listed
+            .iter()
+            .map(|n| format!("<b>{}</b>", escape(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let account = match signed_in(headers) {
+        Some((name, hidden)) => format!(
+            r#"<form method="post" action="/hide" class="inline"><input type="hidden" name="back" value="{back}">
+Signed in as <b id="me">{name}</b>{state}
+<button id="hide" type="submit">{toggle}</button></form>
+<form method="post" action="/logout" class="inline"><input type="hidden" name="back" value="{back}">
+<button id="logout" type="submit">Sign out</button></form>"#,
+            name = escape(&name),
+            back = escape(path),
+            state = if hidden { " (hidden)" } else { "" },
+            toggle = if hidden { "Show me" } else { "Hide me" },
+        ),
+        None => format!(
+            r#"<form method="post" action="/login" class="inline"><input type="hidden" name="back" value="{back}">
+<input id="name" name="name" placeholder="your name" maxlength="{MAX_NAME_CHARS}" required>
+<button id="login" type="submit">Sign in</button></form>"#,
+            back = escape(path),
+        ),
+    };
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title} - Forum</title>
+<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}} .inline{{display:inline}}
+.stats{{background:#eef;padding:.5em 1em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2em .5em}}</style>
+</head><body>
+<nav><a href="/">Forum index</a> · <a href="/admin">Admin</a> · {account}</nav>
+<h1>{title}</h1>
+{body}
+<div class="stats" id="stats">
+<h3>Who is online</h3>
+<p id="totals">In total there are <b data-presence="online">{online}</b> users online ::
+<span data-presence="members">{members}</span> registered,
+<span data-presence="hidden">{hidden}</span> hidden and
+<span data-presence="guests">{guests}</span> guests
+(and <span data-presence="bots">{bots}</span> bots)</p>
+<p><span id="here" data-presence="page">{here}</span> viewing this page</p>
+<p>Registered users: {listed}</p>
+<p>Most users ever online was <span data-presence="peak">{peak}</span> on {peak_at}</p>
+</div>
+{script}
+</body></html>"#,
+        title = escape(title),
+        online = c.online,
+        members = c.members,
+        hidden = c.hidden,
+        guests = c.guests,
+        bots = c.bots,
+        peak = c.peak.online,
+        peak_at = utc(c.peak.at),
+        script = demo.script_tag,
+    ))
+}
+
+async fn home(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String> {
+    let mut body = String::from("<ul>");
+    for (i, (title, _)) in TOPICS.iter().enumerate() {
+        let path = format!("/topic/{}", i + 1);
+        let viewing = demo.presence.page_count(&path);
+        let _ = write!(
+            body,
+            r#"<li><a href="{path}">{}</a> ({viewing} viewing)</li>"#,
+            escape(title)
+        );
+    }
+    body.push_str("</ul>");
+    page(&demo, &headers, "/", "Forum index", &body)
+}
+
+async fn topic(
+    State(demo): State<Arc<Demo>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let found = id
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| TOPICS.get(i));
+    match found {
+        Some((title, text)) => {
+            let body = format!("<p>{}</p>", escape(text));
+            page(&demo, &headers, &format!("/topic/{id}"), title, &body).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such topic").into_response(),
+    }
+}
+
+async fn admin(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String> {
+    let mut sessions = demo.presence.sessions();
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+    let mut body = String::from(
+        "<table id=\"sessions\"><tr><th>session</th><th>kind</th><th>page</th>\
+         <th>last seen</th><th>state</th><th></th></tr>",
+    );
+    for s in &sessions {
+        let kind = match &s.kind {
+            Kind::Guest => "guest".to_owned(),
+            Kind::Bot => "bot".to_owned(),
+            Kind::Member(user) => format!("member {}", escape(user)),
+            Kind::HiddenMember(user) => format!("hidden member {}", escape(user)),
+            #[allow(unreachable_patterns)]
+            other => escape(&format!("{other:?}")),
+        };
+        let state = match s.state {
+            SessionState::Active => "active".to_owned(),
+            SessionState::Idle => format!("idle since {}", ago(s.last_active)),
+            #[allow(unreachable_patterns)]
+            _ => "?".to_owned(),
+        };
+        let _ = write!(
+            body,
+            r#"<tr><td><code>{id}</code></td><td>{kind}</td><td>{page}</td><td>{seen}</td><td>{state}</td>
+<td><form method="post" action="/admin/kill"><input type="hidden" name="id" value="{id}"><button type="submit">kill</button></form></td></tr>"#,
+            id = s.id,
+            page = escape(s.page.as_deref().unwrap_or("-")),
+            seen = ago(s.last_seen),
+        );
+    }
+    body.push_str("</table>");
+    page(&demo, &headers, "/admin", "Sessions", &body)
+}
+
+#[derive(Deserialize)]
+struct KillForm {
+    id: String,
+}
+
+async fn kill(State(demo): State<Arc<Demo>>, Form(form): Form<KillForm>) -> Redirect {
+    if let Ok(id) = form.id.parse::<SessionId>() {
+        demo.presence.leave(id);
+    }
+    Redirect::to("/admin")
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    #[serde(default)]
+    back: String,
+}
+
+#[derive(Deserialize)]
+struct BackForm {
+    #[serde(default)]
+    back: String,
+}
+
+/// Where to go after a form: the page it came from, if it is a local path.
+fn back_to(back: &str, headers: &HeaderMap) -> Redirect {
+    let local = |p: &str| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\');
+    if local(back) {
+        return Redirect::to(back);
+    }
+    let referer = headers.get(REFERER).and_then(|v| v.to_str().ok());
+    let path = referer
+        .and_then(|r| r.split_once("://"))
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .filter(|p| local(p));
+    Redirect::to(path.unwrap_or("/"))
+}
+
+fn cookie_header(name: &str, value: String, remove: bool) -> (axum::http::HeaderName, String) {
+    let mut cookie = Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .build();
+    if remove {
+        cookie.make_removal();
+    }
+    (SET_COOKIE, cookie.encoded().to_string())
+}
+
+async fn login(headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    let back = back_to(&form.back, &headers);
+    match valid_name(&form.name) {
+        Some(name) => ([cookie_header(USER_COOKIE, name, false)], back).into_response(),
+        None => back.into_response(),
+    }
+}
+
+async fn logout(headers: HeaderMap, Form(form): Form<BackForm>) -> Response {
+    (
+        [
+            cookie_header(USER_COOKIE, String::new(), true),
+            cookie_header(HIDDEN_COOKIE, String::new(), true),
+        ],
+        back_to(&form.back, &headers),
+    )
+        .into_response()
+}
+
+async fn toggle_hidden(headers: HeaderMap, Form(form): Form<BackForm>) -> Response {
+    let hidden = signed_in(&headers).is_some_and(|(_, hidden)| hidden);
+    let set = if hidden {
+        cookie_header(HIDDEN_COOKIE, String::new(), true)
+    } else {
+        cookie_header(HIDDEN_COOKIE, "1".to_owned(), false)
+    };
+    ([set], back_to(&form.back, &headers)).into_response()
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p.parse().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad PORT {p:?}"))
+        })?,
+        Err(_) => 3000,
+    };
+    let presence = presence_from_env();
+    let interval = env_secs("PRESENCE_HEARTBEAT_INTERVAL");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("who's online demo on http://{}/", listener.local_addr()?);
+    axum::serve(listener, app(presence, interval)).await
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Requests/s of one route with and without PresenceLayer, measured in one run by wrk on
+# loopback against examples/load_target.rs (a trivial handler, so the layer's cost is as
+# visible as it gets). The tracked route is hit as a returning visitor: every request
+# carries a signed presence cookie obtained from the server first; the untracked route
+# gets the same Cookie header so both parse the same bytes.
+#
+# Usage: scripts/load.sh [duration=10s] [connections=32] [threads=2]
+# Env:   PORT (default 3001), ROUNDS (default 2; rounds alternate the two routes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${1:-10s}
+connections=${2:-32}
+threads=${3:-2}
+port=${PORT:-3001}
+rounds=${ROUNDS:-2}
+base="http://127.0.0.1:$port"
+
+command -v wrk >/dev/null || { echo "wrk is not installed" >&2; exit 1; }
+command -v curl >/dev/null || { echo "curl is not installed" >&2; exit 1; }
+
+bin=$(cargo build --release --example load_target --features axum \
+        --message-format=json-render-diagnostics \
+      | grep -o '"executable":"[^"]*load_target[^"]*"' | tail -n1 | cut -d'"' -f4)
+[ -x "$bin" ] || { echo "could not build examples/load_target.rs" >&2; exit 1; }
+
+PORT=$port "$bin" >/dev/null &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+
+for _ in $(seq 100); do
+  curl -fs -o /dev/null "$base/hot" && break
+  sleep 0.1
+done
+
+cookie=$(curl -fsi "$base/tracked/hot" | tr -d '\r' \
+         | sed -n 's/^[Ss]et-[Cc]ookie: \(presence_id=[^;]*\).*/\1/p' | head -n1)
+[ -n "$cookie" ] || { echo "no presence cookie issued" >&2; exit 1; }
+
+rps() {
+  wrk -t"$threads" -c"$connections" -d"$duration" -H "Cookie: $cookie" "$1" \
+    | awk '/^Requests\/sec:/ { print $2 }'
+}
+
+echo "wrk -t$threads -c$connections -d$duration, $(nproc) CPUs, server and wrk on one host"
+# Warm up both routes (connection setup, allocator, page tables).
+wrk -t"$threads" -c"$connections" -d2s -H "Cookie: $cookie" "$base/hot" >/dev/null
+wrk -t"$threads" -c"$connections" -d2s -H "Cookie: $cookie" "$base/tracked/hot" >/dev/null
+
+results=()
+for round in $(seq "$rounds"); do
+  plain=$(rps "$base/hot")
+  tracked=$(rps "$base/tracked/hot")
+  results+=("$round $plain $tracked")
+done
+printf '%s\n' "${results[@]}" | awk '
+  { printf "round %d: without layer %10.0f req/s   with layer %10.0f req/s   ratio %.3f\n", $1, $2, $3, $3 / $2
+    p += $2; t += $3; n++ }
+  END { printf "mean:    without layer %10.0f req/s   with layer %10.0f req/s   ratio %.3f\n", p / n, t / n, t / p }'

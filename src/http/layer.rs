@@ -1,0 +1,555 @@
+//! The tower layer: reads (or issues) the presence cookie, classifies the visitor and
+//! records the request as activity. It owns the cookie format and must never fail a
+//! request: every problem with the cookie is answered with a fresh id.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use cookie::{Cookie, CookieJar, Key, SameSite};
+use http::header::{COOKIE, SET_COOKIE};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::ROUTES_PREFIX;
+use crate::{Kind, Presence, PresenceError, SessionId};
+
+/// Longest cookie value looked at. A signed value is 44 characters of MAC plus the
+/// 36-character id; anything longer is not ours and is not worth parsing.
+const MAX_COOKIE_VALUE: usize = 128;
+
+/// Paths longer than this are recorded with `touch` (no page): one visitor must not be
+/// able to make the page table hold kilobytes per session.
+pub(crate) const MAX_PAGE_LEN: usize = 512;
+
+/// "Tracker full" is logged at most this often, so a full tracker cannot flood the log.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+type ClassifyFn = dyn Fn(&Parts) -> Kind + Send + Sync;
+type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
+
+/// A [`tower_layer::Layer`] that gives every browser a session id (a cookie) and records
+/// each request in a [`Presence`] tracker.
+///
+/// For every request that is not [skipped](PresenceLayer::skip) the service
+///
+/// 1. reads the cookie (default name `presence_id`). A missing, malformed, oversized,
+///    duplicated, non-UTF-8 or badly signed cookie is replaced: a fresh
+///    [`SessionId::new_v4`] is issued with a `Set-Cookie` header
+///    (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off, `Max-Age`);
+/// 2. classifies the visitor with the [`classify`](PresenceLayer::classify) closure
+///    (default: [`Kind::Guest`]);
+/// 3. records activity with [`Presence::visit`] on the request path (or
+///    [`Presence::touch`] when [`track_pages`](PresenceLayer::track_pages) is off).
+///    Requests to the presence [`routes`](super::routes) (paths under `/presence/`) are
+///    *not* activity: the routes decide themselves (a heartbeat only calls
+///    [`Presence::heartbeat`]);
+/// 4. puts the [`SessionId`] in the request extensions, where handlers read it with the
+///    [`PresenceSession`](super::PresenceSession) extractor.
+///
+/// The request always proceeds. When the tracker is full
+/// ([`PresenceError::Full`]) the request is served untracked and a warning is logged
+/// through `tracing` at most once a minute.
+///
+/// Cloning is cheap (an `Arc` bump); the builder methods copy the settings only while the
+/// layer is still being configured.
+///
+/// # Example
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use presence_tracker::{Kind, Presence};
+/// use presence_tracker::http::PresenceLayer;
+///
+/// let presence = Presence::new();
+/// let layer = PresenceLayer::new(presence.clone())
+///     .cookie_name("sid")
+///     .secure(false) // plain-HTTP development only
+///     .signing_key(presence_tracker::http::Key::generate())
+///     .classify(|req| {
+///         let ua = req.headers.get("user-agent").and_then(|v| v.to_str().ok());
+///         if ua.is_some_and(|ua| ua.contains("bot")) { Kind::Bot } else { Kind::Guest }
+///     })
+///     .skip(|req| req.uri.path().starts_with("/static/"));
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(layer);
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Clone)]
+pub struct PresenceLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    presence: Presence,
+    cookie_name: Cow<'static, str>,
+    secure: bool,
+    max_age: Duration,
+    key: Option<SigningKey>,
+    classify: Option<Arc<ClassifyFn>>,
+    skip: Option<Arc<SkipFn>>,
+    track_pages: bool,
+    full_log: Arc<FullLog>,
+}
+
+impl fmt::Debug for PresenceLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("PresenceLayer")
+            .field("presence", &s.presence)
+            .field("cookie_name", &s.cookie_name)
+            .field("secure", &s.secure)
+            .field("max_age", &s.max_age)
+            .field("signed", &s.key.is_some())
+            .field("classify", &s.classify.as_ref().map(|_| "Fn"))
+            .field("skip", &s.skip.as_ref().map(|_| "Fn"))
+            .field("track_pages", &s.track_pages)
+            .finish()
+    }
+}
+
+impl PresenceLayer {
+    /// A layer recording into `presence` with the defaults: cookie `presence_id`,
+    /// `Secure`, `Max-Age` one year, unsigned ids, every visitor a [`Kind::Guest`], no
+    /// request skipped, pages tracked.
+    pub fn new(presence: Presence) -> Self {
+        PresenceLayer {
+            shared: Arc::new(Shared {
+                presence,
+                cookie_name: Cow::Borrowed("presence_id"),
+                secure: true,
+                max_age: Duration::from_secs(365 * 24 * 60 * 60),
+                key: None,
+                classify: None,
+                skip: None,
+                track_pages: true,
+                full_log: Arc::new(FullLog::new()),
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// The cookie's name. Default: `presence_id`.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is empty or holds a character not allowed in a cookie name
+    /// (controls, whitespace, separators such as `=`, `;`, `,`).
+    pub fn cookie_name(self, name: impl Into<Cow<'static, str>>) -> Self {
+        let name = name.into();
+        assert!(
+            !name.is_empty() && name.bytes().all(is_token_byte),
+            "PresenceLayer::cookie_name: {name:?} is not a valid cookie name (RFC 6265 token)"
+        );
+        self.with(|s| s.cookie_name = name)
+    }
+
+    /// Whether the cookie carries `Secure` (sent over HTTPS only). Default: `true`.
+    /// Turn it off only for plain-HTTP development.
+    pub fn secure(self, secure: bool) -> Self {
+        self.with(|s| s.secure = secure)
+    }
+
+    /// The cookie's `Max-Age`. Default: one year, so a returning visitor keeps one id.
+    /// Rounded down to whole seconds.
+    ///
+    /// # Panics
+    ///
+    /// If `max_age` is under one second (the cookie would be discarded at once).
+    pub fn max_age(self, max_age: Duration) -> Self {
+        assert!(
+            max_age >= Duration::from_secs(1),
+            "PresenceLayer::max_age must be at least one second, got {max_age:?}"
+        );
+        self.with(|s| s.max_age = max_age)
+    }
+
+    /// Signs the cookie with an HMAC (SHA-256) under `key`, through the `cookie` crate's
+    /// signed jar. Ids the server did not issue, or whose signature does not match, are
+    /// then replaced with a fresh one, so forged ids cannot inflate the counts. Default:
+    /// unsigned.
+    ///
+    /// Changing the key invalidates every issued id (visitors get new ones).
+    pub fn signing_key(self, key: Key) -> Self {
+        let key = SigningKey {
+            key,
+            generation: KEY_GENERATION.fetch_add(1, Ordering::Relaxed),
+        };
+        self.with(|s| s.key = Some(key))
+    }
+
+    /// How a request's visitor is classified, e.g. from the authentication extension or
+    /// the `User-Agent`. Default: every visitor is a [`Kind::Guest`].
+    ///
+    /// The closure sees the request head only and runs on every request not skipped,
+    /// so it should be cheap and must not block.
+    pub fn classify<F>(self, classify: F) -> Self
+    where
+        F: Fn(&Parts) -> Kind + Send + Sync + 'static,
+    {
+        self.with(|s| s.classify = Some(Arc::new(classify)))
+    }
+
+    /// Requests for which `skip` returns `true` pass through untouched: no cookie read or
+    /// issued, no activity, no [`SessionId`] in the extensions. Use it for static files
+    /// and health checks. Default: nothing skipped.
+    ///
+    /// Do not skip the presence [`routes`](super::routes): they need the session id.
+    pub fn skip<F>(self, skip: F) -> Self
+    where
+        F: Fn(&Parts) -> bool + Send + Sync + 'static,
+    {
+        self.with(|s| s.skip = Some(Arc::new(skip)))
+    }
+
+    /// Whether requests record the page they are on ([`Presence::visit`] with the URI
+    /// path, feeding [`Presence::page_count`]) or only that the visitor is active
+    /// ([`Presence::touch`]). Default: `true`.
+    pub fn track_pages(self, track: bool) -> Self {
+        self.with(|s| s.track_pages = track)
+    }
+}
+
+impl<S> Layer<S> for PresenceLayer {
+    type Service = PresenceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PresenceService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The [`tower_service::Service`] made by [`PresenceLayer`]; see there for what it does.
+///
+/// It works with any tower-based server for any request and response body type.
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Clone)]
+pub struct PresenceService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for PresenceService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceService")
+            .field("inner", &self.inner)
+            .field(
+                "layer",
+                &PresenceLayer {
+                    shared: self.shared.clone(),
+                },
+            )
+            .finish()
+    }
+}
+
+/// What the presence routes need from the layer: the visitor's kind and how to record
+/// activity, since the layer does not record it for them.
+#[derive(Clone, Debug)]
+pub(crate) struct Classified {
+    pub(crate) kind: Kind,
+    pub(crate) track_pages: bool,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PresenceService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let shared = &*self.shared;
+        if shared.skip.as_ref().is_some_and(|skip| skip(&parts)) {
+            return ResponseFuture {
+                inner: self.inner.call(Request::from_parts(parts, body)),
+                set_cookie: None,
+            };
+        }
+
+        let (id, set_cookie) = match shared.read_id(&parts) {
+            Some(id) => (id, None),
+            None => {
+                let id = SessionId::new_v4();
+                (id, shared.set_cookie(id))
+            }
+        };
+        let kind = match &shared.classify {
+            Some(classify) => classify(&parts),
+            None => Kind::Guest,
+        };
+
+        let path = parts.uri.path();
+        if is_presence_route(path) {
+            parts.extensions.insert(Classified {
+                kind,
+                track_pages: shared.track_pages,
+            });
+        } else {
+            let recorded = if shared.track_pages && path.len() <= MAX_PAGE_LEN {
+                shared.presence.visit(id, kind, path)
+            } else {
+                shared.presence.touch(id, kind)
+            };
+            if let Err(err) = recorded {
+                shared.full_log.report(&err);
+            }
+        }
+        parts.extensions.insert(id);
+
+        ResponseFuture {
+            inner: self.inner.call(Request::from_parts(parts, body)),
+            set_cookie,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`PresenceService`]: the inner service's response, plus the
+    /// `Set-Cookie` header when a fresh id was issued.
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        set_cookie: Option<HeaderValue>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("set_cookie", &self.set_cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(cookie) = this.set_cookie.take() {
+            res.headers_mut().append(SET_COOKIE, cookie);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// Whether `path` belongs to the presence routes, which record activity themselves.
+pub(crate) fn is_presence_route(path: &str) -> bool {
+    path.strip_prefix(ROUTES_PREFIX)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl Shared {
+    /// The valid id carried by the request, if exactly one well-formed (and, with a key,
+    /// correctly signed) presence cookie is present.
+    fn read_id(&self, parts: &Parts) -> Option<SessionId> {
+        let name = self.cookie_name.as_bytes();
+        let mut found: Option<&[u8]> = None;
+        // Parse bytes, not `&str`: one non-UTF-8 byte in an unrelated cookie must not cost
+        // the visitor their id, and our own value is checked below.
+        for header in parts.headers.get_all(COOKIE) {
+            for pair in header.as_bytes().split(|&b| b == b';') {
+                let pair = pair.trim_ascii();
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if pair[..eq].trim_ascii() != name {
+                    continue;
+                }
+                if found.is_some() {
+                    // Two presence cookies: we cannot tell which one is ours.
+                    return None;
+                }
+                found = Some(pair[eq + 1..].trim_ascii());
+            }
+        }
+        let raw = found?;
+        if raw.len() > MAX_COOKIE_VALUE {
+            return None;
+        }
+        let value = std::str::from_utf8(raw).ok()?;
+        match &self.key {
+            None => value.parse().ok(),
+            Some(key) => {
+                if let Some(id) = key.recently_verified(raw) {
+                    return Some(id);
+                }
+                let mut jar = CookieJar::new();
+                jar.add_original(Cookie::new(self.cookie_name.to_string(), value.to_owned()));
+                let verified = jar.signed(&key.key).get(&self.cookie_name)?;
+                let id = verified.value().parse().ok()?;
+                key.verified(raw, id);
+                Some(id)
+            }
+        }
+    }
+
+    /// The `Set-Cookie` header for a freshly issued id.
+    fn set_cookie(&self, id: SessionId) -> Option<HeaderValue> {
+        let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
+        let cookie = Cookie::build((self.cookie_name.to_string(), id.to_string()))
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .path("/")
+            .secure(self.secure)
+            .max_age(cookie::time::Duration::seconds(max_age))
+            .build();
+        let cookie = match &self.key {
+            None => cookie,
+            Some(key) => {
+                let mut jar = CookieJar::new();
+                jar.signed_mut(&key.key).add(cookie);
+                jar.get(&self.cookie_name)?.clone()
+            }
+        };
+        // The name is a checked token and the value is a UUID, possibly behind a base64
+        // MAC, so the header value is always valid; never panic on it regardless.
+        HeaderValue::try_from(cookie.to_string()).ok()
+    }
+}
+
+/// Distinguishes signing keys in the per-thread cache of verified cookies.
+static KEY_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Verified cookie values remembered per thread; the cache is emptied when it reaches this.
+const VERIFIED_CACHE: usize = 4096;
+
+/// Verified cookie values (with the key generation) and the ids they carry.
+type VerifiedCache = HashMap<(u64, Box<[u8]>), SessionId>;
+
+thread_local! {
+    /// Cookie values whose MAC was checked, by key generation. An HMAC costs about as much
+    /// as the rest of the layer together, and a visitor sends the same value on every
+    /// request; an exact match on the whole value (MAC included) is as good as a check.
+    static VERIFIED: RefCell<VerifiedCache> = RefCell::new(HashMap::new());
+}
+
+#[derive(Clone)]
+struct SigningKey {
+    key: Key,
+    generation: u64,
+}
+
+impl SigningKey {
+    fn recently_verified(&self, value: &[u8]) -> Option<SessionId> {
+        VERIFIED.with(|cache| {
+            // The map is keyed by an owned slice; probing needs one, but a miss costs an
+            // HMAC anyway and a hit saves it.
+            let probe = (self.generation, Box::<[u8]>::from(value));
+            cache.borrow().get(&probe).copied()
+        })
+    }
+
+    fn verified(&self, value: &[u8], id: SessionId) {
+        VERIFIED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert((self.generation, value.into()), id);
+        });
+    }
+}
+
+/// Rate limit for the "tracker is full" warning.
+struct FullLog {
+    start: Instant,
+    /// Milliseconds since `start` of the last warning, plus one (0: never warned).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl FullLog {
+    fn new() -> Self {
+        FullLog {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    fn report(&self, err: &PresenceError) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let interval = FULL_LOG_INTERVAL.as_millis() as u64;
+        let due = last == 0 || now.saturating_sub(last) >= interval;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                error = %err,
+                suppressed,
+                "presence tracker refused a new session; the request is served untracked"
+            );
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// RFC 6265 / RFC 7230 `token` characters, the ones allowed in a cookie name.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_warning_is_rate_limited() {
+        let log = FullLog::new();
+        let err = PresenceError::Full { max_sessions: 1 };
+        for _ in 0..1000 {
+            log.report(&err);
+        }
+        assert_ne!(
+            log.last.load(Ordering::Relaxed),
+            0,
+            "the first one is logged"
+        );
+        assert_eq!(log.suppressed.load(Ordering::Relaxed), 999);
+    }
+
+    #[test]
+    fn cookie_names_must_be_tokens() {
+        assert!("presence_id".bytes().all(is_token_byte));
+        assert!(!"a=b".bytes().all(is_token_byte));
+        assert!(!"a b".bytes().all(is_token_byte));
+        assert!(!"a;b".bytes().all(is_token_byte));
+    }
+}

@@ -1,0 +1,206 @@
+//! Web integration for axum and any tower server (feature `axum`).
+//!
+//! Three pieces, meant to be used together:
+//!
+//! - [`PresenceLayer`], a tower [`Layer`](tower_layer::Layer): gives each browser a
+//!   session id in a cookie (`presence_id`, v4 UUID, `HttpOnly`, `SameSite=Lax`,
+//!   optionally HMAC-signed), classifies the visitor ([`Kind`](crate::Kind)) and records
+//!   every request as activity on its page. Handlers get the id with the
+//!   [`PresenceSession`] extractor.
+//! - [`routes`]: `POST /presence/heartbeat`, `POST /presence/active`,
+//!   `POST /presence/leave`, `GET /presence/counts` and `GET /presence/presence.js`.
+//! - [`SCRIPT`], the page script served by those routes (plain JS, no dependencies):
+//!   heartbeats with `fetch` while the page is visible and in use, re-joins after the
+//!   server forgot the session, says goodbye with `navigator.sendBeacon` on `pagehide`,
+//!   and fills elements marked `data-presence="online"` (or `members`, `hidden`,
+//!   `guests`, `bots`, `sessions`, `page`, `peak`) with the live counts. [`ScriptTag`]
+//!   renders its `<script>` tag with the tracker's settings.
+//!
+//! # Composition
+//!
+//! Merge the routes into the application at the root, then wrap everything in the layer,
+//! so that the routes see the visitor's session. The layer knows the routes by their
+//! `/presence/` prefix and does not count them as page views: a heartbeat only calls
+//! [`Presence::heartbeat`](crate::Presence::heartbeat).
+//!
+//! ```no_run
+//! use axum::{Router, response::Html, routing::get};
+//! use presence_tracker::{Kind, Presence};
+//! use presence_tracker::http::{self, PresenceLayer, PresenceSession, ScriptTag};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let presence = Presence::new();
+//!
+//! let tag = ScriptTag::new(&presence).to_string();
+//! let counts = presence.clone();
+//! let page = move |PresenceSession(_id): PresenceSession| {
+//!     let c = counts.counts();
+//!     let tag = tag.clone();
+//!     async move {
+//!         Html(format!(
+//!             "<p><span data-presence=\"online\">{}</span> users online</p>{tag}",
+//!             c.online
+//!         ))
+//!     }
+//! };
+//!
+//! let app = Router::new()
+//!     .route("/", get(page))
+//!     .merge(http::routes(presence.clone()))
+//!     .layer(
+//!         PresenceLayer::new(presence)
+//!             .signing_key(http::Key::generate())
+//!             .classify(|req| match req.headers.get("x-user") {
+//!                 Some(user) => Kind::member(user.to_str().unwrap_or("?")),
+//!                 None => Kind::Guest,
+//!             }),
+//!     );
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! # Failure behaviour
+//!
+//! The layer never fails a request: a bad cookie gets a fresh id, and a full tracker
+//! ([`PresenceError::Full`](crate::PresenceError::Full)) serves the request untracked
+//! with a rate-limited `tracing` warning. The routes answer `410 Gone` to a heartbeat
+//! for a session that is not live, which tells the script to wait for user input and
+//! re-join.
+
+mod layer;
+mod routes;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use cookie::Key;
+
+pub use self::layer::{PresenceLayer, PresenceService, ResponseFuture};
+pub use self::routes::{MissingPresenceLayer, PresenceSession, routes};
+
+use crate::Presence;
+
+/// The path prefix of the [`routes`]. The layer does not record requests under it as
+/// activity.
+pub(crate) const ROUTES_PREFIX: &str = "/presence";
+
+/// The page script (plain JavaScript, no dependencies), as served by
+/// `GET /presence/presence.js`. Include it with [`ScriptTag`].
+///
+/// Settings come from `data-` attributes of its `<script>` tag:
+///
+/// - `data-interval`: seconds between heartbeats (default 30). Keep it well under the
+///   tracker's `idle_timeout`.
+/// - `data-heartbeat-limit`: seconds without user input (pointer, key, scroll, touch)
+///   after which the script stops beating, so a forgotten tab goes offline (default 1200,
+///   the tracker's default `heartbeat_limit`). Input resumes it.
+/// - `data-page`: the page key sent with heartbeats (default `location.pathname`, which
+///   matches the path recorded by the layer).
+///
+/// The script beats only while the tab is visible, reports input since the last beat as
+/// activity (`POST /presence/active`), stops on `410 Gone` and re-joins on the next input,
+/// sends `navigator.sendBeacon(".../leave")` on `pagehide` (no `unload` or
+/// `beforeunload` listener, no WebSocket, so the back/forward cache keeps working), and
+/// fills elements marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak"`
+/// with the counts returned by each beat.
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub const SCRIPT: &str = include_str!("presence.js");
+
+/// The `<script>` tag that loads [`SCRIPT`], with the heartbeat interval and limit taken
+/// from a [`Presence`]. Render it with `Display` (`to_string()` or `format!`).
+///
+/// ```
+/// use std::time::Duration;
+/// use presence_tracker::Presence;
+/// use presence_tracker::http::ScriptTag;
+///
+/// let presence = Presence::builder()
+///     .idle_timeout(Duration::from_secs(90))
+///     .heartbeat_limit(Duration::from_secs(600))
+///     .build();
+/// assert_eq!(
+///     ScriptTag::new(&presence).to_string(),
+///     r#"<script src="/presence/presence.js" data-interval="30" data-heartbeat-limit="600" defer></script>"#
+/// );
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptTag {
+    interval: Duration,
+    heartbeat_limit: Duration,
+}
+
+impl ScriptTag {
+    /// The tag for `presence`: heartbeats every 30 s, or a third of the tracker's
+    /// `idle_timeout` when that is shorter (so two beats may be lost before the session
+    /// expires), and the tracker's `heartbeat_limit`.
+    pub fn new(presence: &Presence) -> Self {
+        ScriptTag {
+            interval: Duration::from_secs(30).min(presence.idle_timeout() / 3),
+            heartbeat_limit: presence.heartbeat_limit(),
+        }
+    }
+
+    /// Overrides the heartbeat interval.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is under 100 ms.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        assert!(
+            interval >= Duration::from_millis(100),
+            "ScriptTag::interval must be at least 100 ms, got {interval:?}"
+        );
+        self.interval = interval;
+        self
+    }
+}
+
+impl fmt::Display for ScriptTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            r#"<script src="{ROUTES_PREFIX}/presence.js" data-interval="{}" data-heartbeat-limit="{}" defer></script>"#,
+            Seconds(self.interval),
+            Seconds(self.heartbeat_limit),
+        )
+    }
+}
+
+/// Seconds with at most millisecond precision and no trailing zeros.
+struct Seconds(Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis().max(1);
+        let (s, frac) = (ms / 1000, ms % 1000);
+        if frac == 0 {
+            write!(f, "{s}")
+        } else {
+            let frac = format!("{frac:03}");
+            write!(f, "{s}.{}", frac.trim_end_matches('0'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_short() {
+        assert_eq!(Seconds(Duration::from_secs(30)).to_string(), "30");
+        assert_eq!(Seconds(Duration::from_millis(1500)).to_string(), "1.5");
+        assert_eq!(Seconds(Duration::from_millis(250)).to_string(), "0.25");
+    }
+
+    #[test]
+    fn presence_routes_are_recognised_by_prefix() {
+        assert!(layer::is_presence_route("/presence/heartbeat"));
+        assert!(!layer::is_presence_route("/presence"));
+        assert!(!layer::is_presence_route("/presenceful/x"));
+        assert!(!layer::is_presence_route("/"));
+    }
+}

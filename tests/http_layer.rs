@@ -1,0 +1,665 @@
+//! The HTTP layer and routes through the real tower service: cookies good and bad,
+//! cookie flags, signing, skip, classify, a full tracker, and every presence route.
+#![cfg(feature = "axum")]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, ETAG, IF_NONE_MATCH, SET_COOKIE,
+};
+use axum::http::{HeaderValue, Request, Response, StatusCode};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use presence_tracker::http::{self as presence_http, Key, PresenceLayer, PresenceSession, SCRIPT};
+use presence_tracker::{Kind, ManualClock, Presence, Reaper, SessionId};
+use tower::{Layer, ServiceExt};
+
+const NAME: &str = "presence_id";
+
+fn tracker() -> (Presence, ManualClock) {
+    let clock = ManualClock::new();
+    let presence = Presence::builder()
+        .clock(clock.clone())
+        .reaper(Reaper::Manual)
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+    (presence, clock)
+}
+
+/// An application echoing the session id the handler sees ("-" when there is none).
+fn app(presence: &Presence, layer: PresenceLayer) -> Router {
+    let echo = |session: Option<PresenceSession>| async move {
+        session.map_or_else(|| "-".to_owned(), |PresenceSession(id)| id.to_string())
+    };
+    Router::new()
+        .route("/", get(echo))
+        .route("/topic/{n}", get(echo))
+        .route("/static/app.css", get(echo))
+        .merge(presence_http::routes(presence.clone()))
+        .layer(layer)
+}
+
+fn get_req(path: &str) -> axum::http::request::Builder {
+    Request::builder().uri(path)
+}
+
+fn post_req(path: &str) -> axum::http::request::Builder {
+    Request::builder().method("POST").uri(path)
+}
+
+async fn send(app: &Router, req: axum::http::request::Builder) -> Response<Body> {
+    app.clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn body_text(res: Response<Body>) -> String {
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// The `Set-Cookie` header for the presence cookie, if any.
+fn set_cookie(res: &Response<Body>) -> Option<String> {
+    res.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with(&format!("{NAME}=")) || v.starts_with("sid="))
+}
+
+/// `name=value` of a `Set-Cookie` header, ready for a `Cookie` header.
+fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The session id in a (possibly signed) cookie value: its last 36 characters.
+fn id_of(set_cookie: &str) -> SessionId {
+    let pair = pair(set_cookie);
+    pair[pair.len() - 36..].parse().unwrap()
+}
+
+/// A visitor's first request: returns the `Cookie` header value to send next time.
+async fn join(app: &Router) -> (String, SessionId) {
+    let res = send(app, get_req("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = set_cookie(&res).expect("a fresh visitor gets a cookie");
+    let echoed: SessionId = body_text(res).await.parse().unwrap();
+    assert_eq!(echoed, id_of(&set));
+    (pair(&set), echoed)
+}
+
+fn attributes(set_cookie: &str) -> Vec<String> {
+    set_cookie
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn fresh_visitor_gets_a_cookie_with_all_flags() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let res = send(&app, get_req("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = set_cookie(&res).unwrap();
+    let attrs = attributes(&set);
+    for flag in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Secure",
+        "Max-Age=31536000",
+    ] {
+        assert!(attrs.iter().any(|a| a == flag), "{flag} missing in {set}");
+    }
+    let id = id_of(&set);
+    assert_eq!(pair(&set), format!("{NAME}={id}"), "unsigned by default");
+    assert_eq!(
+        body_text(res).await,
+        id.to_string(),
+        "the handler sees the issued id"
+    );
+    let session = presence.session(id).expect("the visit was recorded");
+    assert_eq!(session.kind, Kind::Guest);
+    assert_eq!(session.page.as_deref(), Some("/"));
+}
+
+#[tokio::test]
+async fn returning_visitor_keeps_the_id_and_gets_no_new_cookie() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, id) = join(&app).await;
+    let res = send(
+        &app,
+        get_req("/topic/7").header(COOKIE, format!("theme=dark; {cookie}; lang=en")),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(set_cookie(&res), None);
+    assert_eq!(body_text(res).await, id.to_string());
+    assert_eq!(presence.counts().sessions, 1);
+    assert_eq!(
+        presence.session(id).unwrap().page.as_deref(),
+        Some("/topic/7")
+    );
+}
+
+#[tokio::test]
+async fn every_bad_cookie_gets_a_fresh_id_and_the_request_succeeds() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let valid = SessionId::new_v4();
+    let other = SessionId::new_v4();
+    let cases: Vec<(&str, Vec<HeaderValue>)> = vec![
+        ("missing", vec![]),
+        ("empty", vec![HeaderValue::from_static("presence_id=")]),
+        (
+            "malformed",
+            vec![HeaderValue::from_static("presence_id=not-a-uuid")],
+        ),
+        (
+            "unhyphenated",
+            vec![HeaderValue::from_str(&format!("{NAME}={}", valid.as_uuid().simple())).unwrap()],
+        ),
+        (
+            "braced",
+            vec![HeaderValue::from_str(&format!("{NAME}={{{valid}}}")).unwrap()],
+        ),
+        (
+            "oversized",
+            vec![HeaderValue::from_str(&format!("{NAME}={valid}{}", "a".repeat(4000))).unwrap()],
+        ),
+        (
+            "duplicated in one header",
+            vec![HeaderValue::from_str(&format!("{NAME}={valid}; {NAME}={other}")).unwrap()],
+        ),
+        (
+            "duplicated across headers",
+            vec![
+                HeaderValue::from_str(&format!("{NAME}={valid}")).unwrap(),
+                HeaderValue::from_str(&format!("{NAME}={valid}")).unwrap(),
+            ],
+        ),
+        (
+            "not UTF-8",
+            vec![
+                HeaderValue::from_bytes(
+                    b"presence_id=\xff\xfe\xfd\xfc-0000-0000-0000-000000000000",
+                )
+                .unwrap(),
+            ],
+        ),
+        (
+            "signed format without a key",
+            vec![
+                HeaderValue::from_str(&format!(
+                    "{NAME}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA={valid}"
+                ))
+                .unwrap(),
+            ],
+        ),
+    ];
+    for (what, headers) in cases {
+        let mut req = Request::builder().uri("/");
+        for h in headers {
+            req = req.header(COOKIE, h);
+        }
+        let res = send(&app, req).await;
+        assert!(res.status().is_success(), "{what}: {}", res.status());
+        let set = set_cookie(&res).unwrap_or_else(|| panic!("{what}: no fresh cookie"));
+        let fresh = id_of(&set);
+        assert!(
+            fresh != valid && fresh != other,
+            "{what}: the old id was kept"
+        );
+        assert_eq!(body_text(res).await, fresh.to_string(), "{what}");
+        assert!(
+            presence.session(fresh).is_some(),
+            "{what}: fresh id not tracked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn non_utf8_bytes_in_another_cookie_do_not_cost_the_id() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, id) = join(&app).await;
+    let mut header = b"junk=\xff\xfe; ".to_vec();
+    header.extend_from_slice(cookie.as_bytes());
+    let res = send(
+        &app,
+        get_req("/").header(COOKIE, HeaderValue::from_bytes(&header).unwrap()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(set_cookie(&res), None);
+    assert_eq!(body_text(res).await, id.to_string());
+}
+
+#[tokio::test]
+async fn secure_off_and_custom_name_and_max_age() {
+    let (presence, _) = tracker();
+    let layer = PresenceLayer::new(presence.clone())
+        .cookie_name("sid")
+        .secure(false)
+        .max_age(Duration::from_secs(90));
+    let app = app(&presence, layer);
+    let res = send(&app, get_req("/")).await;
+    let set = set_cookie(&res).unwrap();
+    assert!(set.starts_with("sid="), "{set}");
+    let attrs = attributes(&set);
+    assert!(!attrs.iter().any(|a| a == "Secure"), "{set}");
+    for flag in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=90"] {
+        assert!(attrs.iter().any(|a| a == flag), "{flag} missing in {set}");
+    }
+    // The default name is not ours any more.
+    let id = id_of(&set);
+    let res = send(&app, get_req("/").header(COOKIE, format!("{NAME}={id}"))).await;
+    assert!(set_cookie(&res).is_some());
+    let res = send(&app, get_req("/").header(COOKIE, format!("sid={id}"))).await;
+    assert_eq!(set_cookie(&res), None);
+}
+
+#[tokio::test]
+async fn signed_ids_round_trip_and_forgeries_are_replaced() {
+    let (presence, _) = tracker();
+    let key = Key::generate();
+    let app = app(
+        &presence,
+        PresenceLayer::new(presence.clone()).signing_key(key.clone()),
+    );
+    let (cookie, id) = join(&app).await;
+    let value = &cookie[NAME.len() + 1..];
+    assert_eq!(value.len(), 44 + 36, "base64 HMAC then the id: {value}");
+    assert!(value.ends_with(&id.to_string()));
+
+    let res = send(&app, get_req("/").header(COOKIE, cookie.clone())).await;
+    assert_eq!(set_cookie(&res), None, "a cookie we signed is accepted");
+    assert_eq!(body_text(res).await, id.to_string());
+
+    // A bare id, a changed id under the old MAC, a cookie signed with another key.
+    let forged_id = SessionId::new_v4();
+    let tampered = format!("{NAME}={}{forged_id}", &value[..44]);
+    let other_app = app_with_key(&presence, Key::generate());
+    let (foreign, foreign_id) = join(&other_app).await;
+    for (what, header, bad) in [
+        ("bare id", format!("{NAME}={forged_id}"), forged_id),
+        ("tampered", tampered, forged_id),
+        ("other key", foreign, foreign_id),
+    ] {
+        let res = send(&app, get_req("/").header(COOKIE, header)).await;
+        assert_eq!(res.status(), StatusCode::OK, "{what}");
+        let set = set_cookie(&res).unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_ne!(id_of(&set), bad, "{what}");
+    }
+    assert!(
+        presence.session(forged_id).is_none(),
+        "forged ids never join"
+    );
+}
+
+fn app_with_key(presence: &Presence, key: Key) -> Router {
+    app(
+        presence,
+        PresenceLayer::new(presence.clone()).signing_key(key),
+    )
+}
+
+#[tokio::test]
+async fn skipped_requests_pass_through_untouched() {
+    let (presence, _) = tracker();
+    let layer =
+        PresenceLayer::new(presence.clone()).skip(|req| req.uri.path().starts_with("/static/"));
+    let app = app(&presence, layer);
+    let res = send(&app, get_req("/static/app.css")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(set_cookie(&res), None);
+    assert_eq!(
+        body_text(res).await,
+        "-",
+        "no session id for skipped requests"
+    );
+    assert_eq!(presence.counts().sessions, 0);
+}
+
+#[tokio::test]
+async fn classify_decides_the_kind() {
+    let (presence, _) = tracker();
+    let layer = PresenceLayer::new(presence.clone()).classify(|req| {
+        match req.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+            Some(user) => Kind::member(user),
+            None if req
+                .headers
+                .get("user-agent")
+                .is_some_and(|ua| ua.as_bytes().ends_with(b"bot")) =>
+            {
+                Kind::Bot
+            }
+            None => Kind::Guest,
+        }
+    });
+    let app = app(&presence, layer);
+    let res = send(&app, get_req("/").header("x-user", "alice")).await;
+    let alice = id_of(&set_cookie(&res).unwrap());
+    let res = send(&app, get_req("/").header("user-agent", "Googlebot")).await;
+    let bot = id_of(&set_cookie(&res).unwrap());
+    send(&app, get_req("/")).await;
+    assert_eq!(presence.session(alice).unwrap().kind, Kind::member("alice"));
+    assert_eq!(presence.session(bot).unwrap().kind, Kind::Bot);
+    let c = presence.counts();
+    assert_eq!((c.online, c.members, c.guests, c.bots), (2, 1, 1, 1));
+}
+
+#[tokio::test]
+async fn track_pages_off_records_no_page() {
+    let (presence, _) = tracker();
+    let app = app(
+        &presence,
+        PresenceLayer::new(presence.clone()).track_pages(false),
+    );
+    let (_, id) = join(&app).await;
+    assert_eq!(presence.session(id).unwrap().page, None);
+    assert_eq!(presence.page_count("/"), 0);
+}
+
+#[tokio::test]
+async fn full_tracker_still_serves_the_request() {
+    let presence = Presence::builder()
+        .max_sessions(1)
+        .reaper(Reaper::Manual)
+        .build();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, first) = join(&app).await;
+    for _ in 0..3 {
+        let res = send(&app, get_req("/")).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "a refused session is still served"
+        );
+        let set = set_cookie(&res).expect("the refused visitor still gets an id");
+        assert_eq!(body_text(res).await, id_of(&set).to_string());
+    }
+    // The existing session keeps working.
+    let res = send(&app, get_req("/topic/1").header(COOKIE, cookie)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(presence.counts().sessions, 1);
+    assert_eq!(
+        presence.session(first).unwrap().page.as_deref(),
+        Some("/topic/1")
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_answers_204_or_json_and_is_not_page_activity() {
+    let (presence, clock) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, id) = join(&app).await;
+    let before = presence.session(id).unwrap();
+    clock.advance(Duration::from_secs(10));
+
+    let res = send(
+        &app,
+        post_req("/presence/heartbeat?page=/elsewhere").header(COOKIE, cookie.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
+    let after = presence.session(id).unwrap();
+    assert_eq!(
+        after.page.as_deref(),
+        Some("/"),
+        "a heartbeat is not a page view"
+    );
+    assert_eq!(
+        after.last_active, before.last_active,
+        "a heartbeat is not activity"
+    );
+    assert!(
+        after.last_seen > before.last_seen,
+        "a heartbeat keeps the session alive"
+    );
+
+    let res = send(
+        &app,
+        post_req("/presence/heartbeat?page=/")
+            .header(COOKIE, cookie)
+            .header(ACCEPT, "application/json"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+    assert_eq!(json["online"], 1);
+    assert_eq!(json["guests"], 1);
+    assert_eq!(json["members"], 0);
+    assert_eq!(json["page"], 1);
+    assert!(json["peak"]["online"].is_u64());
+}
+
+#[tokio::test]
+async fn heartbeat_for_a_session_that_is_not_live_is_gone() {
+    let (presence, clock) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+
+    // No cookie (e.g. the server restarted with a new key): 410, and nothing joins.
+    let res = send(&app, post_req("/presence/heartbeat")).await;
+    assert_eq!(res.status(), StatusCode::GONE);
+    assert!(
+        set_cookie(&res).is_some(),
+        "an id is issued for the re-join"
+    );
+    assert_eq!(
+        presence.counts().sessions,
+        0,
+        "a heartbeat never creates a session"
+    );
+
+    // Expired.
+    let (cookie, _) = join(&app).await;
+    clock.advance(Duration::from_secs(61));
+    let res = send(
+        &app,
+        post_req("/presence/heartbeat").header(COOKIE, cookie.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::GONE);
+
+    // Re-join through the activity route, with the layer's classification and the page.
+    let res = send(
+        &app,
+        post_req("/presence/active?page=/topic/2").header(COOKIE, cookie.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = send(&app, post_req("/presence/heartbeat").header(COOKIE, cookie)).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(presence.page_count("/topic/2"), 1);
+}
+
+#[tokio::test]
+async fn active_uses_the_layers_classification() {
+    let (presence, _) = tracker();
+    let layer = PresenceLayer::new(presence.clone()).classify(|_| Kind::hidden_member("carol"));
+    let app = app(&presence, layer);
+    let res = send(
+        &app,
+        post_req("/presence/active?page=/topic/3").header(ACCEPT, "application/json"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let id = id_of(&set_cookie(&res).unwrap());
+    let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+    assert_eq!(
+        (json["hidden"].as_u64(), json["page"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let session = presence.session(id).unwrap();
+    assert_eq!(session.kind, Kind::hidden_member("carol"));
+    assert_eq!(session.page.as_deref(), Some("/topic/3"));
+}
+
+#[tokio::test]
+async fn leave_answers_204_and_takes_effect_after_the_grace_period() {
+    let (presence, clock) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (gone, gone_id) = join(&app).await;
+    let (reloading, reloading_id) = join(&app).await;
+    let (moved, moved_id) = join(&app).await;
+
+    // Closes the tab.
+    let res = send(
+        &app,
+        post_req("/presence/leave?page=/").header(COOKIE, gone),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // Reloads: the old page says goodbye, the new page beats within the grace period.
+    let res = send(
+        &app,
+        post_req("/presence/leave?page=/").header(COOKIE, reloading.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // Moved on: the new page was requested before the old page's goodbye.
+    send(&app, get_req("/topic/1").header(COOKIE, moved.clone())).await;
+    let res = send(
+        &app,
+        post_req("/presence/leave?page=/").header(COOKIE, moved),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    clock.advance(Duration::from_millis(500));
+    let res = send(
+        &app,
+        post_req("/presence/heartbeat").header(COOKIE, reloading),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert!(presence.session(gone_id).is_none(), "left");
+    assert!(
+        presence.session(reloading_id).is_some(),
+        "reload keeps the session"
+    );
+    assert!(
+        presence.session(moved_id).is_some(),
+        "navigation keeps the session"
+    );
+    assert_eq!(presence.counts().online, 2);
+
+    // Leaving without a session is fine too.
+    let res = send(&app, post_req("/presence/leave")).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn counts_route_serves_json_with_an_optional_page_count() {
+    let (presence, _) = tracker();
+    let layer =
+        PresenceLayer::new(presence.clone()).classify(|req| match req.headers.get("x-user") {
+            Some(u) => Kind::member(u.to_str().unwrap()),
+            None => Kind::Guest,
+        });
+    let app = app(&presence, layer);
+    send(&app, get_req("/topic/1").header("x-user", "alice")).await;
+    send(&app, get_req("/topic/1")).await;
+    send(&app, get_req("/")).await;
+
+    let res = send(&app, get_req("/presence/counts")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+    assert_eq!(json["online"], 3);
+    assert_eq!(json["members"], 1);
+    assert_eq!(json["guests"], 2);
+    assert_eq!(json["sessions"], 3);
+    assert!(json.get("page").is_none());
+    assert_eq!(
+        presence.counts().sessions,
+        3,
+        "reading counts is not a visit"
+    );
+
+    let res = send(&app, get_req("/presence/counts?page=%2Ftopic%2F1")).await;
+    let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+    assert_eq!(json["page"], 2);
+}
+
+#[tokio::test]
+async fn script_route_serves_the_cacheable_script() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let res = send(&app, get_req("/presence/presence.js")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/javascript")
+    );
+    assert!(
+        res.headers()[CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
+    let etag = res.headers()[ETAG].clone();
+    assert_eq!(body_text(res).await, SCRIPT);
+    let res = send(
+        &app,
+        get_req("/presence/presence.js").header(IF_NONE_MATCH, etag),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        presence.counts().sessions,
+        0,
+        "fetching the script is not a visit"
+    );
+}
+
+#[test]
+fn script_has_no_unload_listener_and_no_websocket() {
+    assert!(SCRIPT.contains("sendBeacon"));
+    assert!(SCRIPT.contains("keepalive: true"));
+    assert!(SCRIPT.contains("'pagehide'"));
+    assert!(!SCRIPT.contains("'unload'") && !SCRIPT.contains("beforeunload"));
+    assert!(!SCRIPT.contains("new WebSocket"));
+}
+
+#[tokio::test]
+async fn extractor_without_the_layer_is_a_clear_500() {
+    let app: Router = Router::new().route(
+        "/",
+        get(|PresenceSession(id): PresenceSession| async move { id.to_string() }),
+    );
+    let res = app.oneshot(Request::new(Body::empty())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body_text(res).await.contains("PresenceLayer"));
+}
+
+#[tokio::test]
+async fn layer_works_with_any_tower_service() {
+    let (presence, _) = tracker();
+    let service = PresenceLayer::new(presence.clone()).layer(tower::service_fn(
+        |req: Request<String>| async move {
+            let id = req.extensions().get::<SessionId>().copied();
+            Ok::<_, Infallible>(Response::new(
+                id.map(|id| id.to_string()).unwrap_or_default(),
+            ))
+        },
+    ));
+    let res = service.oneshot(Request::new(String::new())).await.unwrap();
+    let set = res.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert_eq!(res.body(), &id_of(&set).to_string());
+    assert_eq!(presence.counts().sessions, 1);
+}
