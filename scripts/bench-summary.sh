@@ -4,19 +4,26 @@
 # come from one run, so machine noise mostly cancels). With --runs N the benches run N times
 # and the table shows the median of the per-run figures and ratios.
 #
-# usage: scripts/bench-summary.sh [--runs N] [--no-run] [bench ...]   (default: touch counts reap)
+# usage: scripts/bench-summary.sh [--runs N] [--filter F] [--no-run] [bench ...]
+#   bench      touch, counts, reap (the default is all three)
+#   --filter F only benchmarks whose id contains F (criterion's filter), e.g. 2_threads
 #   --no-run   only summarise what target/criterion holds from the last run
+#   --rows P   also keep the raw per-run figures (TSV: run, group, benchmark, ns/element) in P
 # Needs jq. The memory bench prints its own table: cargo bench --bench memory
 set -euo pipefail
 
 runs=1
 run=1
+filter=()
+keep_rows=""
 benches=()
 while (($#)); do
     case "$1" in
         --runs) runs="$2"; shift 2 ;;
         --no-run) run=0; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        --filter) filter=("$2"); shift 2 ;;
+        --rows) keep_rows="$2"; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) benches+=("$1"); shift ;;
     esac
 done
@@ -46,11 +53,12 @@ for ((i = 1; i <= runs; i++)); do
         # Old results would mix into this run's table.
         rm -rf "$crit"
         for b in "${benches[@]}"; do
-            cargo bench --quiet --bench "$b" -- --noplot >&2
+            cargo bench --quiet --bench "$b" -- --noplot ${filter[@]+"${filter[@]}"} >&2
         done
     fi
     collect "$i"
 done
+[[ -z "$keep_rows" ]] || cp "$rows" "$keep_rows"
 
 # Median over runs of each figure and of each ratio (baseline time / ours time, > 1 means we
 # are faster). The groups' `presence_*` entry is "ours".

@@ -7,6 +7,7 @@
 //! delivery token; the queue lock is a leaf and is held only to push or swap a `Vec`.
 
 use std::mem;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -82,6 +83,9 @@ pub enum Event {
 #[derive(Debug)]
 pub(crate) struct EventQueue {
     sender: broadcast::Sender<Event>,
+    /// Someone called `subscribe`: until then every check is one relaxed load, not the
+    /// channel's mutex.
+    subscribed: AtomicBool,
     pending: Mutex<Vec<Event>>,
     /// Held by the one thread delivering; others leave their events to it.
     delivering: Mutex<()>,
@@ -92,6 +96,7 @@ impl EventQueue {
         let (sender, _) = broadcast::channel(capacity);
         EventQueue {
             sender,
+            subscribed: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             delivering: Mutex::new(()),
         }
@@ -100,7 +105,7 @@ impl EventQueue {
     /// Whether anyone listens; when not, changes skip building events at all.
     #[inline]
     pub(crate) fn wanted(&self) -> bool {
-        self.sender.receiver_count() > 0
+        self.subscribed.load(Ordering::Relaxed) && self.sender.receiver_count() > 0
     }
 
     /// Appends an event. Call under the lock that serialises the change it describes.
@@ -109,11 +114,16 @@ impl EventQueue {
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.sender.subscribe()
+        let receiver = self.sender.subscribe();
+        self.subscribed.store(true, Ordering::Relaxed);
+        receiver
     }
 
     /// Sends what is pending, in order. Call with no tracker lock held.
     pub(crate) fn deliver(&self) {
+        if !self.subscribed.load(Ordering::Relaxed) {
+            return; // nothing is ever pushed before the first subscription
+        }
         loop {
             if self.pending.lock().is_empty() {
                 return;

@@ -9,6 +9,11 @@
 //! stable for its life, so the expiry index refers to it by a 4-byte [`SlotRef`] and the
 //! reaper reaches it without hashing.
 //!
+//! The table is [`GroupTable`]: one 64-byte cache line holds 12 one-byte tags *and* their 12
+//! slot indices, so a lookup costs one cache miss for the table and one for the slot. With a
+//! SwissTable the tags and the indices live in separate arrays, three dependent misses in
+//! all, and at a million sessions those misses are the whole cost of a touch.
+//!
 //! Locking: one `parking_lot::RwLock` per shard; nothing here takes any other lock. A guard
 //! returned by [`SessionMap::read`] or an entry from [`SessionMap::entry`] holds its shard's
 //! lock until dropped: do not call back into the map for a key of the same shard meanwhile.
@@ -16,7 +21,6 @@
 use std::fmt;
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::SessionId;
@@ -33,6 +37,7 @@ const CHUNK: usize = 256;
 /// Where a session lives: shard in the top bits, slot in the shard below.
 pub(crate) type SlotRef = u32;
 
+#[repr(C)]
 struct Slot<V> {
     id: SessionId,
     value: V,
@@ -40,7 +45,7 @@ struct Slot<V> {
 
 struct Shard<V> {
     /// Slot indices, hashed by the id in the slot.
-    table: HashTable<u32>,
+    table: GroupTable,
     chunks: Vec<Box<[Option<Slot<V>>]>>,
     /// Slots freed by removals, reused first.
     free: Vec<u32>,
@@ -51,7 +56,7 @@ struct Shard<V> {
 impl<V> Shard<V> {
     fn new() -> Self {
         Shard {
-            table: HashTable::new(),
+            table: GroupTable::new(),
             chunks: Vec::new(),
             free: Vec::new(),
             used: 0,
@@ -71,13 +76,13 @@ impl<V> Shard<V> {
     fn find(&self, hash: u64, id: &SessionId) -> Option<u32> {
         let chunks = &self.chunks;
         self.table
-            .find(hash, |&idx| {
+            .find(hash, |idx| {
                 let idx = idx as usize;
                 chunks[idx / CHUNK][idx % CHUNK]
                     .as_ref()
                     .is_some_and(|slot| slot.id == *id)
             })
-            .copied()
+            .map(|(_, idx)| idx)
     }
 }
 
@@ -176,7 +181,7 @@ impl<V> SessionMap<V> {
 
     /// Number of sessions stored.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().table.len()).sum()
+        self.shards.iter().map(|s| s.read().table.len).sum()
     }
 }
 
@@ -223,8 +228,8 @@ impl<V> OccupiedEntry<'_, V> {
 
     pub(crate) fn remove(mut self) -> V {
         let idx = self.idx;
-        if let Ok(found) = self.shard.table.find_entry(self.hash, |&i| i == idx) {
-            found.remove();
+        if let Some((at, _)) = self.shard.table.find(self.hash, |i| i == idx) {
+            self.shard.table.remove(at);
         }
         self.shard.free.push(idx);
         let slot = self
@@ -266,7 +271,7 @@ impl<V> VacantEntry<'_, V> {
         *shard.slot_mut(idx) = Some(Slot { id: self.id, value });
         let Shard { table, chunks, .. } = shard;
         let hasher = self.hasher;
-        table.insert_unique(self.hash, idx, |&i| {
+        table.insert(self.hash, idx, |i| {
             let i = i as usize;
             // Every index in the table names a slot in use.
             chunks[i / CHUNK][i % CHUNK]
@@ -274,6 +279,137 @@ impl<V> VacantEntry<'_, V> {
                 .map_or(0, |slot| hasher.hash_one(slot.id))
         });
         Ok(slot_ref(self.shard_no, idx))
+    }
+}
+
+/// Entries per group: one cache line of 12 tags, 4 bytes of bookkeeping, 12 indices.
+const GROUP: usize = 12;
+
+/// Tag of an empty entry; a used entry's tag has its top bit set.
+const EMPTY: u8 = 0;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Group {
+    tags: [u8; GROUP],
+    /// An insert probed past this group because it was full: a lookup that misses here must
+    /// go on to the next group. Cleared only by a rebuild.
+    overflowed: bool,
+    _pad: [u8; 3],
+    slots: [u32; GROUP],
+}
+
+const EMPTY_GROUP: Group = Group {
+    tags: [EMPTY; GROUP],
+    overflowed: false,
+    _pad: [0; 3],
+    slots: [0; GROUP],
+};
+
+/// An open-addressing table of `u32`s in cache-line groups, probed group by group.
+///
+/// The caller keeps the hashes (it recomputes them from the slab on growth): the table
+/// stores a 7-bit tag of each and the value. Removal empties an entry in place; a group
+/// that ever overflowed keeps sending lookups on until the next rebuild. A rebuild happens
+/// on growth, or in place once half the groups gained an overflow mark since the last
+/// rebuild (marks left stale by removals), which amortises to O(1) per insert.
+struct GroupTable {
+    groups: Vec<Group>,
+    len: usize,
+    overflowed: usize,
+    /// `overflowed` right after the last rebuild: marks that a fresh layout needs anyway.
+    overflowed_fresh: usize,
+}
+
+/// Where an entry is: group and position in it.
+type Position = (usize, usize);
+
+impl GroupTable {
+    fn new() -> Self {
+        GroupTable {
+            groups: vec![EMPTY_GROUP],
+            len: 0,
+            overflowed: 0,
+            overflowed_fresh: 0,
+        }
+    }
+
+    #[inline]
+    fn tag(hash: u64) -> u8 {
+        // The top 7 bits; the shard was chosen from the bits below them, the group from
+        // the lowest ones.
+        0x80 | (hash >> 57) as u8
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<(Position, u32)> {
+        let tag = Self::tag(hash);
+        let mask = self.groups.len() - 1;
+        let mut g = hash as usize & mask;
+        for _ in 0..self.groups.len() {
+            let group = &self.groups[g];
+            for i in 0..GROUP {
+                if group.tags[i] == tag && eq(group.slots[i]) {
+                    return Some(((g, i), group.slots[i]));
+                }
+            }
+            if !group.overflowed {
+                return None;
+            }
+            g = (g + 1) & mask;
+        }
+        None
+    }
+
+    fn remove(&mut self, (g, i): Position) {
+        self.groups[g].tags[i] = EMPTY;
+        self.len -= 1;
+    }
+
+    /// Adds `value`, known to be absent; `hash_of` recomputes the hash of any stored value.
+    fn insert(&mut self, hash: u64, value: u32, hash_of: impl Fn(u32) -> u64) {
+        // Keep at least 1/8 of the entries free, and rebuild when stale overflow marks would
+        // lengthen lookups.
+        let capacity = self.groups.len() * GROUP;
+        if (self.len + 1) * 8 > capacity * 7 {
+            self.rebuild(self.groups.len() * 2, &hash_of);
+        } else if self.overflowed > self.overflowed_fresh + self.groups.len() / 2 {
+            self.rebuild(self.groups.len(), &hash_of);
+        }
+        self.place(hash, value);
+        self.len += 1;
+    }
+
+    fn place(&mut self, hash: u64, value: u32) {
+        let tag = Self::tag(hash);
+        let mask = self.groups.len() - 1;
+        let mut g = hash as usize & mask;
+        loop {
+            let group = &mut self.groups[g];
+            if let Some(i) = group.tags.iter().position(|&t| t == EMPTY) {
+                group.tags[i] = tag;
+                group.slots[i] = value;
+                return;
+            }
+            if !group.overflowed {
+                group.overflowed = true;
+                self.overflowed += 1;
+            }
+            g = (g + 1) & mask;
+        }
+    }
+
+    fn rebuild(&mut self, groups: usize, hash_of: &impl Fn(u32) -> u64) {
+        let old = std::mem::replace(&mut self.groups, vec![EMPTY_GROUP; groups]);
+        self.overflowed = 0;
+        for group in &old {
+            for i in 0..GROUP {
+                if group.tags[i] != EMPTY {
+                    self.place(hash_of(group.slots[i]), group.slots[i]);
+                }
+            }
+        }
+        self.overflowed_fresh = self.overflowed;
     }
 }
 
@@ -327,6 +463,50 @@ mod tests {
             assert_eq!(seen, model.len());
         }
         assert!(map.read(&SessionId::new_v4()).is_none());
+    }
+
+    #[test]
+    fn a_group_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Group>(), 64);
+        assert_eq!(std::mem::align_of::<Group>(), 64);
+    }
+
+    #[test]
+    fn group_table_survives_collisions_and_churn() {
+        // Every value hashes to group 0 with one tag: the worst case, all probing.
+        let mut table = GroupTable::new();
+        let hash_of = |_: u32| 0u64;
+        for v in 0..200 {
+            table.insert(0, v, hash_of);
+        }
+        for v in (0..200).step_by(2) {
+            let (at, found) = table.find(0, |x| x == v).unwrap();
+            assert_eq!(found, v);
+            table.remove(at);
+        }
+        for v in 0..200 {
+            assert_eq!(table.find(0, |x| x == v).is_some(), v % 2 == 1, "{v}");
+        }
+        // Churn at a stable size: stale overflow marks trigger rebuilds, nothing is lost.
+        let hash_of = |v: u32| u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut table = GroupTable::new();
+        for v in 0..1000 {
+            table.insert(hash_of(v), v, hash_of);
+        }
+        for round in 0..20u32 {
+            for v in 0..1000 {
+                let old = round * 1000 + v;
+                let (at, _) = table.find(hash_of(old), |x| x == old).unwrap();
+                table.remove(at);
+                let new = old + 1000;
+                table.insert(hash_of(new), new, hash_of);
+            }
+        }
+        assert_eq!(table.len, 1000);
+        for v in 20_000..21_000 {
+            assert!(table.find(hash_of(v), |x| x == v).is_some());
+        }
+        assert!(table.groups.len() <= 256, "{}", table.groups.len());
     }
 
     #[test]

@@ -95,6 +95,9 @@ impl UserTable {
         counters: &Counters,
         events: Option<&EventQueue>,
     ) -> isize {
+        if left.is_none() && joined.is_none() {
+            return 0; // guests and bots: no user, and no lock
+        }
         let mut users = self.users.lock();
         let mut people = 0;
         // Both sides first change their records, then standings are compared, so that a
