@@ -23,6 +23,9 @@ use parking_lot::Mutex;
 use presence_tracker::{Kind, Presence, Reaper, SessionId};
 use uuid::Uuid;
 
+mod common;
+use common::SplitMix;
+
 const CHILD_ENV: &str = "PRESENCE_MEMORY_CHILD";
 const SESSIONS_ENV: &str = "PRESENCE_MEMORY_SESSIONS";
 
@@ -37,24 +40,6 @@ const STRUCTURES: [(&str, &str); 5] = [
     ("mutex_hashmap", "Mutex<HashMap<Uuid, (Instant, u8)>>"),
     ("moka", "moka::sync::Cache<Uuid, u8>, time_to_idle"),
 ];
-
-/// A tiny deterministic generator (splitmix64).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uuid(&mut self) -> Uuid {
-        let bytes = ((u128::from(self.next()) << 64) | u128::from(self.next())).to_le_bytes();
-        uuid::Builder::from_random_bytes(bytes).into_uuid()
-    }
-}
 
 /// Resident set size in bytes, from `/proc/self/status`.
 fn rss_bytes() -> Option<u64> {

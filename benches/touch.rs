@@ -29,53 +29,14 @@ use parking_lot::Mutex;
 use presence_tracker::{Kind, Presence, Reaper, SessionId};
 use uuid::Uuid;
 
+mod common;
+use common::{SplitMix, full_scale, keys};
+
 /// Keys handled per criterion iteration; throughput is reported per key.
 const BATCH: usize = 1000;
 
 /// Baseline entry: last-seen time plus a kind tag, the least a presence map must hold.
 type RawEntry = (Instant, u8);
-
-/// `cargo bench` passes `--bench`; anything else (`cargo test --benches`, `--list`) only
-/// needs the routines to run once, so it gets small sizes and starts fast.
-/// `PRESENCE_BENCH_SCALE=full|small` overrides the guess.
-fn full_scale() -> bool {
-    match std::env::var("PRESENCE_BENCH_SCALE").as_deref() {
-        Ok("full") => return true,
-        Ok("small") => return false,
-        _ => {}
-    }
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    has("--bench") && !has("--test") && !has("--list")
-}
-
-/// A tiny deterministic generator (splitmix64) so every structure sees the same streams.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        // Lemire's multiply-shift; the bias is irrelevant here.
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-
-    fn uuid(&mut self) -> Uuid {
-        let bytes = ((u128::from(self.next()) << 64) | u128::from(self.next())).to_le_bytes();
-        uuid::Builder::from_random_bytes(bytes).into_uuid()
-    }
-}
-
-fn keys(seed: u64, n: usize) -> Vec<Uuid> {
-    let mut rng = SplitMix(seed);
-    (0..n).map(|_| rng.uuid()).collect()
-}
 
 /// A key stream: `len` random picks (with replacement) from `keys`, materialised for both
 /// key types so the timed loop reads keys sequentially and does no indexing of its own.

@@ -232,6 +232,16 @@ enum KindTag {
 }
 
 impl KindTag {
+    /// The tag and the user a session keeps for `kind`.
+    fn split(kind: Kind) -> (Self, Option<UserId>) {
+        let tag = Self::of(&kind);
+        let user = match kind {
+            Kind::Member(u) | Kind::HiddenMember(u) => Some(u),
+            Kind::Guest | Kind::Bot => None,
+        };
+        (tag, user)
+    }
+
     fn of(kind: &Kind) -> Self {
         match kind {
             Kind::Guest => KindTag::Guest,
@@ -258,11 +268,7 @@ fn narrow(t: Tick) -> u32 {
 
 impl Session {
     fn new(kind: Kind, page: Option<SharedStr>, now: Tick) -> Self {
-        let tag = KindTag::of(&kind);
-        let user = match kind {
-            Kind::Member(u) | Kind::HiddenMember(u) => Some(u),
-            Kind::Guest | Kind::Bot => None,
-        };
+        let (tag, user) = KindTag::split(kind);
         Session {
             seen: AtomicU32::new(narrow(now)),
             active: AtomicU32::new(narrow(now)),
@@ -299,16 +305,23 @@ impl Session {
         widen(now, self.active.load(Ordering::Relaxed))
     }
 
+    /// When it goes offline for lack of any call, and for lack of activity.
+    #[inline]
+    fn limits(&self, cfg: &Config, now: Tick) -> (Tick, Tick) {
+        (
+            self.last_seen(now) + cfg.idle_timeout,
+            self.last_active(now) + cfg.heartbeat_limit,
+        )
+    }
+
     #[inline]
     fn deadline(&self, cfg: &Config, now: Tick) -> Tick {
-        let seen = self.last_seen(now) + cfg.idle_timeout;
-        let active = self.last_active(now) + cfg.heartbeat_limit;
+        let (seen, active) = self.limits(cfg, now);
         seen.min(active)
     }
 
     fn leave_reason(&self, cfg: &Config, now: Tick) -> LeaveReason {
-        let seen = self.last_seen(now) + cfg.idle_timeout;
-        let active = self.last_active(now) + cfg.heartbeat_limit;
+        let (seen, active) = self.limits(cfg, now);
         if active < seen {
             LeaveReason::HeartbeatLimit
         } else {
@@ -878,9 +891,7 @@ impl Tracker {
                 events,
             );
             self.add_people(people, now);
-            let fresh = Session::new(kind, None, now);
-            session.tag = fresh.tag;
-            session.user = fresh.user;
+            (session.tag, session.user) = KindTag::split(kind);
         }
         if let Some(page) = page {
             if session.page.as_ref().map(SharedStr::as_str) != Some(page) {
