@@ -18,7 +18,8 @@ use axum::routing::get;
 use presence_tracker::Presence;
 use presence_tracker::http::{Key, PresenceLayer};
 
-async fn hot(State(presence): State<Presence>, uri: Uri) -> Html<String> {
+/// The page handler of both routes.
+pub async fn hot(State(presence): State<Presence>, uri: Uri) -> Html<String> {
     let c = presence.counts();
     let viewing = presence.page_count(uri.path());
     Html(format!(
@@ -30,20 +31,25 @@ async fn hot(State(presence): State<Presence>, uri: Uri) -> Html<String> {
     ))
 }
 
+/// `/hot` without the layer and `/tracked/hot` behind it (signed cookies, pages tracked).
+/// `benches/layer.rs` measures this same router in-process.
+pub fn app(presence: Presence) -> Router {
+    let layer = PresenceLayer::new(presence.clone())
+        .secure(false)
+        .signing_key(Key::generate());
+    Router::new()
+        .route("/hot", get(hot))
+        .merge(Router::new().route("/tracked/hot", get(hot)).layer(layer))
+        .with_state(presence)
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3001);
-    let presence = Presence::new();
-    let layer = PresenceLayer::new(presence.clone())
-        .secure(false)
-        .signing_key(Key::generate());
-    let app = Router::new()
-        .route("/hot", get(hot))
-        .merge(Router::new().route("/tracked/hot", get(hot)).layer(layer))
-        .with_state(presence);
+    let app = app(Presence::new());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!(
         "load target on http://{}/hot and /tracked/hot",

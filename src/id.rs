@@ -98,7 +98,14 @@ impl FromStr for SessionId {
 
     /// Parses the hyphenated form only; see [`SessionId`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = s.as_bytes();
+        Self::parse_ascii(s.as_bytes())
+    }
+}
+
+impl SessionId {
+    /// [`FromStr`] on bytes: the HTTP layer parses a cookie value without checking UTF-8
+    /// first (anything that is not ASCII hex is refused here anyway).
+    pub(crate) fn parse_ascii(bytes: &[u8]) -> Result<Self, ParseSessionIdError> {
         let err = |reason| Err(ParseSessionIdError { reason });
         if bytes.len() != 36 {
             return err(ParseReason::Length(bytes.len()));

@@ -288,6 +288,10 @@ async fn signed_ids_round_trip_and_forgeries_are_replaced() {
     let tampered = format!("{NAME}={}{forged_id}", &value[..44]);
     let other_app = app_with_key(&presence, Key::generate());
     let (foreign, foreign_id) = join(&other_app).await;
+    // Accepted where it was issued, which also puts it in this thread's cache of verified
+    // values: that must not make it valid under our key.
+    let res = send(&other_app, get_req("/").header(COOKIE, foreign.clone())).await;
+    assert_eq!(set_cookie(&res), None, "valid under its own key");
     for (what, header, bad) in [
         ("bare id", format!("{NAME}={forged_id}"), forged_id),
         ("tampered", tampered, forged_id),

@@ -397,13 +397,13 @@ impl Shared {
         if raw.len() > MAX_COOKIE_VALUE {
             return None;
         }
-        let value = std::str::from_utf8(raw).ok()?;
         match &self.key {
-            None => value.parse().ok(),
+            None => SessionId::parse_ascii(raw).ok(),
             Some(key) => {
                 if let Some(id) = key.recently_verified(raw) {
                     return Some(id);
                 }
+                let value = std::str::from_utf8(raw).ok()?;
                 let mut jar = CookieJar::new();
                 jar.add_original(Cookie::new(self.cookie_name.to_string(), value.to_owned()));
                 let verified = jar.signed(&key.key).get(&self.cookie_name)?;
@@ -444,14 +444,15 @@ static KEY_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Verified cookie values remembered per thread; the cache is emptied when it reaches this.
 const VERIFIED_CACHE: usize = 4096;
 
-/// Verified cookie values (with the key generation) and the ids they carry.
-type VerifiedCache = HashMap<(u64, Box<[u8]>), SessionId>;
+/// Verified cookie values and, for each, the key generation that verified it and its id.
+/// Keyed by the bare value so that a probe borrows the request's bytes (no allocation).
+type VerifiedCache = HashMap<Box<[u8]>, (u64, SessionId), foldhash::fast::RandomState>;
 
 thread_local! {
-    /// Cookie values whose MAC was checked, by key generation. An HMAC costs about as much
-    /// as the rest of the layer together, and a visitor sends the same value on every
-    /// request; an exact match on the whole value (MAC included) is as good as a check.
-    static VERIFIED: RefCell<VerifiedCache> = RefCell::new(HashMap::new());
+    /// Cookie values whose MAC was checked. An HMAC costs about as much as the rest of the
+    /// layer together, and a visitor sends the same value on every request; an exact match
+    /// on the whole value (MAC included) under the same key is as good as a check.
+    static VERIFIED: RefCell<VerifiedCache> = RefCell::new(HashMap::default());
 }
 
 #[derive(Clone)]
@@ -462,11 +463,9 @@ struct SigningKey {
 
 impl SigningKey {
     fn recently_verified(&self, value: &[u8]) -> Option<SessionId> {
-        VERIFIED.with(|cache| {
-            // The map is keyed by an owned slice; probing needs one, but a miss costs an
-            // HMAC anyway and a hit saves it.
-            let probe = (self.generation, Box::<[u8]>::from(value));
-            cache.borrow().get(&probe).copied()
+        VERIFIED.with(|cache| match cache.borrow().get(value) {
+            Some(&(generation, id)) if generation == self.generation => Some(id),
+            _ => None,
         })
     }
 
@@ -476,7 +475,7 @@ impl SigningKey {
             if cache.len() >= VERIFIED_CACHE {
                 cache.clear();
             }
-            cache.insert((self.generation, value.into()), id);
+            cache.insert(value.into(), (self.generation, id));
         });
     }
 }
