@@ -723,14 +723,11 @@ impl Tracker {
         self.expiry.take_due(now, &mut due);
         let mut later = Vec::new();
         let mut evicted = 0;
-        for (at, slot) in due {
-            let Some(mut entry) = self.sessions.at(slot) else {
-                continue; // a stale item: the session left
-            };
+        self.sessions.at_each(&due, |at, slot, mut entry| {
             let id = entry.id();
             let session = entry.get_mut();
             if session.next_check != narrow(at) {
-                continue; // a stale item: the session was rescheduled, or left and another came
+                return; // a stale item: the session was rescheduled, or left and another came
             }
             if session.deadline(&self.cfg, now) <= now {
                 let reason = session.leave_reason(&self.cfg, now);
@@ -738,7 +735,7 @@ impl Tracker {
                 entry.remove();
                 self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                 evicted += 1;
-                continue;
+                return;
             }
             if !session.idle && session.idle_at(&self.cfg, now) <= now {
                 session.idle = true;
@@ -748,7 +745,7 @@ impl Tracker {
             let next = session.next_change(&self.cfg, now);
             session.next_check = narrow(next);
             later.push((next, slot));
-        }
+        });
         self.expiry.schedule_all(later);
         self.expiry.finish();
         self.users.forget_due(now, self.cfg.remember_users_for);
