@@ -63,9 +63,9 @@ fn layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer/request");
     group.throughput(Throughput::Elements(1));
     for (name, path) in [
-        ("without_layer", "/hot"),
+        ("no_layer", "/hot"),
         ("identity_layer", "/identity/hot"),
-        ("with_layer", "/tracked/hot"),
+        ("presence_layer", "/tracked/hot"),
     ] {
         group.bench_function(name, |b| {
             let mut n = 0;

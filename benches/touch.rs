@@ -7,6 +7,7 @@
 //! Groups (sizes shown for `cargo bench`; `cargo test --benches` runs each routine once on
 //! small sizes):
 //! - `touch_existing/1M_sessions/1_thread`: `touch` of a known guest vs the baselines.
+//! - `touch_existing/10k_sessions/1_thread`: the same on the two-thread group's set size.
 //! - `touch_existing/10k_sessions/2_threads`: the same under two threads (wall time).
 //! - `touch_new`: the insert path (a session the tracker has not seen yet).
 //! - `visit_page_change`: `visit` where every call moves the session to another page.
@@ -150,10 +151,11 @@ fn size_label(n: usize) -> String {
     }
 }
 
-/// `touch` of an existing guest session, one thread, against every baseline.
-fn touch_existing_one_thread(c: &mut Criterion) {
+/// `touch` of an existing guest session, one thread, against every baseline, on `n`
+/// sessions (`small_n` when not at full scale).
+fn touch_existing_one_thread(c: &mut Criterion, n: usize, small_n: usize) {
     let full = full_scale();
-    let n = if full { 1_000_000 } else { 10_000 };
+    let n = if full { n } else { small_n };
     let keys = keys(1, n);
     let stream_len = if full { 262_000 } else { 10_000 };
     let mut stream = Stream::random(&keys, stream_len, 2);
@@ -463,7 +465,9 @@ fn heartbeat(c: &mut Criterion) {
 // `pub fn` that the crate's `missing_docs` lint rejects.
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    touch_existing_one_thread(&mut c);
+    touch_existing_one_thread(&mut c, 1_000_000, 10_000);
+    // The same set as the two-thread group, on one thread: what the second thread adds.
+    touch_existing_one_thread(&mut c, 10_000, 1_000);
     touch_existing_two_threads(&mut c);
     touch_new(&mut c);
     visit_page_change(&mut c);

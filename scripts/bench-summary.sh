@@ -5,7 +5,7 @@
 # and the table shows the median of the per-run figures and ratios.
 #
 # usage: scripts/bench-summary.sh [--runs N] [--filter F] [--no-run] [bench ...]
-#   bench      touch, counts, reap (the default is all three)
+#   bench      touch, counts, reap, layer (the default is all four)
 #   --filter F only benchmarks whose id contains F (criterion's filter), e.g. 2_threads
 #   --no-run   only summarise what target/criterion holds from the last run
 #   --rows P   also keep the raw per-run figures (TSV: run, group, benchmark, ns/element) in P
@@ -27,7 +27,7 @@ while (($#)); do
         *) benches+=("$1"); shift ;;
     esac
 done
-((${#benches[@]})) || benches=(touch counts reap)
+((${#benches[@]})) || benches=(touch counts reap layer)
 command -v jq >/dev/null || { echo "bench-summary: jq is required" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
@@ -53,7 +53,9 @@ for ((i = 1; i <= runs; i++)); do
         # Old results would mix into this run's table.
         rm -rf "$crit"
         for b in "${benches[@]}"; do
-            cargo bench --quiet --bench "$b" -- --noplot ${filter[@]+"${filter[@]}"} >&2
+            features=()
+            [ "$b" = layer ] && features=(--features axum)
+            cargo bench --quiet ${features[@]+"${features[@]}"} --bench "$b" -- --noplot ${filter[@]+"${filter[@]}"} >&2
         done
     fi
     collect "$i"

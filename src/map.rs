@@ -405,6 +405,24 @@ struct Group {
     slots: [u32; GROUP],
 }
 
+impl Group {
+    /// The entries whose tag is `tag`, as a mask with the top bit of byte `i` set for entry
+    /// `i`: all twelve compared at once (SWAR), so a lookup takes one predictable branch
+    /// per match instead of a data-dependent branch per entry.
+    #[inline]
+    fn matches(&self, tag: u8) -> u128 {
+        const LOW7: u128 = u128::from_le_bytes([0x7F; 16]);
+        const HIGH: u128 = u128::from_le_bytes([0x80; 16]);
+        let mut bytes = [0u8; 16];
+        bytes[..GROUP].copy_from_slice(&self.tags);
+        // Bytes past the tags are 0, which never equals a tag (tags have the top bit set).
+        let x = u128::from_le_bytes(bytes) ^ (u128::from(tag) * u128::from_le_bytes([1; 16]));
+        // A byte of `x` is zero exactly where the tag matched; this zero test is exact
+        // (masking the top bit first keeps the addition from carrying into the next byte).
+        !(((x & LOW7) + LOW7) | x) & HIGH
+    }
+}
+
 const EMPTY_GROUP: Group = Group {
     tags: [EMPTY; GROUP],
     overflowed: false,
@@ -454,10 +472,13 @@ impl GroupTable {
         let mut g = hash as usize & mask;
         for _ in 0..self.groups.len() {
             let group = &self.groups[g];
-            for i in 0..GROUP {
-                if group.tags[i] == tag && eq(group.slots[i]) {
+            let mut matches = group.matches(tag);
+            while matches != 0 {
+                let i = (matches.trailing_zeros() / 8) as usize;
+                if eq(group.slots[i]) {
                     return Some(((g, i), group.slots[i]));
                 }
+                matches &= matches - 1;
             }
             if !group.overflowed {
                 return None;
@@ -570,6 +591,34 @@ mod tests {
             assert_eq!(seen, model.len());
         }
         assert!(map.read(&SessionId::new_v4()).is_none());
+    }
+
+    #[test]
+    fn group_matches_exactly_the_equal_tags() {
+        let mut group = EMPTY_GROUP;
+        group.tags = [
+            0x81,
+            0x80,
+            0x81,
+            0xFF,
+            0,
+            0x81,
+            0x7F | 0x80,
+            0x01 | 0x80,
+            0,
+            0,
+            0x81,
+            0x82,
+        ];
+        let positions = |mask: u128| {
+            (0..16)
+                .filter(|i| mask & (0x80 << (8 * i)) != 0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(positions(group.matches(0x81)), [0, 2, 5, 7, 10]);
+        assert_eq!(positions(group.matches(0x80)), [1]);
+        assert_eq!(positions(group.matches(0xFF)), [3, 6]);
+        assert_eq!(positions(group.matches(0x83)), Vec::<usize>::new());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -196,9 +196,10 @@ struct Config {
 
 /// One session, in 40 bytes (56 with its id in the map's slot).
 ///
-/// `seen` and `active` are atomics because the hot path refreshes them under the shard's
-/// *read* lock; everything else changes under the write lock. They hold the low 32 bits of
-/// their tick and are widened against `now`: a live session's times lie within
+/// `times` (last seen, last active) is atomic because the hot path refreshes it under the
+/// shard's *read* lock; everything else changes under the write lock. One word for both, so
+/// that a touch refreshes them with one atomic operation. Each holds the low 32 bits of its
+/// tick and is widened against `now`: a live session's times lie within
 /// `idle_timeout` (at most 7 days) of now, far inside the +-24 days that 32 bits of
 /// milliseconds tell apart. Every read and reap settles due sessions, so a time is only
 /// misread if nothing at all (no reap, no read) happened for 24 days under
@@ -206,12 +207,12 @@ struct Config {
 /// refreshed.
 ///
 /// `repr(C)`, hot fields first: with the id in front of it in the slot, everything `touch`
-/// reads lies in the slot's first 28 bytes, so fewer slots straddle two cache lines.
+/// reads lies in the slot's first 32 bytes, so fewer slots straddle two cache lines.
 #[derive(Debug)]
 #[repr(C)]
 struct Session {
-    seen: AtomicU32,
-    active: AtomicU32,
+    /// Last seen in the low half, last active in the high half; see [`Times`].
+    times: AtomicU64,
     tag: KindTag,
     /// Counted as idle (set by the reaper, cleared by activity).
     idle: bool,
@@ -270,8 +271,7 @@ impl Session {
     fn new(kind: Kind, page: Option<SharedStr>, now: Tick) -> Self {
         let (tag, user) = KindTag::split(kind);
         Session {
-            seen: AtomicU32::new(narrow(now)),
-            active: AtomicU32::new(narrow(now)),
+            times: AtomicU64::new(Times::both(narrow(now)).0),
             first_seen: now,
             next_check: 0,
             user,
@@ -297,12 +297,12 @@ impl Session {
 
     #[inline]
     fn last_seen(&self, now: Tick) -> Tick {
-        widen(now, self.seen.load(Ordering::Relaxed))
+        widen(now, Times(self.times.load(Ordering::Relaxed)).seen())
     }
 
     #[inline]
     fn last_active(&self, now: Tick) -> Tick {
-        widen(now, self.active.load(Ordering::Relaxed))
+        widen(now, Times(self.times.load(Ordering::Relaxed)).active())
     }
 
     /// When it goes offline for lack of any call, and for lack of activity.
@@ -348,22 +348,63 @@ impl Session {
     /// The load first: repeated touches within one clock tick write nothing at all.
     #[inline]
     fn refresh(&self, now: Tick, active: bool) {
-        advance(&self.seen, narrow(now));
-        if active {
-            advance(&self.active, narrow(now));
+        let now = narrow(now);
+        let mut current = self.times.load(Ordering::Relaxed);
+        loop {
+            let new = Times(current).refreshed(now, active);
+            if new.0 == current {
+                return;
+            }
+            match self.times.compare_exchange_weak(
+                current,
+                new.0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
         }
     }
 }
 
-/// Stores `now` into `time` unless it already holds a later time (compared modulo 2^32).
-#[inline]
-fn advance(time: &AtomicU32, now: u32) {
-    let mut current = time.load(Ordering::Relaxed);
-    while (now.wrapping_sub(current) as i32) > 0 {
-        match time.compare_exchange_weak(current, now, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(actual) => current = actual,
-        }
+/// A session's last-seen and last-active times (low 32 bits of each) in one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Times(u64);
+
+impl Times {
+    fn both(t: u32) -> Self {
+        Self::new(t, t)
+    }
+
+    fn new(seen: u32, active: u32) -> Self {
+        Times((u64::from(active) << 32) | u64::from(seen))
+    }
+
+    fn seen(self) -> u32 {
+        self.0 as u32 // truncation intended: the low half
+    }
+
+    fn active(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// Both times moved forward to `now`, `active` only if the refresh is activity; a time
+    /// later than `now` (compared modulo 2^32) is kept.
+    fn refreshed(self, now: u32, active: bool) -> Self {
+        let later = |t: u32| {
+            if (now.wrapping_sub(t) as i32) > 0 {
+                now
+            } else {
+                t
+            }
+        };
+        let active_time = if active {
+            later(self.active())
+        } else {
+            self.active()
+        };
+        Self::new(later(self.seen()), active_time)
     }
 }
 
@@ -1046,10 +1087,16 @@ mod tests {
         assert_eq!(widen(now, narrow(now - 10)), now - 10);
         assert_eq!(widen(now, narrow(now + 3)), now + 3);
         assert_eq!(widen(7, narrow(2)), 2);
-        let t = AtomicU32::new(narrow((1 << 32) - 2));
-        advance(&t, narrow(now));
-        assert_eq!(widen(now, t.load(Ordering::Relaxed)), now);
-        advance(&t, narrow(now - 1)); // an earlier time never overwrites a later one
-        assert_eq!(widen(now, t.load(Ordering::Relaxed)), now);
+        let t = Times::both(narrow((1 << 32) - 2)).refreshed(narrow(now), false);
+        assert_eq!(widen(now, t.seen()), now);
+        assert_eq!(
+            widen(now, t.active()),
+            (1 << 32) - 2,
+            "a heartbeat is not activity"
+        );
+        let t = t.refreshed(narrow(now), true);
+        assert_eq!((widen(now, t.seen()), widen(now, t.active())), (now, now));
+        // An earlier time never overwrites a later one.
+        assert_eq!(t.refreshed(narrow(now - 1), true), t);
     }
 }
