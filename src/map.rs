@@ -74,6 +74,16 @@ impl<V> Shard<V> {
         }
     }
 
+    /// The slot `idx` names, if `idx` is in range and the slot in use (a [`SlotRef`] from
+    /// the expiry index may be stale).
+    fn slot_in_use(&self, idx: u32) -> Option<&Slot<V>> {
+        if idx < self.used {
+            self.slot(idx)
+        } else {
+            None
+        }
+    }
+
     fn slot(&self, idx: u32) -> Option<&Slot<V>> {
         let idx = idx as usize;
         self.chunks[idx / CHUNK][idx % CHUNK].as_ref()
@@ -84,16 +94,14 @@ impl<V> Shard<V> {
         &mut self.chunks[idx / CHUNK][idx % CHUNK]
     }
 
-    fn find(&self, hash: u64, id: &SessionId) -> Option<u32> {
+    fn find(&self, hash: u64, id: &SessionId) -> Option<(Position, u32)> {
         let chunks = &self.chunks;
-        self.table
-            .find(hash, |idx| {
-                let idx = idx as usize;
-                chunks[idx / CHUNK][idx % CHUNK]
-                    .as_ref()
-                    .is_some_and(|slot| slot.id == *id)
-            })
-            .map(|(_, idx)| idx)
+        self.table.find(hash, |idx| {
+            let idx = idx as usize;
+            chunks[idx / CHUNK][idx % CHUNK]
+                .as_ref()
+                .is_some_and(|slot| slot.id == *id)
+        })
     }
 }
 
@@ -135,7 +143,7 @@ impl<V> SessionMap<V> {
     pub(crate) fn read(&self, id: &SessionId) -> Option<ReadGuard<'_, V>> {
         let (hash, shard) = self.locate(id);
         let shard = read(&self.shards[shard]);
-        let idx = shard.find(hash, id)?;
+        let (_, idx) = shard.find(hash, id)?;
         Some(ReadGuard { shard, idx })
     }
 
@@ -144,11 +152,12 @@ impl<V> SessionMap<V> {
         let (hash, shard_no) = self.locate(&id);
         let shard = write(&self.shards[shard_no]);
         match shard.find(hash, &id) {
-            Some(idx) => Entry::Occupied(OccupiedEntry {
+            Some((position, idx)) => Entry::Occupied(OccupiedEntry {
                 shard,
+                hasher: &self.hasher,
                 shard_no,
                 idx,
-                hash,
+                position: Some(position),
             }),
             None => Entry::Vacant(VacantEntry {
                 shard,
@@ -160,23 +169,20 @@ impl<V> SessionMap<V> {
         }
     }
 
-    /// Shard number `shard_no` under its write lock, to work through many of its slots
-    /// (see [`shard_of`]) with one lock.
-    pub(crate) fn write_shard(&self, shard_no: usize) -> ShardWriter<'_, V> {
-        ShardWriter {
-            shard: write(&self.shards[shard_no]),
-            shard_no,
-            hasher: &self.hasher,
-        }
-    }
-
     /// Calls `f` with every item of `items` whose slot is in use, taking each shard's write
     /// lock once for all of its items (the reaper's many removals cost one lock per shard,
     /// not one per session). Items of one shard are visited in their order in `items`.
+    ///
+    /// `will_remove` tells, from a first look at each session, whether `f` is going to
+    /// remove it. That first pass only reads (the slot, then the table line of each session
+    /// to remove), so the cache misses of many sessions overlap instead of queueing behind
+    /// the atomic updates `f` makes; `f` then finds both lines in the cache. A wrong guess
+    /// costs only that advantage.
     pub(crate) fn at_each<T: Copy>(
         &self,
         items: &[(T, SlotRef)],
-        mut f: impl FnMut(T, SlotRef, OccupiedEntry<&mut Shard<V>>),
+        mut will_remove: impl FnMut(T, &V) -> bool,
+        mut f: impl FnMut(T, SlotRef, OccupiedEntry<'_, &mut Shard<V>>),
     ) {
         if items.is_empty() {
             return;
@@ -199,17 +205,45 @@ impl<V> SessionMap<V> {
             // Fits: the expiry index holds fewer than 2^32 items.
             order[*slot] = i as u32;
         }
+        // Per item of the current shard: its index in `items`, slot and table position.
+        let mut found: Vec<(u32, u32, Option<Position>)> = Vec::new();
         let mut start = 0;
         for (shard_no, &end) in ends.iter().enumerate() {
             if start == end {
                 continue;
             }
-            let mut shard = self.write_shard(shard_no);
+            let mut shard = write(&self.shards[shard_no]);
+            found.clear();
             for &i in &order[start..end] {
                 let (item, at) = items[i as usize];
-                if let Some(entry) = shard.at(at) {
-                    f(item, at, entry);
+                debug_assert_eq!(shard_of(at), shard_no);
+                let idx = at & ((1 << SLOT_BITS) - 1);
+                let Some(slot) = shard.slot_in_use(idx) else {
+                    continue;
+                };
+                let position = if will_remove(item, &slot.value) {
+                    let hash = self.hasher.hash_one(slot.id);
+                    shard.table.find(hash, |i| i == idx).map(|(p, _)| p)
+                } else {
+                    None
+                };
+                found.push((i, idx, position));
+            }
+            for &(i, idx, position) in &found {
+                // Two items may name one slot (a stale one and the current one): the first
+                // may have removed the session.
+                if shard.slot(idx).is_none() {
+                    continue;
                 }
+                let (item, at) = items[i as usize];
+                let entry = OccupiedEntry {
+                    shard: &mut *shard,
+                    hasher: &self.hasher,
+                    shard_no,
+                    idx,
+                    position,
+                };
+                f(item, at, entry);
             }
             start = end;
         }
@@ -262,7 +296,7 @@ impl<V> Deref for ReadGuard<'_, V> {
 }
 
 pub(crate) enum Entry<'a, V> {
-    Occupied(OccupiedEntry<ShardedLockWriteGuard<'a, Shard<V>>>),
+    Occupied(OccupiedEntry<'a, ShardedLockWriteGuard<'a, Shard<V>>>),
     Vacant(VacantEntry<'a, V>),
 }
 
@@ -271,39 +305,17 @@ pub(crate) fn shard_of(at: SlotRef) -> usize {
     (at >> SLOT_BITS) as usize
 }
 
-/// A shard under its write lock; see [`SessionMap::write_shard`].
-pub(crate) struct ShardWriter<'a, V> {
-    shard: ShardedLockWriteGuard<'a, Shard<V>>,
-    shard_no: usize,
-    hasher: &'a Hasher,
-}
-
-impl<V> ShardWriter<'_, V> {
-    /// The session in slot `at`, if `at` is in this shard and the slot is in use.
-    pub(crate) fn at(&mut self, at: SlotRef) -> Option<OccupiedEntry<&mut Shard<V>>> {
-        let idx = at & ((1 << SLOT_BITS) - 1);
-        if shard_of(at) != self.shard_no || idx >= self.shard.used {
-            return None;
-        }
-        let id = self.shard.slot(idx)?.id;
-        Some(OccupiedEntry {
-            shard: &mut *self.shard,
-            shard_no: self.shard_no,
-            idx,
-            hash: self.hasher.hash_one(id),
-        })
-    }
-}
-
 /// A session in use; `S` is the shard's write guard, or a borrow of one.
-pub(crate) struct OccupiedEntry<S> {
+pub(crate) struct OccupiedEntry<'h, S> {
     shard: S,
+    hasher: &'h Hasher,
     shard_no: usize,
     idx: u32,
-    hash: u64,
+    /// Where the table holds `idx`, when the lookup that led here found it.
+    position: Option<Position>,
 }
 
-impl<V, S: DerefMut<Target = Shard<V>>> OccupiedEntry<S> {
+impl<V, S: DerefMut<Target = Shard<V>>> OccupiedEntry<'_, S> {
     fn slot(&self) -> &Slot<V> {
         self.shard
             .slot(self.idx)
@@ -334,8 +346,17 @@ impl<V, S: DerefMut<Target = Shard<V>>> OccupiedEntry<S> {
 
     pub(crate) fn remove(mut self) -> V {
         let idx = self.idx;
-        if let Some((at, _)) = self.shard.table.find(self.hash, |i| i == idx) {
-            self.shard.table.remove(at);
+        let position = match self.position {
+            // Still right: nothing inserts while this entry holds the write lock, and
+            // removals only empty entries in place.
+            Some(position) if self.shard.table.holds(position, idx) => Some(position),
+            _ => {
+                let hash = self.hasher.hash_one(self.id());
+                self.shard.table.find(hash, |i| i == idx).map(|(p, _)| p)
+            }
+        };
+        if let Some(position) = position {
+            self.shard.table.remove(position);
         }
         self.shard.free.push(idx);
         let slot = self
@@ -488,6 +509,12 @@ impl GroupTable {
         None
     }
 
+    /// Whether the entry at `position` is in use and holds `value`.
+    fn holds(&self, (g, i): Position, value: u32) -> bool {
+        let group = &self.groups[g];
+        group.tags[i] != EMPTY && group.slots[i] == value
+    }
+
     fn remove(&mut self, (g, i): Position) {
         self.groups[g].tags[i] = EMPTY;
         self.len -= 1;
@@ -579,9 +606,17 @@ mod tests {
             assert_eq!(map.len(), model.len());
             for (id, value) in &model {
                 assert_eq!(*map.read(id).unwrap(), *value);
-                let mut shard = map.write_shard(shard_of(refs[id]));
-                let at = shard.at(refs[id]).unwrap();
-                assert_eq!((at.id(), *at.get()), (*id, *value));
+                let mut visited = 0;
+                map.at_each(
+                    &[((), refs[id])],
+                    |(), _| false,
+                    |(), at, entry| {
+                        assert_eq!(at, refs[id]);
+                        assert_eq!((entry.id(), *entry.get()), (*id, *value));
+                        visited += 1;
+                    },
+                );
+                assert_eq!(visited, 1);
             }
             let mut seen = 0;
             map.for_each(|id, value| {
@@ -666,6 +701,43 @@ mod tests {
     }
 
     #[test]
+    fn at_each_removes_whatever_the_first_pass_guessed() {
+        let map = SessionMap::<u32>::new();
+        let mut items = Vec::new();
+        let ids: Vec<SessionId> = (0..3000).map(|_| SessionId::new_v4()).collect();
+        for (v, &id) in ids.iter().enumerate() {
+            let Entry::Vacant(e) = map.entry(id) else {
+                panic!("fresh id")
+            };
+            let v = v as u32;
+            items.push((v, e.insert(v).unwrap()));
+        }
+        // Guess "multiple of 3", remove the even ones: right, wrong both ways, and many
+        // removals from one shard under one lock. Every slot is named twice, as the expiry
+        // index may: the second item of a removed session is skipped.
+        let items: Vec<(u32, SlotRef)> = items.iter().chain(&items).copied().collect();
+        let mut removed = 0;
+        map.at_each(
+            &items,
+            |v, value| {
+                assert_eq!(v, *value);
+                v % 3 == 0
+            },
+            |v, _, entry| {
+                if v % 2 == 0 {
+                    assert_eq!(entry.remove(), v);
+                    removed += 1;
+                }
+            },
+        );
+        assert_eq!(removed, 1500);
+        assert_eq!(map.len(), 1500);
+        for (v, id) in ids.iter().enumerate() {
+            assert_eq!(map.read(id).map(|g| *g), (v % 2 == 1).then_some(v as u32));
+        }
+    }
+
+    #[test]
     fn freed_slots_are_reused() {
         let map = SessionMap::<u8>::new();
         let id = SessionId::new_v4();
@@ -677,9 +749,8 @@ mod tests {
             panic!("just inserted")
         };
         e.remove();
-        assert!(map.write_shard(shard_of(first)).at(first).is_none());
         let mut visited = 0;
-        map.at_each(&[((), first)], |(), _, _| visited += 1);
+        map.at_each(&[((), first)], |(), _| true, |(), _, _| visited += 1);
         assert_eq!(visited, 0, "a free slot is skipped");
         let Entry::Vacant(v) = map.entry(id) else {
             panic!("just removed")

@@ -764,7 +764,11 @@ impl Tracker {
         self.expiry.take_due(now, &mut due);
         let mut later = Vec::new();
         let mut evicted = 0;
-        self.sessions.at_each(&due, |at, slot, mut entry| {
+        // What the closure below will evict: a current item (not left stale by a reschedule
+        // or by the session leaving) whose session is past its deadline.
+        let evicts =
+            |at: Tick, s: &Session| s.next_check == narrow(at) && s.deadline(&self.cfg, now) <= now;
+        self.sessions.at_each(&due, evicts, |at, slot, mut entry| {
             let id = entry.id();
             let session = entry.get_mut();
             if session.next_check != narrow(at) {
