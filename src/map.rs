@@ -28,7 +28,6 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-
 use std::ops::{Deref, DerefMut};
 use std::sync::PoisonError;
 
