@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use dashmap::DashMap;
-use presence_tracker::{Kind, Presence, Reaper, SessionId};
+use presence_tracker::{Kind, Presence, SessionId};
 use uuid::Uuid;
 
 mod common;
-use common::{SplitMix, full_scale};
+use common::{SplitMix, full_scale, tracker};
 
 const USERS: usize = 10_000;
 
@@ -51,12 +51,7 @@ fn population(n: usize) -> Vec<(Uuid, u8, usize)> {
 
 fn ours_with(population: &[(Uuid, u8, usize)]) -> Presence {
     let users: Vec<String> = (0..USERS).map(|u| format!("user{u}")).collect();
-    let p = Presence::builder()
-        .idle_timeout(Duration::from_secs(3600))
-        .idle_after(Duration::from_secs(3600))
-        .heartbeat_limit(Duration::from_secs(7200))
-        .reaper(Reaper::Manual)
-        .build();
+    let p = tracker();
     for &(id, tag, user) in population {
         let kind = match tag {
             GUEST => Kind::Guest,

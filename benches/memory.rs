@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use presence_tracker::{Kind, Presence, Reaper, SessionId};
+use presence_tracker::{Kind, SessionId};
 use uuid::Uuid;
 
 mod common;
-use common::SplitMix;
+use common::{SplitMix, tracker};
 
 const CHILD_ENV: &str = "PRESENCE_MEMORY_CHILD";
 const SESSIONS_ENV: &str = "PRESENCE_MEMORY_SESSIONS";
@@ -49,15 +49,6 @@ fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn presence() -> Presence {
-    Presence::builder()
-        .idle_timeout(Duration::from_secs(3600))
-        .idle_after(Duration::from_secs(3600))
-        .heartbeat_limit(Duration::from_secs(7200))
-        .reaper(Reaper::Manual)
-        .build()
-}
-
 /// Child side: build `structure` with `n` entries and print `bytes_per_session=<f64>`.
 fn child(structure: &str, n: usize) {
     let mut rng = SplitMix(31);
@@ -70,7 +61,7 @@ fn child(structure: &str, n: usize) {
     // Each arm keeps its structure alive until after the second reading.
     let (after, len) = match structure {
         "presence_guests" => {
-            let p = presence();
+            let p = tracker();
             for _ in 0..n {
                 p.touch(SessionId::from(rng.uuid()), Kind::Guest)
                     .expect("unbounded");
@@ -78,7 +69,7 @@ fn child(structure: &str, n: usize) {
             (rss_bytes(), p.counts().sessions)
         }
         "presence_mixed" => {
-            let p = presence();
+            let p = tracker();
             for i in 0..n {
                 let id = SessionId::from(rng.uuid());
                 let kind = if i % 4 == 0 {

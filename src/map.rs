@@ -14,9 +14,9 @@
 //! SwissTable the tags and the indices live in separate arrays, three dependent misses in
 //! all, and at a million sessions those misses are the whole cost of a touch.
 //!
-//! Locking: one reader-writer lock per shard; nothing here takes any other lock. A guard
-//! returned by [`SessionMap::read`] or an entry from [`SessionMap::entry`] holds its shard's
-//! lock until dropped: do not call back into the map for a key of the same shard meanwhile.
+//! Locking: one reader-writer lock per shard; nothing here takes any other lock. The closure
+//! given to [`SessionMap::read`] runs, and an entry from [`SessionMap::entry`] lives, under
+//! its shard's lock: do not call back into the map for a key of the same shard meanwhile.
 //!
 //! The lock is crossbeam's `ShardedLock`: a reader locks one of eight cache-padded locks,
 //! chosen by thread, and a writer all eight. Touches are reads, and with a single lock word
@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::ops::{Deref, DerefMut};
+use std::ops::DerefMut;
 use std::sync::PoisonError;
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
@@ -137,13 +137,13 @@ impl<V> SessionMap<V> {
         (hash, shard)
     }
 
-    /// The session `id`, under its shard's read lock.
+    /// `f` of the session `id`, under its shard's read lock.
     #[inline]
-    pub(crate) fn read(&self, id: &SessionId) -> Option<ReadGuard<'_, V>> {
+    pub(crate) fn read<R>(&self, id: &SessionId, f: impl FnOnce(&V) -> R) -> Option<R> {
         let (hash, shard) = self.locate(id);
         let shard = read(&self.shards[shard]);
         let (_, idx) = shard.find(hash, id)?;
-        Some(ReadGuard { shard, idx })
+        shard.slot(idx).map(|slot| f(&slot.value))
     }
 
     /// The place of `id`, under its shard's write lock.
@@ -273,25 +273,6 @@ fn read<T>(lock: &ShardedLock<T>) -> ShardedLockReadGuard<'_, T> {
 /// A shard's write lock; see [`read`] on poisoning.
 fn write<T>(lock: &ShardedLock<T>) -> ShardedLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A session under its shard's read lock.
-pub(crate) struct ReadGuard<'a, V> {
-    shard: ShardedLockReadGuard<'a, Shard<V>>,
-    idx: u32,
-}
-
-impl<V> Deref for ReadGuard<'_, V> {
-    type Target = V;
-
-    #[inline]
-    fn deref(&self) -> &V {
-        &self
-            .shard
-            .slot(self.idx)
-            .expect("a found slot is in use")
-            .value
-    }
 }
 
 pub(crate) enum Entry<'a, V> {
@@ -604,7 +585,7 @@ mod tests {
             }
             assert_eq!(map.len(), model.len());
             for (id, value) in &model {
-                assert_eq!(*map.read(id).unwrap(), *value);
+                assert_eq!(map.read(id, |v| *v).unwrap(), *value);
                 let mut visited = 0;
                 map.at_each(
                     &[((), refs[id])],
@@ -624,7 +605,7 @@ mod tests {
             });
             assert_eq!(seen, model.len());
         }
-        assert!(map.read(&SessionId::new_v4()).is_none());
+        assert!(map.read(&SessionId::new_v4(), |_| ()).is_none());
     }
 
     #[test]
@@ -732,7 +713,7 @@ mod tests {
         assert_eq!(removed, 1500);
         assert_eq!(map.len(), 1500);
         for (v, id) in ids.iter().enumerate() {
-            assert_eq!(map.read(id).map(|g| *g), (v % 2 == 1).then_some(v as u32));
+            assert_eq!(map.read(id, |v| *v), (v % 2 == 1).then_some(v as u32));
         }
     }
 

@@ -534,13 +534,14 @@ impl Presence {
     pub fn heartbeat(&self, id: SessionId) -> bool {
         let tracker = &*self.tracker;
         let now = tracker.clock.now();
-        match tracker.sessions.read(&id) {
-            Some(s) if now < s.deadline(&tracker.cfg, now) => {
+        let live = |s: &Session| {
+            let live = now < s.deadline(&tracker.cfg, now);
+            if live {
                 s.refresh(now, false);
-                true
             }
-            _ => false,
-        }
+            live
+        };
+        tracker.sessions.read(&id, live).unwrap_or(false)
     }
 
     /// Ends session `id` now ("go offline": logout, tab closed, an admin's kill). Returns the
@@ -615,8 +616,12 @@ impl Presence {
     pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
         let tracker = &*self.tracker;
         let now = tracker.clock.now();
-        let session = tracker.sessions.read(&id)?;
-        (now < session.deadline(&tracker.cfg, now)).then(|| tracker.info(id, &session, now))
+        tracker
+            .sessions
+            .read(&id, |s| {
+                (now < s.deadline(&tracker.cfg, now)).then(|| tracker.info(id, s, now))
+            })
+            .flatten()
     }
 
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
@@ -642,9 +647,10 @@ impl Presence {
                 let mut last_seen = 0;
                 let mut idle = true;
                 for id in &sessions {
-                    if let Some(s) = tracker.sessions.read(id) {
-                        last_seen = last_seen.max(s.last_seen(now));
-                        idle &= s.idle_at(&tracker.cfg, now) <= now;
+                    let times = |s: &Session| (s.last_seen(now), s.idle_at(&tracker.cfg, now));
+                    if let Some((seen, idle_at)) = tracker.sessions.read(id, times) {
+                        last_seen = last_seen.max(seen);
+                        idle &= idle_at <= now;
                     }
                 }
                 UserStatus::Online {
@@ -804,15 +810,18 @@ impl Tracker {
         page: Option<&str>,
     ) -> Result<Touch, PresenceError> {
         let now = self.clock.now();
-        if let Some(s) = self.sessions.read(&id) {
-            if !s.idle
+        let refreshed = self.sessions.read(&id, |s| {
+            let unchanged = !s.idle
                 && s.is(&kind)
                 && page.is_none_or(|p| s.page.as_ref().map(SharedStr::as_str) == Some(p))
-                && now < s.deadline(&self.cfg, now)
-            {
+                && now < s.deadline(&self.cfg, now);
+            if unchanged {
                 s.refresh(now, true);
-                return Ok(Touch::Refreshed);
             }
+            unchanged
+        });
+        if refreshed == Some(true) {
+            return Ok(Touch::Refreshed);
         }
         // A due session is logically gone: evict it before starting or changing one, so that
         // a newcomer is not counted alongside it (peak) and its user's `UserOffline` /

@@ -1,10 +1,26 @@
-//! What the benchmarks share: the scale switch and one deterministic key generator, so that
-//! every structure in a group sees the same keys and streams.
+//! What the benchmarks share: the scale switch, the tracker under test and one
+//! deterministic key generator, so that every structure in a group sees the same keys and
+//! streams.
 
 // Each bench binary uses a subset of these.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
+use presence_tracker::{Presence, Reaper};
 use uuid::Uuid;
+
+/// The tracker the benches measure: timeouts far beyond any run (nothing expires under
+/// the timed loop), a manual reaper (no background thread competes) and the default
+/// system clock (reading it is part of what a touch costs in production).
+pub(crate) fn tracker() -> Presence {
+    Presence::builder()
+        .idle_timeout(Duration::from_secs(3600))
+        .idle_after(Duration::from_secs(3600))
+        .heartbeat_limit(Duration::from_secs(7200))
+        .reaper(Reaper::Manual)
+        .build()
+}
 
 /// `cargo bench` passes `--bench`; anything else (`cargo test --benches`, `--list`) only
 /// needs the routines to run once, so it gets small sizes and starts fast.
