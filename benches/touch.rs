@@ -12,6 +12,8 @@
 //! - `touch_new`: the insert path (a session the tracker has not seen yet).
 //! - `visit_page_change`: `visit` where every call moves the session to another page.
 //! - `heartbeat`: `heartbeat` of a live session.
+//! - `memory_floor`: one random dependent load in working sets of 2, 8 and 48 MiB, the
+//!   machine's floor under any lookup at a million sessions.
 //!
 //! Results are in elements per second: every iteration handles `BATCH` keys.
 //!
@@ -451,6 +453,47 @@ fn heartbeat(c: &mut Criterion) {
     group.finish();
 }
 
+/// The floor under any lookup: one random *dependent* load (a pointer chase, one cache line
+/// per step) in working sets of the sizes that matter at a million sessions: 2 MiB (a
+/// `DashMap`'s control bytes), 8 MiB (our table) and 48 MiB (our slab; a `DashMap`'s buckets
+/// are larger still). A touch of a session whose id lives in a structure of tens of MiB
+/// cannot cost less than the last figure, whatever its layout.
+fn memory_floor(c: &mut Criterion) {
+    /// `usize`s per 64-byte line: each step of the chase reads one word of its own line.
+    const WORDS: usize = 64 / std::mem::size_of::<usize>();
+    let full = full_scale();
+    let sizes_mib: &[usize] = if full { &[2, 8, 48] } else { &[1] };
+
+    let mut group = c.benchmark_group("memory_floor/1_thread");
+    configure(&mut group, full);
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for &mib in sizes_mib {
+        let lines = mib * 1024 * 1024 / 64;
+        // One random cycle through every line (Sattolo's algorithm), so the chase visits the
+        // whole working set and no step can be predicted from the previous ones.
+        let mut order: Vec<usize> = (0..lines).collect();
+        let mut rng = SplitMix(11);
+        for i in (1..lines).rev() {
+            order.swap(i, rng.below(i));
+        }
+        let mut next = vec![0usize; lines * WORDS];
+        for (i, &line) in order.iter().enumerate() {
+            next[line * WORDS] = order[(i + 1) % lines] * WORDS;
+        }
+        drop(order);
+        let mut at = 0;
+        group.bench_function(format!("dependent_load_{mib}MiB"), |b| {
+            b.iter(|| {
+                for _ in 0..BATCH {
+                    at = next[at];
+                }
+                black_box(at)
+            });
+        });
+    }
+    group.finish();
+}
+
 // A hand-written main rather than `criterion_group!`, which generates an undocumented
 // `pub fn` that the crate's `missing_docs` lint rejects.
 fn main() {
@@ -462,5 +505,6 @@ fn main() {
     touch_new(&mut c);
     visit_page_change(&mut c);
     heartbeat(&mut c);
+    memory_floor(&mut c);
     c.final_summary();
 }
