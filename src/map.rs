@@ -9,6 +9,12 @@
 //! stable for its life, so the expiry index refers to it by a 4-byte [`SlotRef`] and the
 //! reaper reaches it without hashing.
 //!
+//! A slot has two parts in parallel arrays: the *hot* part (the id and a value `H` of at
+//! most 16 bytes: what a touch reads and writes) in 32 bytes aligned to 32, so it never
+//! straddles two cache lines, and the *cold* part `C` (what only changes read). Stored
+//! whole, a 56-byte session straddles two lines three times in four, and at a million
+//! sessions a touch then waited on two memory loads where one will do.
+//!
 //! The table is [`GroupTable`]: one 64-byte cache line holds 12 one-byte tags *and* their 12
 //! slot indices, so a lookup costs one cache miss for the table and one for the slot. With a
 //! SwissTable the tags and the indices live in separate arrays, three dependent misses in
@@ -47,23 +53,40 @@ const CHUNK: usize = 256;
 /// Where a session lives: shard in the top bits, slot in the shard below.
 pub(crate) type SlotRef = u32;
 
-#[repr(C)]
-struct Slot<V> {
+/// The hot part of a slot. With `H` of 16 bytes or less it is 32 bytes, and slots of a
+/// chunk start 32 bytes apart from a 32-byte boundary: one cache line each.
+#[repr(C, align(32))]
+struct Slot<H> {
     id: SessionId,
-    value: V,
+    value: H,
 }
 
-pub(crate) struct Shard<V> {
+/// `CHUNK` slots: their hot and cold parts.
+struct Chunk<H, C> {
+    hot: Box<[Option<Slot<H>>]>,
+    cold: Box<[C]>,
+}
+
+impl<H, C: Default> Chunk<H, C> {
+    fn new() -> Self {
+        Chunk {
+            hot: (0..CHUNK).map(|_| None).collect(),
+            cold: (0..CHUNK).map(|_| C::default()).collect(),
+        }
+    }
+}
+
+pub(crate) struct Shard<H, C> {
     /// Slot indices, hashed by the id in the slot.
     table: GroupTable,
-    chunks: Vec<Box<[Option<Slot<V>>]>>,
+    chunks: Vec<Chunk<H, C>>,
     /// Slots freed by removals, reused first.
     free: Vec<u32>,
     /// Slots ever used (the high-water mark).
     used: u32,
 }
 
-impl<V> Shard<V> {
+impl<H, C> Shard<H, C> {
     fn new() -> Self {
         Shard {
             table: GroupTable::new(),
@@ -75,7 +98,7 @@ impl<V> Shard<V> {
 
     /// The slot `idx` names, if `idx` is in range and the slot in use (a [`SlotRef`] from
     /// the expiry index may be stale).
-    fn slot_in_use(&self, idx: u32) -> Option<&Slot<V>> {
+    fn slot_in_use(&self, idx: u32) -> Option<&Slot<H>> {
         if idx < self.used {
             self.slot(idx)
         } else {
@@ -83,34 +106,61 @@ impl<V> Shard<V> {
         }
     }
 
-    fn slot(&self, idx: u32) -> Option<&Slot<V>> {
+    fn slot(&self, idx: u32) -> Option<&Slot<H>> {
         let idx = idx as usize;
-        self.chunks[idx / CHUNK][idx % CHUNK].as_ref()
+        self.chunks[idx / CHUNK].hot[idx % CHUNK].as_ref()
     }
 
-    fn slot_mut(&mut self, idx: u32) -> &mut Option<Slot<V>> {
+    /// The slot's hot part, and its cold part found only when asked for.
+    fn parts(&self, idx: u32) -> (Option<&Slot<H>>, Cold<'_, C>) {
         let idx = idx as usize;
-        &mut self.chunks[idx / CHUNK][idx % CHUNK]
+        let chunk = &self.chunks[idx / CHUNK];
+        let cold = Cold {
+            chunk: &chunk.cold,
+            at: idx % CHUNK,
+        };
+        (chunk.hot[idx % CHUNK].as_ref(), cold)
+    }
+
+    fn parts_mut(&mut self, idx: u32) -> (&mut Option<Slot<H>>, &mut C) {
+        let idx = idx as usize;
+        let chunk = &mut self.chunks[idx / CHUNK];
+        (&mut chunk.hot[idx % CHUNK], &mut chunk.cold[idx % CHUNK])
     }
 
     fn find(&self, hash: u64, id: &SessionId) -> Option<(Position, u32)> {
         let chunks = &self.chunks;
         self.table.find(hash, |idx| {
             let idx = idx as usize;
-            chunks[idx / CHUNK][idx % CHUNK]
+            chunks[idx / CHUNK].hot[idx % CHUNK]
                 .as_ref()
                 .is_some_and(|slot| slot.id == *id)
         })
     }
 }
 
+/// A slot's cold part, not yet loaded: [`get`](Self::get) finds it. A closure that never
+/// calls it never touches the cold part's cache line. (A plain `&C` would not do: the
+/// compiler may load through a reference before the branch that needs it.)
+pub(crate) struct Cold<'a, C> {
+    chunk: &'a [C],
+    at: usize,
+}
+
+impl<'a, C> Cold<'a, C> {
+    #[inline]
+    pub(crate) fn get(&self) -> &'a C {
+        &self.chunk[self.at]
+    }
+}
+
 /// Sessions by id; see the module docs.
-pub(crate) struct SessionMap<V> {
-    shards: Box<[ShardedLock<Shard<V>>]>,
+pub(crate) struct SessionMap<H, C> {
+    shards: Box<[ShardedLock<Shard<H, C>>]>,
     hasher: Hasher,
 }
 
-impl<V> fmt::Debug for SessionMap<V> {
+impl<H, C> fmt::Debug for SessionMap<H, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionMap")
             .field("shards", &self.shards.len())
@@ -118,7 +168,7 @@ impl<V> fmt::Debug for SessionMap<V> {
     }
 }
 
-impl<V> SessionMap<V> {
+impl<H, C: Default> SessionMap<H, C> {
     pub(crate) fn new() -> Self {
         SessionMap {
             shards: (0..1 << SHARD_BITS)
@@ -137,17 +187,25 @@ impl<V> SessionMap<V> {
         (hash, shard)
     }
 
-    /// `f` of the session `id`, under its shard's read lock.
+    /// `f` of the session `id` (its hot and cold parts), under its shard's read lock. The
+    /// cold part's cache line is loaded only if `f` asks for it.
     #[inline]
-    pub(crate) fn read<R>(&self, id: &SessionId, f: impl FnOnce(&V) -> R) -> Option<R> {
+    pub(crate) fn read<R>(
+        &self,
+        id: &SessionId,
+        f: impl FnOnce(&H, Cold<'_, C>) -> R,
+    ) -> Option<R> {
         let (hash, shard) = self.locate(id);
         let shard = read(&self.shards[shard]);
         let (_, idx) = shard.find(hash, id)?;
-        shard.slot(idx).map(|slot| f(&slot.value))
+        match shard.parts(idx) {
+            (Some(slot), cold) => Some(f(&slot.value, cold)),
+            (None, _) => None,
+        }
     }
 
     /// The place of `id`, under its shard's write lock.
-    pub(crate) fn entry(&self, id: SessionId) -> Entry<'_, V> {
+    pub(crate) fn entry(&self, id: SessionId) -> Entry<'_, H, C> {
         let (hash, shard_no) = self.locate(&id);
         let shard = write(&self.shards[shard_no]);
         match shard.find(hash, &id) {
@@ -172,16 +230,16 @@ impl<V> SessionMap<V> {
     /// lock once for all of its items (the reaper's many removals cost one lock per shard,
     /// not one per session). Items of one shard are visited in their order in `items`.
     ///
-    /// `will_remove` tells, from a first look at each session, whether `f` is going to
-    /// remove it. That first pass only reads (the slot, then the table line of each session
-    /// to remove), so the cache misses of many sessions overlap instead of queueing behind
-    /// the atomic updates `f` makes; `f` then finds both lines in the cache. A wrong guess
-    /// costs only that advantage.
+    /// `will_remove` tells, from a first look at each session's hot part, whether `f` is
+    /// going to remove it. That first pass only reads (the slot, then the table line of
+    /// each session to remove), so the cache misses of many sessions overlap instead of
+    /// queueing behind the atomic updates `f` makes; `f` then finds both lines in the cache.
+    /// A wrong guess costs only that advantage.
     pub(crate) fn at_each<T: Copy>(
         &self,
         items: &[(T, SlotRef)],
-        mut will_remove: impl FnMut(T, &V) -> bool,
-        mut f: impl FnMut(T, SlotRef, OccupiedEntry<'_, &mut Shard<V>>),
+        mut will_remove: impl FnMut(T, &H) -> bool,
+        mut f: impl FnMut(T, SlotRef, OccupiedEntry<'_, &mut Shard<H, C>>),
     ) {
         if items.is_empty() {
             return;
@@ -249,11 +307,15 @@ impl<V> SessionMap<V> {
     }
 
     /// Calls `f` for every session, one shard at a time under its read lock.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(SessionId, &V)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(SessionId, &H, &C)) {
         for shard in self.shards.iter() {
             let shard = read(shard);
-            for slot in shard.chunks.iter().flat_map(|c| c.iter()).flatten() {
-                f(slot.id, &slot.value);
+            for chunk in &shard.chunks {
+                for (slot, cold) in chunk.hot.iter().zip(chunk.cold.iter()) {
+                    if let Some(slot) = slot {
+                        f(slot.id, &slot.value, cold);
+                    }
+                }
             }
         }
     }
@@ -275,9 +337,9 @@ fn write<T>(lock: &ShardedLock<T>) -> ShardedLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) enum Entry<'a, V> {
-    Occupied(OccupiedEntry<'a, ShardedLockWriteGuard<'a, Shard<V>>>),
-    Vacant(VacantEntry<'a, V>),
+pub(crate) enum Entry<'a, H, C> {
+    Occupied(OccupiedEntry<'a, ShardedLockWriteGuard<'a, Shard<H, C>>>),
+    Vacant(VacantEntry<'a, H, C>),
 }
 
 /// The shard a [`SlotRef`] points into.
@@ -295,8 +357,11 @@ pub(crate) struct OccupiedEntry<'h, S> {
     position: Option<Position>,
 }
 
-impl<V, S: DerefMut<Target = Shard<V>>> OccupiedEntry<'_, S> {
-    fn slot(&self) -> &Slot<V> {
+impl<H, C: Default, S: DerefMut<Target = Shard<H, C>>> OccupiedEntry<'_, S> {
+    fn slot<'s>(&'s self) -> &'s Slot<H>
+    where
+        C: 's,
+    {
         self.shard
             .slot(self.idx)
             .expect("an occupied entry's slot is in use")
@@ -310,21 +375,21 @@ impl<V, S: DerefMut<Target = Shard<V>>> OccupiedEntry<'_, S> {
         slot_ref(self.shard_no, self.idx)
     }
 
-    pub(crate) fn get(&self) -> &V {
-        &self.slot().value
+    /// The session's hot and cold parts.
+    pub(crate) fn get(&self) -> (&H, &C) {
+        let (slot, cold) = self.shard.parts(self.idx);
+        let slot = slot.expect("an occupied entry's slot is in use");
+        (&slot.value, cold.get())
     }
 
-    pub(crate) fn get_mut(&mut self) -> &mut V {
-        let idx = self.idx;
-        &mut self
-            .shard
-            .slot_mut(idx)
-            .as_mut()
-            .expect("an occupied entry's slot is in use")
-            .value
+    pub(crate) fn get_mut(&mut self) -> (&mut H, &mut C) {
+        let (slot, cold) = self.shard.parts_mut(self.idx);
+        let slot = slot.as_mut().expect("an occupied entry's slot is in use");
+        (&mut slot.value, cold)
     }
 
-    pub(crate) fn remove(mut self) -> V {
+    /// Empties the slot and returns what it held.
+    pub(crate) fn remove(mut self) -> (H, C) {
         let idx = self.idx;
         let position = match self.position {
             // Still right: nothing inserts while this entry holds the write lock, and
@@ -339,49 +404,49 @@ impl<V, S: DerefMut<Target = Shard<V>>> OccupiedEntry<'_, S> {
             self.shard.table.remove(position);
         }
         self.shard.free.push(idx);
-        let slot = self
-            .shard
-            .slot_mut(idx)
-            .take()
-            .expect("an occupied entry's slot is in use");
-        slot.value
+        let (slot, cold) = self.shard.parts_mut(idx);
+        let slot = slot.take().expect("an occupied entry's slot is in use");
+        (slot.value, std::mem::take(cold))
     }
 }
 
-pub(crate) struct VacantEntry<'a, V> {
-    shard: ShardedLockWriteGuard<'a, Shard<V>>,
+pub(crate) struct VacantEntry<'a, H, C> {
+    shard: ShardedLockWriteGuard<'a, Shard<H, C>>,
     shard_no: usize,
     hash: u64,
     id: SessionId,
     hasher: &'a Hasher,
 }
 
-impl<V> VacantEntry<'_, V> {
-    /// Stores `value`; `Err(value)` when the shard has no slot index left (2^26 sessions in
-    /// one shard, far beyond any memory this could run in).
-    pub(crate) fn insert(mut self, value: V) -> Result<SlotRef, V> {
+impl<H, C: Default> VacantEntry<'_, H, C> {
+    /// Stores a session of hot part `value` and cold part `cold`; `Err` gives them back when
+    /// the shard has no slot index left (2^26 sessions in one shard, far beyond any memory
+    /// this could run in).
+    pub(crate) fn insert(mut self, value: H, cold: C) -> Result<SlotRef, (H, C)> {
         let shard = &mut *self.shard;
         let idx = match shard.free.pop() {
             Some(idx) => idx,
             None => {
                 if shard.used >= 1 << SLOT_BITS {
-                    return Err(value);
+                    return Err((value, cold));
                 }
                 let idx = shard.used;
                 if idx as usize % CHUNK == 0 {
-                    shard.chunks.push((0..CHUNK).map(|_| None).collect());
+                    shard.chunks.push(Chunk::new());
                 }
                 shard.used += 1;
                 idx
             }
         };
-        *shard.slot_mut(idx) = Some(Slot { id: self.id, value });
+        let (slot, cold_part) = shard.parts_mut(idx);
+        *slot = Some(Slot { id: self.id, value });
+        *cold_part = cold;
         let Shard { table, chunks, .. } = shard;
         let hasher = self.hasher;
         table.insert(self.hash, idx, |i| {
             let i = i as usize;
             // Every index in the table names a slot in use.
-            chunks[i / CHUNK][i % CHUNK]
+            chunks[i / CHUNK].hot[i % CHUNK]
                 .as_ref()
                 .map_or(0, |slot| hasher.hash_one(slot.id))
         });
@@ -547,6 +612,12 @@ impl GroupTable {
     }
 }
 
+/// What a slot's hot part costs for a value `H`: 32 bytes keeps it in one cache line.
+#[cfg(test)]
+pub(crate) const fn hot_slot_bytes<H>() -> usize {
+    std::mem::size_of::<Option<Slot<H>>>()
+}
+
 fn slot_ref(shard_no: usize, idx: u32) -> SlotRef {
     // Fits: shard_no < 2^SHARD_BITS and idx < 2^SLOT_BITS.
     ((shard_no as u32) << SLOT_BITS) | idx
@@ -559,8 +630,9 @@ mod tests {
 
     #[test]
     fn behaves_like_a_map() {
-        let map = SessionMap::<u64>::new();
-        let mut model = HashMap::new();
+        // A hot number and a cold string per session, changed and removed together.
+        let map = SessionMap::<u64, String>::new();
+        let mut model: HashMap<SessionId, (u64, String)> = HashMap::new();
         let ids: Vec<SessionId> = (0..2000).map(|_| SessionId::new_v4()).collect();
         let mut refs = HashMap::new();
         for round in 0..3u64 {
@@ -570,42 +642,59 @@ mod tests {
                     Entry::Occupied(mut e) if (i + round) % 3 == 0 => {
                         assert_eq!(e.id(), id);
                         assert_eq!(refs[&id], e.slot_ref());
-                        *e.get_mut() += 1;
-                        *model.get_mut(&id).unwrap() += 1;
+                        let (hot, cold) = e.get_mut();
+                        *hot += 1;
+                        cold.push('+');
+                        let (hot, cold) = model.get_mut(&id).unwrap();
+                        *hot += 1;
+                        cold.push('+');
                     }
                     Entry::Occupied(e) => {
                         assert_eq!(e.remove(), model.remove(&id).unwrap());
                     }
                     Entry::Vacant(v) => {
-                        let at = v.insert(i).unwrap();
+                        let at = v.insert(i, format!("{i}")).unwrap();
                         refs.insert(id, at);
-                        model.insert(id, i);
+                        model.insert(id, (i, format!("{i}")));
                     }
                 }
             }
             assert_eq!(map.len(), model.len());
-            for (id, value) in &model {
-                assert_eq!(map.read(id, |v| *v).unwrap(), *value);
+            for (id, (hot, cold)) in &model {
+                let read = map.read(id, |h, c| (*h, c.get().clone()));
+                assert_eq!(read.unwrap(), (*hot, cold.clone()));
                 let mut visited = 0;
                 map.at_each(
                     &[((), refs[id])],
-                    |(), _| false,
+                    |(), h| {
+                        assert_eq!(h, hot);
+                        false
+                    },
                     |(), at, entry| {
                         assert_eq!(at, refs[id]);
-                        assert_eq!((entry.id(), *entry.get()), (*id, *value));
+                        assert_eq!((entry.id(), entry.get()), (*id, (hot, cold)));
                         visited += 1;
                     },
                 );
                 assert_eq!(visited, 1);
             }
             let mut seen = 0;
-            map.for_each(|id, value| {
-                assert_eq!(model[&id], *value);
+            map.for_each(|id, hot, cold| {
+                assert_eq!(model[&id], (*hot, cold.clone()));
                 seen += 1;
             });
             assert_eq!(seen, model.len());
         }
-        assert!(map.read(&SessionId::new_v4(), |_| ()).is_none());
+        assert!(map.read(&SessionId::new_v4(), |_, _| ()).is_none());
+    }
+
+    #[test]
+    fn a_hot_part_of_16_bytes_keeps_the_slot_in_one_cache_line() {
+        // With a niche in the value (as the tracker's session has: a bool, an enum), the
+        // slot's `None` costs nothing; without one it costs another 32 bytes.
+        assert_eq!(hot_slot_bytes::<(u64, u32, bool)>(), 32);
+        assert_eq!(hot_slot_bytes::<[u64; 2]>(), 64);
+        assert_eq!(std::mem::align_of::<Slot<u8>>(), 32);
     }
 
     #[test]
@@ -682,7 +771,7 @@ mod tests {
 
     #[test]
     fn at_each_removes_whatever_the_first_pass_guessed() {
-        let map = SessionMap::<u32>::new();
+        let map = SessionMap::<u32, ()>::new();
         let mut items = Vec::new();
         let ids: Vec<SessionId> = (0..3000).map(|_| SessionId::new_v4()).collect();
         for (v, &id) in ids.iter().enumerate() {
@@ -690,7 +779,7 @@ mod tests {
                 panic!("fresh id")
             };
             let v = v as u32;
-            items.push((v, e.insert(v).unwrap()));
+            items.push((v, e.insert(v, ()).unwrap()));
         }
         // Guess "multiple of 3", remove the even ones: right, wrong both ways, and many
         // removals from one shard under one lock. Every slot is named twice, as the expiry
@@ -705,7 +794,7 @@ mod tests {
             },
             |v, _, entry| {
                 if v % 2 == 0 {
-                    assert_eq!(entry.remove(), v);
+                    assert_eq!(entry.remove(), (v, ()));
                     removed += 1;
                 }
             },
@@ -713,18 +802,18 @@ mod tests {
         assert_eq!(removed, 1500);
         assert_eq!(map.len(), 1500);
         for (v, id) in ids.iter().enumerate() {
-            assert_eq!(map.read(id, |v| *v), (v % 2 == 1).then_some(v as u32));
+            assert_eq!(map.read(id, |v, _| *v), (v % 2 == 1).then_some(v as u32));
         }
     }
 
     #[test]
     fn freed_slots_are_reused() {
-        let map = SessionMap::<u8>::new();
+        let map = SessionMap::<u8, ()>::new();
         let id = SessionId::new_v4();
         let Entry::Vacant(v) = map.entry(id) else {
             panic!("empty map")
         };
-        let first = v.insert(1).unwrap();
+        let first = v.insert(1, ()).unwrap();
         let Entry::Occupied(e) = map.entry(id) else {
             panic!("just inserted")
         };
@@ -735,6 +824,6 @@ mod tests {
         let Entry::Vacant(v) = map.entry(id) else {
             panic!("just removed")
         };
-        assert_eq!(v.insert(2).unwrap(), first);
+        assert_eq!(v.insert(2, ()).unwrap(), first);
     }
 }

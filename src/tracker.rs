@@ -25,7 +25,7 @@ use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::events::{Event, EventQueue, LeaveReason};
 use crate::expiry::ExpiryIndex;
 use crate::kind::SharedStr;
-use crate::map::{Entry as MapEntry, SessionMap, SlotRef};
+use crate::map::{Cold, Entry as MapEntry, SessionMap, SlotRef};
 use crate::pages::PageTable;
 use crate::reaper::ReaperControl;
 use crate::users::{UserSession, UserSnapshot, UserTable};
@@ -194,7 +194,9 @@ struct Config {
     remember_users_for: Tick,
 }
 
-/// One session, in 40 bytes (56 with its id in the map's slot).
+/// One session's hot part, in 16 bytes (32 with its id in the map's slot, one cache line):
+/// what `touch` and `heartbeat` read and write, and all the reaper's first look needs. The
+/// rest is in [`Details`], the slot's cold part.
 ///
 /// `times` (last seen, last active) is atomic because the hot path refreshes it under the
 /// shard's *read* lock; everything else changes under the write lock. One word for both, so
@@ -205,11 +207,7 @@ struct Config {
 /// misread if nothing at all (no reap, no read) happened for 24 days under
 /// [`Reaper::Manual`](crate::Reaper::Manual) and the session is then touched: it is simply
 /// refreshed.
-///
-/// `repr(C)`, hot fields first: with the id in front of it in the slot, everything `touch`
-/// reads lies in the slot's first 32 bytes, so fewer slots straddle two cache lines.
 #[derive(Debug)]
-#[repr(C)]
 struct Session {
     /// Last seen in the low half, last active in the high half; see [`Times`].
     times: AtomicU64,
@@ -218,6 +216,13 @@ struct Session {
     idle: bool,
     /// The low 32 bits of the time of this session's one current expiry item.
     next_check: u32,
+}
+
+/// One session's cold part, in 24 bytes: read when a session starts, ends, changes or is
+/// listed, and by a touch only to compare a member's user.
+#[derive(Debug, Default)]
+struct Details {
+    /// The session's user: `Some` exactly when its tag is `Member` or `Hidden`.
     user: Option<UserId>,
     page: Option<SharedStr>,
     first_seen: Tick,
@@ -268,21 +273,24 @@ fn narrow(t: Tick) -> u32 {
 }
 
 impl Session {
-    fn new(kind: Kind, page: Option<SharedStr>, now: Tick) -> Self {
+    fn new(kind: Kind, page: Option<SharedStr>, now: Tick) -> (Self, Details) {
         let (tag, user) = KindTag::split(kind);
-        Session {
+        let session = Session {
             times: AtomicU64::new(Times::both(narrow(now)).0),
-            first_seen: now,
             next_check: 0,
-            user,
-            page,
             tag,
             idle: false,
-        }
+        };
+        let details = Details {
+            user,
+            page,
+            first_seen: now,
+        };
+        (session, details)
     }
 
-    fn kind(&self) -> Kind {
-        match (self.tag, &self.user) {
+    fn kind(&self, details: &Details) -> Kind {
+        match (self.tag, &details.user) {
             (KindTag::Member, Some(u)) => Kind::Member(u.clone()),
             (KindTag::Hidden, Some(u)) => Kind::HiddenMember(u.clone()),
             (KindTag::Bot, _) => Kind::Bot,
@@ -290,9 +298,20 @@ impl Session {
         }
     }
 
+    /// Whether the session is of `kind`.
     #[inline]
-    fn is(&self, kind: &Kind) -> bool {
-        self.tag == KindTag::of(kind) && self.user.as_ref() == kind.user()
+    fn is(&self, details: &Details, kind: &Kind) -> bool {
+        self.tag == KindTag::of(kind) && details.user.as_ref() == kind.user()
+    }
+
+    /// [`is`](Self::is) on the hot path: a guest's or bot's tag says it all (such a session
+    /// has no user), so only a member's touch loads the cold part.
+    #[inline]
+    fn is_lazy(&self, details: &Cold<'_, Details>, kind: &Kind) -> bool {
+        self.tag == KindTag::of(kind)
+            && kind
+                .user()
+                .is_none_or(|user| details.get().user.as_ref() == Some(user))
     }
 
     #[inline]
@@ -413,7 +432,7 @@ pub(crate) struct Tracker {
     cfg: Config,
     clock: TimeSource,
     wall: WallClock,
-    sessions: SessionMap<Session>,
+    sessions: SessionMap<Session, Details>,
     counters: Counters,
     users: UserTable,
     pages: PageTable,
@@ -534,7 +553,7 @@ impl Presence {
     pub fn heartbeat(&self, id: SessionId) -> bool {
         let tracker = &*self.tracker;
         let now = tracker.clock.now();
-        let live = |s: &Session| {
+        let live = |s: &Session, _: Cold<'_, Details>| {
             let live = now < s.deadline(&tracker.cfg, now);
             if live {
                 s.refresh(now, false);
@@ -551,15 +570,15 @@ impl Presence {
         let now = tracker.clock.now();
         let info = match tracker.sessions.entry(id) {
             MapEntry::Occupied(entry) => {
-                let session = entry.get();
+                let (session, details) = entry.get();
                 let live = now < session.deadline(&tracker.cfg, now);
-                let info = live.then(|| tracker.info(id, session, now));
+                let info = live.then(|| tracker.info(id, session, details, now));
                 let reason = if live {
                     LeaveReason::Left
                 } else {
                     session.leave_reason(&tracker.cfg, now)
                 };
-                tracker.end(id, session, reason, now);
+                tracker.end(id, session, details, reason, now);
                 entry.remove();
                 tracker.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                 info
@@ -618,8 +637,8 @@ impl Presence {
         let now = tracker.clock.now();
         tracker
             .sessions
-            .read(&id, |s| {
-                (now < s.deadline(&tracker.cfg, now)).then(|| tracker.info(id, s, now))
+            .read(&id, |s, d| {
+                (now < s.deadline(&tracker.cfg, now)).then(|| tracker.info(id, s, d.get(), now))
             })
             .flatten()
     }
@@ -647,7 +666,9 @@ impl Presence {
                 let mut last_seen = 0;
                 let mut idle = true;
                 for id in &sessions {
-                    let times = |s: &Session| (s.last_seen(now), s.idle_at(&tracker.cfg, now));
+                    let times = |s: &Session, _: Cold<'_, Details>| {
+                        (s.last_seen(now), s.idle_at(&tracker.cfg, now))
+                    };
                     if let Some((seen, idle_at)) = tracker.sessions.read(id, times) {
                         last_seen = last_seen.max(seen);
                         idle &= idle_at <= now;
@@ -672,9 +693,9 @@ impl Presence {
         let tracker = &*self.tracker;
         let now = tracker.settle();
         let mut list = Vec::new();
-        tracker.sessions.for_each(|id, s| {
+        tracker.sessions.for_each(|id, s, d| {
             if now < s.deadline(&tracker.cfg, now) {
-                list.push(tracker.info(id, s, now));
+                list.push(tracker.info(id, s, d, now));
             }
         });
         list
@@ -776,13 +797,13 @@ impl Tracker {
             |at: Tick, s: &Session| s.next_check == narrow(at) && s.deadline(&self.cfg, now) <= now;
         self.sessions.at_each(&due, evicts, |at, slot, mut entry| {
             let id = entry.id();
-            let session = entry.get_mut();
+            let (session, details) = entry.get_mut();
             if session.next_check != narrow(at) {
                 return; // a stale item: the session was rescheduled, or left and another came
             }
             if session.deadline(&self.cfg, now) <= now {
                 let reason = session.leave_reason(&self.cfg, now);
-                self.end(id, session, reason, now);
+                self.end(id, session, details, reason, now);
                 entry.remove();
                 self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                 evicted += 1;
@@ -810,10 +831,10 @@ impl Tracker {
         page: Option<&str>,
     ) -> Result<Touch, PresenceError> {
         let now = self.clock.now();
-        let refreshed = self.sessions.read(&id, |s| {
+        let refreshed = self.sessions.read(&id, |s, d| {
             let unchanged = !s.idle
-                && s.is(&kind)
-                && page.is_none_or(|p| s.page.as_ref().map(SharedStr::as_str) == Some(p))
+                && s.is_lazy(&d, &kind)
+                && page.is_none_or(|p| d.get().page.as_ref().map(SharedStr::as_str) == Some(p))
                 && now < s.deadline(&self.cfg, now);
             if unchanged {
                 s.refresh(now, true);
@@ -846,16 +867,16 @@ impl Tracker {
             match self.sessions.entry(id) {
                 MapEntry::Occupied(mut entry) => {
                     let slot = entry.slot_ref();
-                    let session = entry.get_mut();
+                    let (session, details) = entry.get_mut();
                     if now < session.deadline(&self.cfg, now) {
-                        self.refresh_live(id, slot, session, kind, page, now);
+                        self.refresh_live(id, slot, (session, details), kind, page, now);
                         return Ok(Touch::Refreshed);
                     }
                     // Due but not yet reaped: it ends, and a new session starts in its place.
                     let reason = session.leave_reason(&self.cfg, now);
-                    self.end(id, session, reason, now);
-                    let (fresh, check) = self.start(id, kind, page, now);
-                    *session = fresh;
+                    self.end(id, session, details, reason, now);
+                    let (fresh, fresh_details, check) = self.start(id, kind, page, now);
+                    (*session, *details) = (fresh, fresh_details);
                     self.expiry.schedule(check, slot);
                     return Ok(Touch::Joined);
                 }
@@ -871,12 +892,12 @@ impl Tracker {
                         settled = true;
                         continue;
                     }
-                    let (fresh, check) = self.start(id, kind, page, now);
-                    match entry.insert(fresh) {
+                    let (fresh, details, check) = self.start(id, kind, page, now);
+                    match entry.insert(fresh, details) {
                         Ok(slot) => self.expiry.schedule(check, slot),
-                        Err(fresh) => {
+                        Err((fresh, details)) => {
                             // No slot left in this shard (2^26 sessions): as full as it gets.
-                            self.end(id, &fresh, LeaveReason::Left, now);
+                            self.end(id, &fresh, &details, LeaveReason::Left, now);
                             self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                             let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
                             return Err(PresenceError::Full { max_sessions });
@@ -910,7 +931,7 @@ impl Tracker {
         &self,
         id: SessionId,
         slot: SlotRef,
-        session: &mut Session,
+        (session, details): (&mut Session, &mut Details),
         kind: Kind,
         page: Option<&str>,
         now: Tick,
@@ -921,12 +942,12 @@ impl Tracker {
             self.counters.active.fetch_add(1, Ordering::Relaxed);
             self.counters.idle.fetch_sub(1, Ordering::Relaxed);
         }
-        if !session.is(&kind) {
+        if !session.is(details, &kind) {
             let events = self.events.wanted().then_some(&self.events);
             if let Some(events) = events {
                 events.push(Event::KindChanged {
                     session: id,
-                    from: session.kind(),
+                    from: session.kind(details),
                     to: kind.clone(),
                 });
             }
@@ -934,7 +955,7 @@ impl Tracker {
             let mut people =
                 self.count_kind(new_tag, Step::Add) - self.count_kind(session.tag, Step::Remove);
             people += self.users.apply(
-                user_session(id, session.tag, session.user.as_ref())
+                user_session(id, session.tag, details.user.as_ref())
                     .map(|s| (s, session.last_seen(now))),
                 user_session(id, new_tag, kind.user()),
                 now,
@@ -942,11 +963,11 @@ impl Tracker {
                 events,
             );
             self.add_people(people, now);
-            (session.tag, session.user) = KindTag::split(kind);
+            (session.tag, details.user) = KindTag::split(kind);
         }
         if let Some(page) = page {
-            if session.page.as_ref().map(SharedStr::as_str) != Some(page) {
-                session.page = Some(self.pages.change(session.page.as_ref(), page));
+            if details.page.as_ref().map(SharedStr::as_str) != Some(page) {
+                details.page = Some(self.pages.change(details.page.as_ref(), page));
             }
         }
         // Activity only moves the session's times later, so its current expiry item usually
@@ -961,7 +982,13 @@ impl Tracker {
 
     /// A new session, counted and announced, and the time of its first check. Under the
     /// shard write lock.
-    fn start(&self, id: SessionId, kind: Kind, page: Option<&str>, now: Tick) -> (Session, Tick) {
+    fn start(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) -> (Session, Details, Tick) {
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Joined {
@@ -981,20 +1008,27 @@ impl Tracker {
         );
         self.add_people(people, now);
         let page = page.map(|p| self.pages.change(None, p));
-        let mut session = Session::new(kind, page, now);
+        let (mut session, details) = Session::new(kind, page, now);
         let check = session.next_change(&self.cfg, now);
         session.next_check = narrow(check);
-        (session, check)
+        (session, details, check)
     }
 
     /// Uncounts a session that ends and announces it. Under the shard write lock; the caller
     /// removes or replaces the entry.
-    fn end(&self, id: SessionId, session: &Session, reason: LeaveReason, now: Tick) {
+    fn end(
+        &self,
+        id: SessionId,
+        session: &Session,
+        details: &Details,
+        reason: LeaveReason,
+        now: Tick,
+    ) {
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Left {
                 session: id,
-                kind: session.kind(),
+                kind: session.kind(details),
                 reason,
             });
         }
@@ -1008,7 +1042,7 @@ impl Tracker {
         // A due session ended at its deadline, however late that is noticed.
         let ended = now.min(session.deadline(&self.cfg, now));
         people += self.users.apply(
-            user_session(id, session.tag, session.user.as_ref())
+            user_session(id, session.tag, details.user.as_ref())
                 .map(|s| (s, session.last_seen(now))),
             None,
             ended,
@@ -1016,7 +1050,7 @@ impl Tracker {
             events,
         );
         self.add_people(people, now);
-        if let Some(page) = &session.page {
+        if let Some(page) = &details.page {
             self.pages.leave(page);
         }
     }
@@ -1055,12 +1089,12 @@ impl Tracker {
         }
     }
 
-    fn info(&self, id: SessionId, s: &Session, now: Tick) -> SessionInfo {
+    fn info(&self, id: SessionId, s: &Session, d: &Details, now: Tick) -> SessionInfo {
         SessionInfo {
             id,
-            kind: s.kind(),
-            page: s.page.as_ref().map(|p| p.as_str().to_owned()),
-            first_seen: self.wall.at(s.first_seen),
+            kind: s.kind(d),
+            page: d.page.as_ref().map(|p| p.as_str().to_owned()),
+            first_seen: self.wall.at(d.first_seen),
             last_seen: self.wall.at(s.last_seen(now)),
             last_active: self.wall.at(s.last_active(now)),
             state: if s.idle_at(&self.cfg, now) <= now {
@@ -1086,11 +1120,13 @@ mod tests {
 
     #[test]
     fn a_session_stays_small() {
-        // Memory per session is a tracked figure: 40 bytes here, 56 with its id in the map.
+        // Memory per session is a tracked figure: 16 + 24 bytes here, 56 with its id in the
+        // map, whose hot part (id and `Session`) must fit its 32 bytes.
+        assert_eq!(crate::map::hot_slot_bytes::<Session>(), 32);
         assert!(
-            std::mem::size_of::<Session>() <= 40,
+            std::mem::size_of::<Details>() <= 24,
             "{}",
-            std::mem::size_of::<Session>()
+            std::mem::size_of::<Details>()
         );
     }
 
