@@ -455,9 +455,10 @@ fn heartbeat(c: &mut Criterion) {
 
 /// The floor under any lookup: one random *dependent* load (a pointer chase, one cache line
 /// per step) in working sets of the sizes that matter at a million sessions: 2 MiB (a
-/// `DashMap`'s control bytes), 8 MiB (our table) and 48 MiB (our slab; a `DashMap`'s buckets
-/// are larger still). A touch of a session whose id lives in a structure of tens of MiB
-/// cannot cost less than the last figure, whatever its layout.
+/// `DashMap`'s control bytes), 8 MiB (our table) and 48 MiB (beyond our 32 MiB of hot slots
+/// and 24 MiB of cold ones; a `DashMap`'s buckets are larger still). A touch of a session
+/// whose id lives in a structure of tens of MiB cannot cost much less than the last figure,
+/// whatever its layout.
 fn memory_floor(c: &mut Criterion) {
     /// `usize`s per 64-byte line: each step of the chase reads one word of its own line.
     const WORDS: usize = 64 / std::mem::size_of::<usize>();
