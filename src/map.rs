@@ -11,9 +11,10 @@
 //!
 //! A slot has two parts in parallel arrays: the *hot* part (the id and a value `H` of at
 //! most 16 bytes: what a touch reads and writes) in 32 bytes aligned to 32, so it never
-//! straddles two cache lines, and the *cold* part `C` (what only changes read). Stored
-//! whole, a 56-byte session straddles two lines three times in four, and at a million
-//! sessions a touch then waited on two memory loads where one will do.
+//! straddles two cache lines, and the *cold* part `C` (what only the slower paths read:
+//! a session's start, end, changes and listing). Stored whole, a 56-byte session straddles
+//! two lines three times in four, and at a million sessions a touch then waited on two
+//! memory loads where one will do.
 //!
 //! The table is [`GroupTable`]: one 64-byte cache line holds 12 one-byte tags *and* their 12
 //! slot indices, so a lookup costs one cache miss for the table and one for the slot. With a
@@ -53,8 +54,9 @@ const CHUNK: usize = 256;
 /// Where a session lives: shard in the top bits, slot in the shard below.
 pub(crate) type SlotRef = u32;
 
-/// The hot part of a slot. With `H` of 16 bytes or less it is 32 bytes, and slots of a
-/// chunk start 32 bytes apart from a 32-byte boundary: one cache line each.
+/// The hot part of a slot. With `H` of 16 bytes or less and a niche for `Option`'s `None`
+/// (a `bool` or an enum in it) it is 32 bytes, and the slots of a chunk start 32 bytes apart
+/// from a 32-byte boundary: each lies within one cache line.
 #[repr(C, align(32))]
 struct Slot<H> {
     id: SessionId,
