@@ -109,8 +109,7 @@ impl<H, C> Shard<H, C> {
     }
 
     fn slot(&self, idx: u32) -> Option<&Slot<H>> {
-        let idx = idx as usize;
-        self.chunks[idx / CHUNK].hot[idx % CHUNK].as_ref()
+        hot_slot(&self.chunks, idx)
     }
 
     /// The slot's hot part, and its cold part found only when asked for.
@@ -133,12 +132,16 @@ impl<H, C> Shard<H, C> {
     fn find(&self, hash: u64, id: &SessionId) -> Option<(Position, u32)> {
         let chunks = &self.chunks;
         self.table.find(hash, |idx| {
-            let idx = idx as usize;
-            chunks[idx / CHUNK].hot[idx % CHUNK]
-                .as_ref()
-                .is_some_and(|slot| slot.id == *id)
+            hot_slot(chunks, idx).is_some_and(|slot| slot.id == *id)
         })
     }
+}
+
+/// The hot part of slot `idx`, if in use. A free function, so that it borrows only the
+/// chunks while the table is borrowed beside them.
+fn hot_slot<H, C>(chunks: &[Chunk<H, C>], idx: u32) -> Option<&Slot<H>> {
+    let idx = idx as usize;
+    chunks[idx / CHUNK].hot[idx % CHUNK].as_ref()
 }
 
 /// A slot's cold part, not yet loaded: [`get`](Self::get) finds it. A closure that never
@@ -360,17 +363,11 @@ pub(crate) struct OccupiedEntry<'h, S> {
 }
 
 impl<H, C: Default, S: DerefMut<Target = Shard<H, C>>> OccupiedEntry<'_, S> {
-    fn slot<'s>(&'s self) -> &'s Slot<H>
-    where
-        C: 's,
-    {
+    pub(crate) fn id(&self) -> SessionId {
         self.shard
             .slot(self.idx)
             .expect("an occupied entry's slot is in use")
-    }
-
-    pub(crate) fn id(&self) -> SessionId {
-        self.slot().id
+            .id
     }
 
     pub(crate) fn slot_ref(&self) -> SlotRef {
@@ -446,11 +443,8 @@ impl<H, C: Default> VacantEntry<'_, H, C> {
         let Shard { table, chunks, .. } = shard;
         let hasher = self.hasher;
         table.insert(self.hash, idx, |i| {
-            let i = i as usize;
             // Every index in the table names a slot in use.
-            chunks[i / CHUNK].hot[i % CHUNK]
-                .as_ref()
-                .map_or(0, |slot| hasher.hash_one(slot.id))
+            hot_slot(chunks, i).map_or(0, |slot| hasher.hash_one(slot.id))
         });
         Ok(slot_ref(self.shard_no, idx))
     }

@@ -298,20 +298,15 @@ impl Session {
         }
     }
 
-    /// Whether the session is of `kind`.
+    /// Whether the session is of `kind`. A guest's or bot's tag says it all (such a session
+    /// has no user), so `details` is called, and on the hot path the cold part loaded, only
+    /// for a member's kind.
     #[inline]
-    fn is(&self, details: &Details, kind: &Kind) -> bool {
-        self.tag == KindTag::of(kind) && details.user.as_ref() == kind.user()
-    }
-
-    /// [`is`](Self::is) on the hot path: a guest's or bot's tag says it all (such a session
-    /// has no user), so only a member's touch loads the cold part.
-    #[inline]
-    fn is_lazy(&self, details: &Cold<'_, Details>, kind: &Kind) -> bool {
+    fn is<'d>(&self, details: impl FnOnce() -> &'d Details, kind: &Kind) -> bool {
         self.tag == KindTag::of(kind)
             && kind
                 .user()
-                .is_none_or(|user| details.get().user.as_ref() == Some(user))
+                .is_none_or(|user| details().user.as_ref() == Some(user))
     }
 
     #[inline]
@@ -833,7 +828,7 @@ impl Tracker {
         let now = self.clock.now();
         let refreshed = self.sessions.read(&id, |s, d| {
             let unchanged = !s.idle
-                && s.is_lazy(&d, &kind)
+                && s.is(|| d.get(), &kind)
                 && page.is_none_or(|p| d.get().page.as_ref().map(SharedStr::as_str) == Some(p))
                 && now < s.deadline(&self.cfg, now);
             if unchanged {
@@ -942,7 +937,7 @@ impl Tracker {
             self.counters.active.fetch_add(1, Ordering::Relaxed);
             self.counters.idle.fetch_sub(1, Ordering::Relaxed);
         }
-        if !session.is(details, &kind) {
+        if !session.is(|| details, &kind) {
             let events = self.events.wanted().then_some(&self.events);
             if let Some(events) = events {
                 events.push(Event::KindChanged {
