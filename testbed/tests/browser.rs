@@ -4,10 +4,9 @@
 //! Needs `chromium` (or `chromium-browser`, `google-chrome`) and `chromedriver` on `PATH`,
 //! or their paths in `CHROME` and `CHROMEDRIVER`. Without them the test is skipped with a
 //! message, unless `CI=true`, where it fails.
-#![cfg(feature = "axum")]
 
 #[allow(dead_code)]
-#[path = "../examples/whos_online.rs"]
+#[path = "../../examples/whos_online.rs"]
 mod demo;
 
 use std::net::TcpListener as StdListener;

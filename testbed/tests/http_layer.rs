@@ -1,6 +1,5 @@
 //! The HTTP layer and routes through the real tower service: cookies good and bad,
 //! cookie flags, signing, skip, classify, a full tracker, and every presence route.
-#![cfg(feature = "axum")]
 
 use std::convert::Infallible;
 use std::time::Duration;

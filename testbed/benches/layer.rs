@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use tower::layer::util::Identity;
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../examples/load_target.rs"]
+#[path = "../../examples/load_target.rs"]
 mod load_target;
 
 /// Returning visitors, as in the load test.

@@ -1,0 +1,1 @@
+//! Benchmarks and end-to-end tests of `presence-tracker`; see `benches/` and `tests/`.
