@@ -73,6 +73,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod builder;
+mod changes;
 mod clock;
 mod events;
 mod expiry;

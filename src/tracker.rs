@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::builder::PresenceBuilder;
+use crate::changes::ChangeLog;
 use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::events::{Event, EventQueue, LeaveReason};
 use crate::expiry::ExpiryIndex;
@@ -437,6 +438,8 @@ pub(crate) struct Tracker {
     /// `peak.0`, readable without the lock: most changes need not take it.
     peak_online: AtomicUsize,
     events: EventQueue,
+    /// Sessions changed on a write path, for the cluster view (off unless one is attached).
+    changes: ChangeLog,
     reaper: ReaperControl,
 }
 
@@ -502,6 +505,7 @@ impl Presence {
             peak: Mutex::new((0, now)),
             peak_online: AtomicUsize::new(0),
             events: EventQueue::new(b.event_capacity),
+            changes: ChangeLog::default(),
             reaper: ReaperControl::default(),
         });
         tracker
@@ -636,6 +640,30 @@ impl Presence {
                 (now < s.deadline(&tracker.cfg, now)).then(|| tracker.info(id, s, d.get(), now))
             })
             .flatten()
+    }
+
+    /// A live session with the time left until its deadline (`None` if unknown or due): what
+    /// the cluster view sends for a session, as an age rather than a timestamp.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn session_lease(&self, id: SessionId) -> Option<(SessionInfo, Duration)> {
+        let tracker = &*self.tracker;
+        let now = tracker.clock.now();
+        tracker
+            .sessions
+            .read(&id, |s, d| {
+                let deadline = s.deadline(&tracker.cfg, now);
+                (now < deadline).then(|| {
+                    let left = Duration::from_millis(deadline - now);
+                    (tracker.info(id, s, d.get(), now), left)
+                })
+            })
+            .flatten()
+    }
+
+    /// The log of sessions changed on a write path, for the cluster view.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn changes(&self) -> &ChangeLog {
+        &self.tracker.changes
     }
 
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
@@ -938,6 +966,7 @@ impl Tracker {
             self.counters.idle.fetch_sub(1, Ordering::Relaxed);
         }
         if !session.is(|| details, &kind) {
+            self.changes.record(id);
             let events = self.events.wanted().then_some(&self.events);
             if let Some(events) = events {
                 events.push(Event::KindChanged {
@@ -962,6 +991,7 @@ impl Tracker {
         }
         if let Some(page) = page {
             if details.page.as_ref().map(SharedStr::as_str) != Some(page) {
+                self.changes.record(id);
                 details.page = Some(self.pages.change(details.page.as_ref(), page));
             }
         }
@@ -984,6 +1014,7 @@ impl Tracker {
         page: Option<&str>,
         now: Tick,
     ) -> (Session, Details, Tick) {
+        self.changes.record(id);
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Joined {
@@ -1019,6 +1050,7 @@ impl Tracker {
         reason: LeaveReason,
         now: Tick,
     ) {
+        self.changes.record(id);
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Left {
