@@ -96,6 +96,12 @@ mod users;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http;
 
+/// Internal structures for the fuzz targets; not part of the API.
+#[cfg(feature = "__internals")]
+#[doc(hidden)]
+#[path = "internals.rs"]
+pub mod __internals;
+
 pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counters::{Counts, Peak};

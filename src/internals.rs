@@ -1,0 +1,115 @@
+//! Internal structures, reachable from outside only with the hidden `__internals` feature, so
+//! that the fuzz targets (a separate crate) can drive them directly. Not part of the API: no
+//! stability promise, and nothing here is needed to use the tracker.
+//!
+//! It owns thin wrappers only; each call goes straight to the structure it wraps.
+
+use crate::SessionId;
+use crate::map::{Entry, SessionMap};
+
+/// Where a session lives in a [`SessionMapHandle`]: stable for the session's life, and
+/// possibly reused by another session after it is removed.
+pub type SlotRef = crate::map::SlotRef;
+
+/// The tracker's session map with a `u64` hot part and a `u64` cold part per session.
+#[derive(Debug)]
+pub struct SessionMapHandle {
+    map: SessionMap<u64, u64>,
+}
+
+impl Default for SessionMapHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionMapHandle {
+    /// An empty map.
+    pub fn new() -> Self {
+        SessionMapHandle {
+            map: SessionMap::new(),
+        }
+    }
+
+    /// The hot and cold parts of `id`.
+    pub fn get(&self, id: SessionId) -> Option<(u64, u64)> {
+        self.map.read(&id, |hot, cold| (*hot, *cold.get()))
+    }
+
+    /// Stores `id`, or replaces its parts in place. Returns its slot and its previous parts.
+    /// `None` when the shard has no slot left.
+    pub fn insert(
+        &self,
+        id: SessionId,
+        hot: u64,
+        cold: u64,
+    ) -> Option<(SlotRef, Option<(u64, u64)>)> {
+        match self.map.entry(id) {
+            Entry::Occupied(mut entry) => {
+                let at = entry.slot_ref();
+                let (h, c) = entry.get_mut();
+                let old = (std::mem::replace(h, hot), std::mem::replace(c, cold));
+                Some((at, Some(old)))
+            }
+            Entry::Vacant(entry) => entry.insert(hot, cold).ok().map(|at| (at, None)),
+        }
+    }
+
+    /// Removes `id`; returns its parts.
+    pub fn remove(&self, id: SessionId) -> Option<(u64, u64)> {
+        match self.map.entry(id) {
+            Entry::Occupied(entry) => Some(entry.remove()),
+            Entry::Vacant(_) => None,
+        }
+    }
+
+    /// The reaper's path: visits every slot in use that `items` name (stale ones included),
+    /// shard by shard; `guess` is the first pass's guess of whether `decide` removes the
+    /// session, and `decide` (given the item, the slot, the id and the hot part) whether it
+    /// does. Returns `(item, slot, id, removed)` for each visit, in visiting order.
+    pub fn at_each(
+        &self,
+        items: &[(u64, SlotRef)],
+        mut guess: impl FnMut(u64, u64) -> bool,
+        mut decide: impl FnMut(u64, SlotRef, SessionId, u64) -> bool,
+    ) -> Vec<(u64, SlotRef, SessionId, bool)> {
+        let mut visits = Vec::new();
+        self.map.at_each(
+            items,
+            |item, hot| guess(item, *hot),
+            |item, at, entry| {
+                let id = entry.id();
+                assert_eq!(
+                    entry.slot_ref(),
+                    at,
+                    "an entry reached by slot names that slot"
+                );
+                let hot = *entry.get().0;
+                let remove = decide(item, at, id, hot);
+                if remove {
+                    entry.remove();
+                }
+                visits.push((item, at, id, remove));
+            },
+        );
+        visits
+    }
+
+    /// Every session: id, hot part, cold part.
+    pub fn all(&self) -> Vec<(SessionId, u64, u64)> {
+        let mut all = Vec::new();
+        self.map
+            .for_each(|id, hot, cold| all.push((id, *hot, *cold)));
+        all
+    }
+
+    /// Number of sessions stored.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no session is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
