@@ -7,11 +7,10 @@
 //! delivery token; the queue lock is a leaf and is held only to push or swap a `Vec`.
 
 use std::mem;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use crate::sync::{AtomicBool, Mutex, Ordering};
 use crate::{Kind, SessionId, UserId};
 
 /// Why a session ended.

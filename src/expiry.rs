@@ -16,12 +16,10 @@
 //! never hold it while they take a shard lock.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::Mutex;
 
 use crate::clock::Tick;
 use crate::map::SlotRef;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 
 /// Width of a bucket. A power of two so that bucket and offset are a shift and a mask.
 const BUCKET_MS: Tick = 1 << 10;

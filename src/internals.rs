@@ -113,3 +113,85 @@ impl SessionMapHandle {
         self.len() == 0
     }
 }
+
+/// The event queue: events pushed under the lock that orders a change, delivered to the
+/// broadcast channel after every lock is released, by one thread at a time.
+#[derive(Debug)]
+pub struct EventQueueHandle {
+    queue: crate::events::EventQueue,
+}
+
+impl EventQueueHandle {
+    /// A queue feeding a broadcast channel of `capacity` events.
+    pub fn new(capacity: usize) -> Self {
+        EventQueueHandle {
+            queue: crate::events::EventQueue::new(capacity),
+        }
+    }
+
+    /// A receiver of every event delivered from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::Event> {
+        self.queue.subscribe()
+    }
+
+    /// Whether anyone listens (pushes are skipped when not).
+    pub fn wanted(&self) -> bool {
+        self.queue.wanted()
+    }
+
+    /// Appends an event, as a change does under its lock.
+    pub fn push(&self, event: crate::Event) {
+        self.queue.push(event);
+    }
+
+    /// Delivers what is pending, as a change does once its locks are released.
+    pub fn deliver(&self) {
+        self.queue.deliver();
+    }
+}
+
+/// The expiry index: items by due time, and the lock-free "may anything be due" bound.
+#[derive(Debug)]
+pub struct ExpiryIndexHandle {
+    index: crate::expiry::ExpiryIndex,
+}
+
+impl Default for ExpiryIndexHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ExpiryIndexHandle {
+    /// An empty index.
+    pub fn new() -> Self {
+        ExpiryIndexHandle {
+            index: crate::expiry::ExpiryIndex::new(),
+        }
+    }
+
+    /// Whether something may be due at `now` (one atomic load).
+    pub fn may_be_due(&self, now: u64) -> bool {
+        self.index.may_be_due(now)
+    }
+
+    /// Adds an item due at `at`.
+    pub fn schedule(&self, at: u64, slot: SlotRef) {
+        self.index.schedule(at, slot);
+    }
+
+    /// Adds items, as a reap reschedules what it looked at and did not evict.
+    pub fn schedule_all(&self, items: impl IntoIterator<Item = (u64, SlotRef)>) {
+        self.index.schedule_all(items);
+    }
+
+    /// Moves up to `limit` items due at `now` into `out`; returns whether due items are left.
+    pub fn take_due(&self, now: u64, out: &mut Vec<(u64, SlotRef)>, limit: usize) -> bool {
+        self.index.take_due(now, out, limit)
+    }
+
+    /// Recomputes the bound once a reap is done with what it took.
+    pub fn finish(&self) {
+        self.index.finish();
+    }
+}

@@ -89,6 +89,7 @@ mod pages;
 mod presence;
 mod reaper;
 mod session;
+mod sync;
 mod tracker;
 mod users;
 
@@ -96,8 +97,9 @@ mod users;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http;
 
-/// Internal structures for the fuzz targets; not part of the API.
-#[cfg(feature = "__internals")]
+/// Internal structures for the fuzz targets and the model-checking tests; not part of the
+/// API.
+#[cfg(any(feature = "__internals", presence_loom))]
 #[doc(hidden)]
 #[path = "internals.rs"]
 pub mod __internals;
