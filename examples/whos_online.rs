@@ -9,6 +9,10 @@
 //! name count once), hide yourself, sign out; visitors whose `User-Agent` says bot,
 //! crawler or spider count as bots; `/admin` lists the sessions and can kill one.
 //!
+//! Every number in the "who is online" block follows changes within two seconds: the
+//! page script reads `GET /presence/counts` every 2 s while the tab is visible (a plain
+//! `fetch`, so the back/forward cache keeps working), apart from its 30 s heartbeat.
+//!
 //! Environment: `PORT` (default 3000, on 127.0.0.1), `PRESENCE_IDLE_TIMEOUT` (seconds,
 //! default 300), `PRESENCE_HEARTBEAT_LIMIT` (seconds, default 1200),
 //! `PRESENCE_HEARTBEAT_INTERVAL` (seconds, may be fractional; default: 30 or a third of
@@ -26,7 +30,7 @@ use axum::extract::{Form, Path, State};
 use axum::http::header::{COOKIE, REFERER, SET_COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use cookie::Cookie;
 use presence_tracker::http::{self as presence_http, Key, PresenceLayer, ScriptTag};
@@ -36,6 +40,8 @@ use serde::Deserialize;
 const USER_COOKIE: &str = "forum_user";
 const HIDDEN_COOKIE: &str = "forum_hidden";
 const MAX_NAME_CHARS: usize = 24;
+/// How often an open page reads the counts.
+const REFRESH: Duration = Duration::from_secs(2);
 
 const TOPICS: [(&str, &str); 3] = [
     (
@@ -83,7 +89,7 @@ struct Demo {
 /// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
 /// overrides the script's default.
 pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> Router {
-    let mut tag = ScriptTag::new(&presence);
+    let mut tag = ScriptTag::new(&presence).refresh(REFRESH);
     if let Some(interval) = heartbeat_interval {
         tag = tag.interval(interval);
     }
@@ -110,7 +116,7 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(presence_http::routes(presence))
+        .merge(presence_http::Routes::new(presence))
         .layer(layer)
         .with_state(demo)
 }
@@ -266,7 +272,7 @@ Signed in as <b id="me">{name}</b>{state}
 (and <span data-presence="bots">{bots}</span> bots)</p>
 <p><span id="here" data-presence="page">{here}</span> viewing this page</p>
 <p>Registered users: {listed}</p>
-<p>Most users ever online was <span data-presence="peak">{peak}</span> on {peak_at}</p>
+<p>Most users ever online was <span data-presence="peak">{peak}</span> on <span data-presence="peak-at">{peak_at}</span></p>
 </div>
 {script}
 </body></html>"#,
@@ -289,7 +295,7 @@ async fn home(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String>
         let viewing = demo.presence.page_count(&path);
         let _ = write!(
             body,
-            r#"<li><a href="{path}">{}</a> ({viewing} viewing)</li>"#,
+            r#"<li><a href="{path}">{}</a> (<span data-presence-page="{path}">{viewing}</span> viewing)</li>"#,
             escape(title)
         );
     }
@@ -376,17 +382,27 @@ struct BackForm {
     back: String,
 }
 
-/// Where to go after a form: the page it came from, if it is a local path.
+/// Whether `path` is a path on this site that is safe to redirect to: a single leading
+/// `/` (`//host` and `/\host` lead elsewhere), no backslash, no control character (a
+/// `Location` header cannot carry one).
+fn same_site_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.contains('\\')
+        && !path.chars().any(char::is_control)
+}
+
+/// Where to go after a form: the page it came from if that is a path on this site (the
+/// form's `back`, else the `Referer`), otherwise the index.
 fn back_to(back: &str, headers: &HeaderMap) -> Redirect {
-    let local = |p: &str| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\');
-    if local(back) {
+    if same_site_path(back) {
         return Redirect::to(back);
     }
     let referer = headers.get(REFERER).and_then(|v| v.to_str().ok());
     let path = referer
         .and_then(|r| r.split_once("://"))
         .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
-        .filter(|p| local(p));
+        .filter(|p| same_site_path(p));
     Redirect::to(path.unwrap_or("/"))
 }
 
@@ -411,11 +427,13 @@ async fn login(headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
 }
 
 async fn logout(headers: HeaderMap, Form(form): Form<BackForm>) -> Response {
+    // Appended, not inserted: two `Set-Cookie` headers, or the second would replace the
+    // first and the user would stay signed in.
     (
-        [
+        AppendHeaders([
             cookie_header(USER_COOKIE, String::new(), true),
             cookie_header(HIDDEN_COOKIE, String::new(), true),
-        ],
+        ]),
         back_to(&form.back, &headers),
     )
         .into_response()

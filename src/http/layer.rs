@@ -1,6 +1,7 @@
 //! The tower layer: reads (or issues) the presence cookie, classifies the visitor and
-//! records the request as activity. It owns the cookie format and must never fail a
-//! request: every problem with the cookie is answered with a fresh id.
+//! records the request as activity once the browser has shown that it keeps the cookie.
+//! It owns the cookie format and must never fail a request: every problem with the cookie
+//! is answered with a fresh id.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -13,14 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use cookie::{Cookie, CookieJar, Key, SameSite};
+use cookie::{Cookie, CookieJar, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::ROUTES_PREFIX;
+use super::{Key, ROUTES_PREFIX};
 use crate::{Kind, Presence, PresenceError, SessionId};
 
 /// Longest cookie value looked at. A signed value is 44 characters of MAC plus the
@@ -42,19 +43,34 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 ///
 /// For every request that is not [skipped](PresenceLayer::skip) the service
 ///
-/// 1. reads the cookie (default name `presence_id`). A missing, malformed, oversized,
-///    duplicated, non-UTF-8 or badly signed cookie is replaced: a fresh
-///    [`SessionId::new_v4`] is issued with a `Set-Cookie` header
-///    (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off, `Max-Age`);
+/// 1. reads the cookie (default name `presence_id`). When the request carries several
+///    cookies of that name (a parent domain may set one too), the first valid one wins,
+///    so the visitor keeps one id. Without a valid one (missing, malformed, oversized,
+///    non-UTF-8 or badly signed) a fresh [`SessionId::new_v4`] is issued with a
+///    `Set-Cookie` header (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off,
+///    `Max-Age`);
 /// 2. classifies the visitor with the [`classify`](PresenceLayer::classify) closure
 ///    (default: [`Kind::Guest`]);
 /// 3. records activity with [`Presence::visit`] on the request path (or
-///    [`Presence::touch`] when [`track_pages`](PresenceLayer::track_pages) is off).
-///    Requests to the presence [`routes`](super::routes) (paths under `/presence/`) are
-///    *not* activity: the routes decide themselves (a heartbeat only calls
-///    [`Presence::heartbeat`]);
+///    [`Presence::touch`] when [`track_pages`](PresenceLayer::track_pages) is off),
+///    **if the request returned a valid cookie**. A request that had to be given a fresh
+///    id records nothing: the visitor counts from the first request that brings the
+///    cookie back (the next page, or the page script's first call after load). Clients
+///    that never keep cookies (curl, uptime probes, most scrapers) are never counted and
+///    cost no memory; [`count_first_request`](PresenceLayer::count_first_request) turns
+///    this off. Requests to the presence [`routes`](super::routes) (paths under
+///    `/presence/`) are *not* page activity: the routes decide themselves (a heartbeat
+///    only calls [`Presence::heartbeat`]);
 /// 4. puts the [`SessionId`] in the request extensions, where handlers read it with the
-///    [`PresenceSession`](super::PresenceSession) extractor.
+///    [`PresenceSession`](super::PresenceSession) extractor (fresh ids included).
+///
+/// # Made-up ids
+///
+/// Without a [signing key](PresenceLayer::signing_key), any well-formed UUID in the
+/// cookie is accepted as the visitor's id: a client that sends 1000 random UUIDs, each
+/// returned as if it were ours, is 1000 visitors. Signing is what stops that: with a key,
+/// an id the server did not issue is replaced by a fresh one, which counts only once it
+/// comes back. Set a key in production.
 ///
 /// The request always proceeds. When the tracker is full
 /// ([`PresenceError::Full`]) the request is served untracked and a warning is logged
@@ -101,6 +117,7 @@ struct Shared {
     classify: Option<Arc<ClassifyFn>>,
     skip: Option<Arc<SkipFn>>,
     track_pages: bool,
+    count_first_request: bool,
     full_log: Arc<FullLog>,
 }
 
@@ -116,6 +133,7 @@ impl fmt::Debug for PresenceLayer {
             .field("classify", &s.classify.as_ref().map(|_| "Fn"))
             .field("skip", &s.skip.as_ref().map(|_| "Fn"))
             .field("track_pages", &s.track_pages)
+            .field("count_first_request", &s.count_first_request)
             .finish()
     }
 }
@@ -123,7 +141,7 @@ impl fmt::Debug for PresenceLayer {
 impl PresenceLayer {
     /// A layer recording into `presence` with the defaults: cookie `presence_id`,
     /// `Secure`, `Max-Age` one year, unsigned ids, every visitor a [`Kind::Guest`], no
-    /// request skipped, pages tracked.
+    /// request skipped, pages tracked, visitors counted once their cookie comes back.
     pub fn new(presence: Presence) -> Self {
         PresenceLayer {
             shared: Arc::new(Shared {
@@ -135,6 +153,7 @@ impl PresenceLayer {
                 classify: None,
                 skip: None,
                 track_pages: true,
+                count_first_request: false,
                 full_log: Arc::new(FullLog::new()),
             }),
         }
@@ -182,13 +201,15 @@ impl PresenceLayer {
 
     /// Signs the cookie with an HMAC (SHA-256) under `key`, through the `cookie` crate's
     /// signed jar. Ids the server did not issue, or whose signature does not match, are
-    /// then replaced with a fresh one, so forged ids cannot inflate the counts. Default:
-    /// unsigned.
+    /// then replaced with a fresh one, so made-up ids cannot inflate the counts (without
+    /// a key, 1000 random UUIDs are 1000 visitors). Default: unsigned.
     ///
-    /// Changing the key invalidates every issued id (visitors get new ones).
+    /// Changing the key invalidates every issued id (visitors get new ones); servers
+    /// sharing visitors (several nodes, or one across restarts) need the same key, e.g.
+    /// [`Key::try_from`] on a secret from the environment.
     pub fn signing_key(self, key: Key) -> Self {
         let key = SigningKey {
-            key,
+            key: key.into_inner(),
             generation: KEY_GENERATION.fetch_add(1, Ordering::Relaxed),
         };
         self.with(|s| s.key = Some(key))
@@ -223,6 +244,18 @@ impl PresenceLayer {
     /// ([`Presence::touch`]). Default: `true`.
     pub fn track_pages(self, track: bool) -> Self {
         self.with(|s| s.track_pages = track)
+    }
+
+    /// Whether a request without a valid cookie is counted at once, under the id it is
+    /// being given. Default: `false`, the visitor counts from the first request that
+    /// returns the cookie (step 3 in [`PresenceLayer`]), so that clients which never keep
+    /// cookies are not visitors.
+    ///
+    /// Turn it on only when every client keeps cookies (an internal tool, a test); a
+    /// flood of cookieless requests then makes as many sessions, each held for
+    /// `idle_timeout`, and with `max_sessions` set it can keep real visitors out.
+    pub fn count_first_request(self, count: bool) -> Self {
+        self.with(|s| s.count_first_request = count)
     }
 }
 
@@ -261,12 +294,16 @@ impl<S: fmt::Debug> fmt::Debug for PresenceService<S> {
     }
 }
 
-/// What the presence routes need from the layer: the visitor's kind and how to record
-/// activity, since the layer does not record it for them.
+/// What the presence routes need from the layer: the visitor's kind, how to record
+/// activity, and whether they may record it at all, since the layer does not record it
+/// for them.
 #[derive(Clone, Debug)]
 pub(crate) struct Classified {
     pub(crate) kind: Kind,
     pub(crate) track_pages: bool,
+    /// The id came back in a valid cookie (or the layer counts first requests): activity
+    /// may create the session.
+    pub(crate) countable: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PresenceService<S>
@@ -298,6 +335,7 @@ where
                 (id, shared.set_cookie(id))
             }
         };
+        let countable = set_cookie.is_none() || shared.count_first_request;
         let kind = match &shared.classify {
             Some(classify) => classify(&parts),
             None => Kind::Guest,
@@ -308,8 +346,9 @@ where
             parts.extensions.insert(Classified {
                 kind,
                 track_pages: shared.track_pages,
+                countable,
             });
-        } else {
+        } else if countable {
             let recorded = if shared.track_pages && path.len() <= MAX_PAGE_LEN {
                 shared.presence.visit(id, kind, path)
             } else {
@@ -370,11 +409,11 @@ pub(crate) fn is_presence_route(path: &str) -> bool {
 }
 
 impl Shared {
-    /// The valid id carried by the request, if exactly one well-formed (and, with a key,
-    /// correctly signed) presence cookie is present.
+    /// The first valid id among the request's presence cookies: well-formed and, with a
+    /// key, correctly signed. A browser sends the cookie of the most specific path and
+    /// domain first, and keeps the order, so the same one wins on every request.
     fn read_id(&self, parts: &Parts) -> Option<SessionId> {
         let name = self.cookie_name.as_bytes();
-        let mut found: Option<&[u8]> = None;
         // Parse bytes, not `&str`: one non-UTF-8 byte in an unrelated cookie must not cost
         // the visitor their id, and our own value is checked below.
         for header in parts.headers.get_all(COOKIE) {
@@ -386,14 +425,16 @@ impl Shared {
                 if pair[..eq].trim_ascii() != name {
                     continue;
                 }
-                if found.is_some() {
-                    // Two presence cookies: we cannot tell which one is ours.
-                    return None;
+                if let Some(id) = self.valid_id(pair[eq + 1..].trim_ascii()) {
+                    return Some(id);
                 }
-                found = Some(pair[eq + 1..].trim_ascii());
             }
         }
-        let raw = found?;
+        None
+    }
+
+    /// The id in one presence cookie value, if it is one we accept.
+    fn valid_id(&self, raw: &[u8]) -> Option<SessionId> {
         if raw.len() > MAX_COOKIE_VALUE {
             return None;
         }
@@ -457,7 +498,7 @@ thread_local! {
 
 #[derive(Clone)]
 struct SigningKey {
-    key: Key,
+    key: cookie::Key,
     generation: u64,
 }
 
