@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::header::{COOKIE, REFERER, SET_COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -34,7 +34,7 @@ use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use cookie::Cookie;
 use presence_tracker::http::{self as presence_http, Key, PresenceLayer, ScriptTag};
-use presence_tracker::{Kind, Presence, SessionId, SessionState};
+use presence_tracker::{Kind, Presence, SessionId, SessionInfo, SessionState, UserId};
 use serde::Deserialize;
 
 const USER_COOKIE: &str = "forum_user";
@@ -42,6 +42,14 @@ const HIDDEN_COOKIE: &str = "forum_hidden";
 const MAX_NAME_CHARS: usize = 24;
 /// How often an open page reads the counts.
 const REFRESH: Duration = Duration::from_secs(2);
+/// Names in a list before "and N more"; the same number the presence routes send.
+const NAMES: usize = 50;
+/// How a list names the rest: "and 3 more" for members online, "and 3 guests" for a
+/// page's viewers (the page script says the same from `data-presence-more`).
+const MORE: (&str, &str) = ("more", "more");
+const GUESTS: (&str, &str) = ("guest", "guests");
+/// Sessions on one page of `/admin`.
+const ADMIN_PAGE: usize = 100;
 
 const TOPICS: [(&str, &str); 3] = [
     (
@@ -116,7 +124,7 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(presence_http::Routes::new(presence))
+        .merge(presence_http::Routes::new(presence).names(NAMES))
         .layer(layer)
         .with_state(demo)
 }
@@ -168,6 +176,22 @@ fn valid_name(name: &str) -> Option<String> {
     ok.then(|| name.to_owned())
 }
 
+/// "alice", "alice and bob", "alice, bob and 12 more", "12 more" or "None": the text the
+/// page script writes into a `data-presence-list` element, rendered on the server too so
+/// that the page is right before the script runs.
+fn name_list(names: &[UserId], total: usize, (one, many): (&str, &str)) -> String {
+    let more = total.saturating_sub(names.len());
+    let mut parts: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    if more > 0 {
+        parts.push(format!("{more} {}", if more == 1 { one } else { many }));
+    }
+    match parts.split_last() {
+        None => "None".to_owned(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -213,27 +237,15 @@ fn ago(time: SystemTime) -> String {
 }
 
 fn page(demo: &Demo, headers: &HeaderMap, path: &str, title: &str, body: &str) -> Html<String> {
+    // The same lists the page script keeps up to date, each costing what it returns.
     let c = demo.presence.counts();
     let here = demo.presence.page_count(path);
-    let mut listed: Vec<String> = demo
-        .presence
-        .sessions()
-        .into_iter()
-        .filter_map(|s| match s.kind {
-            Kind::Member(user) => Some(user.to_string()),
-            _ => None,
-        })
-        .collect();
-    listed.sort();
-    listed.dedup();
-    let listed = if listed.is_empty() {
-        "None".to_owned()
+    let members = name_list(&demo.presence.online_members(NAMES), c.members, MORE);
+    let browsing = name_list(&demo.presence.page_members(path, NAMES), here, GUESTS);
+    let place = if path.starts_with("/topic/") {
+        "topic"
     } else {
-        listed
-            .iter()
-            .map(|n| format!("<b>{}</b>", escape(n)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "page"
     };
     let account = match signed_in(headers) {
         Some((name, hidden)) => format!(
@@ -271,7 +283,8 @@ Signed in as <b id="me">{name}</b>{state}
 <span data-presence="guests">{guests}</span> guests
 (and <span data-presence="bots">{bots}</span> bots)</p>
 <p><span id="here" data-presence="page">{here}</span> viewing this page</p>
-<p>Registered users: {listed}</p>
+<p>Registered users: <span id="members" data-presence-list="members">{member_names}</span></p>
+<p>Users browsing this {place}: <span id="browsing" data-presence-list="page" data-presence-more="guest|guests">{browsing}</span></p>
 <p>Most users ever online was <span data-presence="peak">{peak}</span> on <span data-presence="peak-at">{peak_at}</span></p>
 </div>
 {script}
@@ -284,6 +297,8 @@ Signed in as <b id="me">{name}</b>{state}
         bots = c.bots,
         peak = c.peak.online,
         peak_at = utc(c.peak.at),
+        member_names = escape(&members),
+        browsing = escape(&browsing),
         script = demo.script_tag,
     ))
 }
@@ -322,14 +337,55 @@ async fn topic(
     }
 }
 
-async fn admin(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String> {
+#[derive(Deserialize)]
+struct AdminQuery {
+    #[serde(default)]
+    page: usize,
+}
+
+/// The sessions, most recently seen first, [`ADMIN_PAGE`] a page (`?page=0` is the first).
+///
+/// The tracker has no cursor over its sessions yet, so this copies them all with
+/// `sessions()`; it renders (and fully sorts) only the sessions up to the asked page.
+async fn admin(
+    State(demo): State<Arc<Demo>>,
+    Query(AdminQuery { page: number }): Query<AdminQuery>,
+    headers: HeaderMap,
+) -> Html<String> {
     let mut sessions = demo.presence.sessions();
-    sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-    let mut body = String::from(
-        "<table id=\"sessions\"><tr><th>session</th><th>kind</th><th>page</th>\
+    let total = sessions.len();
+    let order =
+        |a: &SessionInfo, b: &SessionInfo| b.last_seen.cmp(&a.last_seen).then(a.id.cmp(&b.id));
+    let start = number.saturating_mul(ADMIN_PAGE).min(total);
+    let end = start.saturating_add(ADMIN_PAGE).min(total);
+    if end < total {
+        sessions.select_nth_unstable_by(end, order);
+        sessions.truncate(end);
+    }
+    sessions.sort_unstable_by(order);
+    let mut body = format!(
+        "<p id=\"showing\">Sessions {} to {end} of {total}.",
+        (start + 1).min(end)
+    );
+    if number > 0 {
+        let _ = write!(
+            body,
+            r#" <a id="newer" href="/admin?page={}">Newer</a>"#,
+            number - 1
+        );
+    }
+    if end < total {
+        let _ = write!(
+            body,
+            r#" <a id="older" href="/admin?page={}">Older</a>"#,
+            number + 1
+        );
+    }
+    body.push_str(
+        "</p><table id=\"sessions\"><tr><th>session</th><th>kind</th><th>page</th>\
          <th>last seen</th><th>state</th><th></th></tr>",
     );
-    for s in &sessions {
+    for s in &sessions[start..] {
         let kind = match &s.kind {
             Kind::Guest => "guest".to_owned(),
             Kind::Bot => "bot".to_owned(),

@@ -28,12 +28,23 @@ use crate::{Kind, Presence, PresenceError, SessionId};
 /// 36-character id; anything longer is not ours and is not worth parsing.
 const MAX_COOKIE_VALUE: usize = 128;
 
-/// Paths longer than this are recorded with `touch` (no page): one visitor must not be
-/// able to make the page table hold kilobytes per session.
-pub(crate) const MAX_PAGE_LEN: usize = 512;
+/// A request path as recorded: cut to [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes on a
+/// character boundary, so that one visitor cannot make the page table hold kilobytes per
+/// session and a long path is still a page rather than a refused call.
+pub(crate) fn page_key(path: &str) -> &str {
+    if path.len() <= crate::MAX_PAGE_LEN {
+        return path;
+    }
+    let mut end = crate::MAX_PAGE_LEN;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
 
-/// "Tracker full" is logged at most this often, so a full tracker cannot flood the log.
-const FULL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// A refused call ("tracker full", a user name over the limit) is logged at most this
+/// often, so a full tracker cannot flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 type ClassifyFn = dyn Fn(&Parts) -> Kind + Send + Sync;
 type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
@@ -72,9 +83,13 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 /// an id the server did not issue is replaced by a fresh one, which counts only once it
 /// comes back. Set a key in production.
 ///
-/// The request always proceeds. When the tracker is full
-/// ([`PresenceError::Full`]) the request is served untracked and a warning is logged
-/// through `tracing` at most once a minute.
+/// Paths longer than [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes are recorded cut to
+/// that length (on a character boundary); the query string is never part of the page.
+///
+/// The request always proceeds. When the tracker refuses the call (it is full,
+/// [`PresenceError::Full`], or the classified user name is longer than
+/// [`MAX_USER_LEN`](crate::MAX_USER_LEN)) the request is served untracked and a warning is
+/// logged through `tracing` at most once a minute.
 ///
 /// Cloning is cheap (an `Arc` bump); the builder methods copy the settings only while the
 /// layer is still being configured.
@@ -118,7 +133,7 @@ struct Shared {
     skip: Option<Arc<SkipFn>>,
     track_pages: bool,
     count_first_request: bool,
-    full_log: Arc<FullLog>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl fmt::Debug for PresenceLayer {
@@ -154,7 +169,7 @@ impl PresenceLayer {
                 skip: None,
                 track_pages: true,
                 count_first_request: false,
-                full_log: Arc::new(FullLog::new()),
+                refusals: Arc::new(RefusalLog::new()),
             }),
         }
     }
@@ -349,13 +364,13 @@ where
                 countable,
             });
         } else if countable {
-            let recorded = if shared.track_pages && path.len() <= MAX_PAGE_LEN {
-                shared.presence.visit(id, kind, path)
+            let recorded = if shared.track_pages {
+                shared.presence.visit(id, kind, page_key(path))
             } else {
                 shared.presence.touch(id, kind)
             };
             if let Err(err) = recorded {
-                shared.full_log.report(&err);
+                shared.refusals.report(&err);
             }
         }
         parts.extensions.insert(id);
@@ -522,16 +537,16 @@ impl SigningKey {
 }
 
 /// Rate limit for the "tracker is full" warning.
-struct FullLog {
+struct RefusalLog {
     start: Instant,
     /// Milliseconds since `start` of the last warning, plus one (0: never warned).
     last: AtomicU64,
     suppressed: AtomicU64,
 }
 
-impl FullLog {
+impl RefusalLog {
     fn new() -> Self {
-        FullLog {
+        RefusalLog {
             start: Instant::now(),
             last: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
@@ -541,7 +556,7 @@ impl FullLog {
     fn report(&self, err: &PresenceError) {
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
         let last = self.last.load(Ordering::Relaxed);
-        let interval = FULL_LOG_INTERVAL.as_millis() as u64;
+        let interval = REFUSAL_LOG_INTERVAL.as_millis() as u64;
         let due = last == 0 || now.saturating_sub(last) >= interval;
         if due
             && self
@@ -553,7 +568,7 @@ impl FullLog {
             tracing::warn!(
                 error = %err,
                 suppressed,
-                "presence tracker refused a new session; the request is served untracked"
+                "presence tracker refused to record a request; it is served untracked"
             );
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -572,7 +587,7 @@ mod tests {
 
     #[test]
     fn full_warning_is_rate_limited() {
-        let log = FullLog::new();
+        let log = RefusalLog::new();
         let err = PresenceError::Full { max_sessions: 1 };
         for _ in 0..1000 {
             log.report(&err);
@@ -583,6 +598,23 @@ mod tests {
             "the first one is logged"
         );
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 999);
+    }
+
+    #[test]
+    fn page_keys_are_cut_on_a_character_boundary() {
+        let max = crate::MAX_PAGE_LEN;
+        assert_eq!(page_key("/a"), "/a");
+        let ascii = "/".repeat(max + 10);
+        assert_eq!(page_key(&ascii).len(), max);
+        // A decoded `?page=` may hold multi-byte characters.
+        let wide = format!("/{}", "é".repeat(max));
+        let cut = page_key(&wide);
+        assert_eq!(
+            cut.len(),
+            max - 1,
+            "the two-byte char at the limit is dropped"
+        );
+        assert!(wide.starts_with(cut));
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //!   server forgot the session, says goodbye with `navigator.sendBeacon` on `pagehide`,
 //!   and fills elements marked `data-presence="online"` (or `members`, `hidden`,
 //!   `guests`, `bots`, `sessions`, `page`, `peak`, `peak-at`) and
-//!   `data-presence-page="/a/path"` with the live counts. [`ScriptTag`] renders its
-//!   `<script>` tag with the tracker's settings.
+//!   `data-presence-page="/a/path"` with the live counts, and
+//!   `data-presence-list="members"` or `"page"` with member names ("alice, bob and 12
+//!   more"). [`ScriptTag`] renders its `<script>` tag with the tracker's settings.
 //!
 //! # Composition
 //!
@@ -118,8 +119,14 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 /// listener, no WebSocket, so the back/forward cache keeps working), and fills elements
 /// marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"`
 /// (`peak-at` as `YYYY-MM-DD HH:MM:SS UTC`) and `data-presence-page="/some/path"` (the
-/// sessions on that page) with the counts returned by each beat or read. It writes text
-/// only (`textContent`), never markup.
+/// sessions on that page) with the counts returned by each beat or read, and elements
+/// marked `data-presence-list="members"` (members online) or `data-presence-list="page"`
+/// (sessions on this page) with the names the JSON carries: "alice, bob and 12 more",
+/// where 12 is the members count (or the page's session count) minus the names shown.
+/// On such an element, `data-presence-more="guest|guests"` names the rest (singular and
+/// plural; default `more`) and `data-presence-empty` is the text when there is nobody
+/// (default `None`). It writes text only (`textContent`), never markup, so a name such as
+/// `<script>` shows as typed.
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub const SCRIPT: &str = include_str!("presence.js");
 

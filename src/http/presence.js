@@ -10,8 +10,11 @@
  *                       (default: none, the counts follow the heartbeats)
  *
  * Elements marked data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"
- * are filled from the JSON counts, and elements marked data-presence-page="/some/path"
- * with the number of sessions on that page. Heartbeats and reads use fetch (no
+ * are filled from the JSON counts, elements marked data-presence-page="/some/path" with
+ * the number of sessions on that page, and elements marked data-presence-list="members"
+ * (members online) or "page" (sessions on this page) with names: "alice, bob and 12 more"
+ * (data-presence-more="guest|guests" names the rest, data-presence-empty says nobody).
+ * Everything is written as text, never as markup. Heartbeats and reads use fetch (no
  * WebSocket, which would keep the page out of the back/forward cache) and stop while the
  * tab is hidden; leaving uses navigator.sendBeacon on pagehide (no unload listener).
  */
@@ -58,7 +61,18 @@
   }
 
   function wantsCounts() {
-    return document.querySelector('[data-presence],[data-presence-page]') !== null;
+    return document.querySelector('[data-presence],[data-presence-page],[data-presence-list]') !== null;
+  }
+
+  // "alice", "alice and bob", "alice, bob and 12 more", "12 more", or the empty text.
+  function names(list, total, el) {
+    var more = Math.max(0, total - list.length);
+    var words = (el.getAttribute('data-presence-more') || 'more').split('|');
+    var parts = list.slice();
+    if (more > 0) parts.push(more + ' ' + (more === 1 ? words[0] : words[words.length - 1]));
+    if (parts.length === 0) return el.getAttribute('data-presence-empty') || 'None';
+    if (parts.length === 1) return parts[0];
+    return parts.slice(0, -1).join(', ') + ' and ' + parts[parts.length - 1];
   }
 
   function utc(ms) {
@@ -81,6 +95,16 @@
     for (i = 0; i < els.length; i++) {
       var n = pages[els[i].getAttribute('data-presence-page')];
       if (typeof n === 'number') els[i].textContent = String(n);
+    }
+    els = document.querySelectorAll('[data-presence-list]');
+    for (i = 0; i < els.length; i++) {
+      var which = els[i].getAttribute('data-presence-list');
+      var list = which === 'page' ? counts.page_names : counts.names;
+      var total = which === 'page' ? counts.page : counts.members;
+      if (Array.isArray(list) && typeof total === 'number') {
+        // textContent: a name is text, whatever characters it holds.
+        els[i].textContent = names(list.map(String), total, els[i]);
+      }
     }
   }
 

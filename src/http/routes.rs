@@ -17,9 +17,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::layer::{Classified, MAX_PAGE_LEN};
+use super::layer::{Classified, page_key};
 use super::{ROUTES_PREFIX, SCRIPT};
-use crate::{Counts, Presence, SessionId};
+use crate::{Counts, Presence, SessionId, UserId};
 
 /// How long a `leave` waits before taking effect by default. A navigation or reload sends
 /// the old page's `pagehide` beacon *after* the new page was requested; the new page's
@@ -139,13 +139,17 @@ where
 /// | `GET /presence/counts` | the JSON counts |
 /// | `GET /presence/presence.js` | the page [`SCRIPT`](super::SCRIPT), cacheable |
 ///
-/// All but the script take an optional `?page=/some/path`: the JSON then carries
-/// `"page": n`, the [`Presence::page_count`] of that page, and `active` records that
-/// page. `GET /presence/counts` also takes up to 32 `pages=/other/path` (repeated), answered
-/// under `"pages": {"/other/path": n}`, so that one request refreshes the viewer counts
-/// of a list of links. The JSON is [`Counts`] as serialized with the `serde` feature,
-/// e.g. `{"online":3,"members":1,"hidden":0,"guests":2,"bots":0,"sessions":3,"active":3,
-/// "idle":0,"peak":{"online":5,"at":1700000000000},"page":1}`.
+/// The JSON is [`Counts`] as serialized with the `serde` feature, plus `names`: the first
+/// [`names`](Routes::names) listed members online by name ([`Presence::online_members`];
+/// hidden users never), e.g. `{"online":3,"members":1,"hidden":0,"guests":2,"bots":0,
+/// "sessions":3,"active":3,"idle":0,"peak":{"online":5,"at":1700000000000},
+/// "names":["alice"]}`. All but the script take an optional `?page=/some/path`: the JSON
+/// then also carries `"page": n`, the [`Presence::page_count`] of that page, and
+/// `"page_names"`, its listed members ([`Presence::page_members`]); `active` records that
+/// page. They also take up to 32 `pages=/other/path` (repeated), answered under
+/// `"pages": {"/other/path": n}`, so that one request refreshes the viewer counts of a
+/// list of links. Pages are cut to [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes as the
+/// layer records them.
 ///
 /// The layer does not count requests to these routes as page activity (a heartbeat only
 /// keeps an open page alive); it still identifies the visitor, so the layer must wrap
@@ -187,15 +191,36 @@ where
 pub struct Routes {
     presence: Presence,
     leave_grace: Duration,
+    names: usize,
 }
 
 impl Routes {
-    /// The routes for `presence`, with the defaults: a leave grace of 2 s.
+    /// The routes for `presence`, with the defaults: a leave grace of 2 s, 50 names.
     pub fn new(presence: Presence) -> Self {
         Routes {
             presence,
             leave_grace: LEAVE_GRACE,
+            names: 50,
         }
+    }
+
+    /// How many member names the JSON carries: the first `n` of
+    /// [`Presence::online_members`] under `names` and, with `?page=`, of
+    /// [`Presence::page_members`] under `page_names`. Default: 50. Zero leaves both out.
+    ///
+    /// Each list costs what it returns, so a page of names on every heartbeat and read
+    /// is cheap; hidden users are never listed.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is over 1000: the JSON goes to every open tab on every read.
+    pub fn names(mut self, n: usize) -> Self {
+        assert!(
+            n <= MAX_NAMES,
+            "Routes::names must be at most {MAX_NAMES}, got {n}"
+        );
+        self.names = n;
+        self
     }
 
     /// How long a `leave` waits before it takes effect; any activity or heartbeat of the
@@ -226,6 +251,7 @@ impl Routes {
         let state = RouteState(Arc::new(Settings {
             presence: self.presence,
             leave_grace: self.leave_grace,
+            names: self.names,
             pending_leaves: Mutex::new(HashMap::default()),
         }));
         Router::new()
@@ -250,6 +276,9 @@ where
 /// The longest [`Routes::leave_grace`].
 const MAX_LEAVE_GRACE: Duration = Duration::from_secs(60);
 
+/// The most names [`Routes::names`] accepts.
+const MAX_NAMES: usize = 1000;
+
 /// The most `pages=` one counts request is answered for; more are ignored.
 const MAX_WATCHED_PAGES: usize = 32;
 
@@ -260,6 +289,7 @@ struct RouteState(Arc<Settings>);
 struct Settings {
     presence: Presence,
     leave_grace: Duration,
+    names: usize,
     /// Sessions with a leave waiting out its grace, and the `last_seen` it was sent at.
     /// One entry (and one task) per session however many leaves arrive, so its size is
     /// bounded by the live sessions.
@@ -293,12 +323,11 @@ impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
         for (key, value) in pairs {
             match key.as_str() {
                 "page" if q.page.is_none() => q.page = Some(value),
-                "pages"
-                    if q.pages.len() < MAX_WATCHED_PAGES
-                        && is_page(&value)
-                        && !q.pages.contains(&value) =>
-                {
-                    q.pages.push(value);
+                "pages" if q.pages.len() < MAX_WATCHED_PAGES && is_page(&value) => {
+                    let page = page_key(&value);
+                    if !q.pages.iter().any(|p| p == page) {
+                        q.pages.push(page.to_owned());
+                    }
                 }
                 _ => {}
             }
@@ -309,17 +338,17 @@ impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
 
 /// Whether `page` looks like a path the layer would have recorded.
 fn is_page(page: &str) -> bool {
-    page.starts_with('/') && page.len() <= MAX_PAGE_LEN
+    page.starts_with('/')
 }
 
 impl PageQuery {
-    /// The page, if it looks like a path we would have recorded.
+    /// The page, if it looks like a path, as the layer records it.
     fn page(&self) -> Option<&str> {
-        self.page.as_deref().filter(|p| is_page(p))
+        self.page.as_deref().filter(|p| is_page(p)).map(page_key)
     }
 }
 
-/// [`Counts`] plus the asked pages' counts.
+/// [`Counts`] plus the asked pages' counts and the member names.
 #[derive(Serialize)]
 struct CountsBody<'a> {
     #[serde(flatten)]
@@ -328,16 +357,25 @@ struct CountsBody<'a> {
     page: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
     pages: Vec<(&'a str, usize)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    names: Option<Vec<UserId>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_names: Option<Vec<UserId>>,
 }
 
 fn as_map<S: serde::Serializer>(pages: &[(&str, usize)], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(pages.iter().map(|(k, v)| (k, v)))
 }
 
-fn counts_json(presence: &Presence, query: &PageQuery) -> Response {
+fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
+    let presence = &settings.presence;
+    let n = settings.names;
+    let page = query.page();
     let body = CountsBody {
         counts: presence.counts(),
-        page: query.page().map(|p| presence.page_count(p)),
+        page: page.map(|p| presence.page_count(p)),
+        names: (n > 0).then(|| presence.online_members(n)),
+        page_names: page.filter(|_| n > 0).map(|p| presence.page_members(p, n)),
         pages: query
             .pages
             .iter()
@@ -383,16 +421,16 @@ fn gone() -> Response {
         .into_response()
 }
 
-fn beat_answer(presence: &Presence, query: &PageQuery, headers: &HeaderMap) -> Response {
+fn beat_answer(settings: &Settings, query: &PageQuery, headers: &HeaderMap) -> Response {
     if wants_json(headers) {
-        counts_json(presence, query)
+        counts_json(settings, query)
     } else {
         no_content()
     }
 }
 
 async fn counts(State(state): State<RouteState>, query: PageQuery) -> Response {
-    counts_json(&state.0.presence, &query)
+    counts_json(&state.0, &query)
 }
 
 async fn heartbeat(
@@ -401,9 +439,8 @@ async fn heartbeat(
     query: PageQuery,
     headers: HeaderMap,
 ) -> Response {
-    let presence = &state.0.presence;
-    if presence.heartbeat(id) {
-        beat_answer(presence, &query, &headers)
+    if state.0.presence.heartbeat(id) {
+        beat_answer(&state.0, &query, &headers)
     } else {
         gone()
     }
@@ -438,7 +475,7 @@ async fn active(
         // it is rare enough to log at debug level.
         tracing::debug!(error = %err, "presence activity not recorded");
     }
-    beat_answer(presence, &query, &headers)
+    beat_answer(&state.0, &query, &headers)
 }
 
 async fn leave(

@@ -1164,3 +1164,255 @@ async fn demo_counts_a_browser_from_its_second_request() {
     let c = presence.counts();
     assert_eq!((c.online, c.members), (1, 1));
 }
+
+/// An application whose visitors say who they are in `x-user` (`hidden:` for a hidden
+/// member), counted from their first request.
+fn members_app(presence: &Presence, routes: Routes) -> Router {
+    let layer = PresenceLayer::new(presence.clone())
+        .count_first_request(true)
+        .classify(
+            |req| match req.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+                Some(user) => match user.strip_prefix("hidden:") {
+                    Some(user) => Kind::hidden_member(user),
+                    None => Kind::member(user),
+                },
+                None => Kind::Guest,
+            },
+        );
+    let echo = |session: Option<PresenceSession>| async move {
+        session.map_or_else(|| "-".to_owned(), |PresenceSession(id)| id.to_string())
+    };
+    Router::new()
+        .route("/", get(echo))
+        .route("/topic/{n}", get(echo))
+        .merge(routes)
+        .layer(layer)
+}
+
+async fn json(app: &Router, req: axum::http::request::Builder) -> serde_json::Value {
+    let res = send(app, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    serde_json::from_str(&body_text(res).await).unwrap()
+}
+
+/// A visitor as `user` on `path`; returns its cookie.
+async fn visit_as(app: &Router, user: Option<&str>, path: &str) -> String {
+    let mut req = get_req(path);
+    if let Some(user) = user {
+        req = req.header("x-user", user);
+    }
+    pair(&set_cookie(&send(app, req).await).unwrap())
+}
+
+#[tokio::test]
+async fn counts_carry_member_names_sorted_once_and_never_hidden() {
+    let (presence, _) = tracker();
+    let app = members_app(&presence, Routes::new(presence.clone()));
+    for (user, path) in [
+        (Some("bob"), "/topic/1"),
+        (Some("bob"), "/topic/1"), // a second tab
+        (Some("Alice"), "/"),
+        (Some("hidden:carol"), "/topic/1"),
+        (Some("<script>alert(1)</script>"), "/topic/1"),
+        (None, "/topic/1"),
+    ] {
+        visit_as(&app, user, path).await;
+    }
+    let res = send(&app, get_req("/presence/counts?page=/topic/1")).await;
+    let text = body_text(res).await;
+    assert!(!text.contains("carol"), "a hidden name leaked: {text}");
+    let counts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        counts["names"],
+        serde_json::json!(["<script>alert(1)</script>", "Alice", "bob"])
+    );
+    assert_eq!(
+        counts["page_names"],
+        serde_json::json!(["<script>alert(1)</script>", "bob"])
+    );
+    assert_eq!(
+        (counts["members"].as_u64(), counts["page"].as_u64()),
+        (Some(3), Some(5))
+    );
+
+    // Without ?page=, no page list.
+    let json = json(&app, get_req("/presence/counts")).await;
+    assert!(json.get("page_names").is_none());
+    assert_eq!(json["names"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn heartbeat_and_active_json_carry_the_names_too() {
+    let (presence, _) = tracker();
+    let app = members_app(&presence, Routes::new(presence.clone()));
+    let cookie = visit_as(&app, Some("dave"), "/topic/2").await;
+    for route in ["heartbeat", "active"] {
+        let json = json(
+            &app,
+            post_req(&format!("/presence/{route}?page=/topic/2"))
+                .header(COOKIE, cookie.clone())
+                .header("x-user", "dave")
+                .header(ACCEPT, "application/json"),
+        )
+        .await;
+        assert_eq!(json["names"], serde_json::json!(["dave"]), "{route}");
+        assert_eq!(json["page_names"], serde_json::json!(["dave"]), "{route}");
+    }
+}
+
+#[tokio::test]
+async fn a_member_moving_page_leaves_one_list_and_joins_the_other() {
+    let (presence, _) = tracker();
+    let app = members_app(&presence, Routes::new(presence.clone()));
+    let cookie = visit_as(&app, Some("erin"), "/topic/1").await;
+    let on = |page: &'static str| {
+        let app = app.clone();
+        async move {
+            json(&app, get_req(&format!("/presence/counts?page={page}"))).await["page_names"]
+                .clone()
+        }
+    };
+    assert_eq!(on("/topic/1").await, serde_json::json!(["erin"]));
+    send(
+        &app,
+        get_req("/topic/2")
+            .header(COOKIE, cookie)
+            .header("x-user", "erin"),
+    )
+    .await;
+    assert_eq!(on("/topic/1").await, serde_json::json!([]));
+    assert_eq!(on("/topic/2").await, serde_json::json!(["erin"]));
+}
+
+#[tokio::test]
+async fn names_is_a_routes_setting_with_a_limit() {
+    let (presence, _) = tracker();
+    for n in 0..120 {
+        presence
+            .visit(
+                SessionId::new_v4(),
+                Kind::member(format!("user{n:03}")),
+                "/t",
+            )
+            .unwrap();
+    }
+    let default = members_app(&presence, Routes::new(presence.clone()));
+    let json_default = json(&default, get_req("/presence/counts?page=/t")).await;
+    assert_eq!(json_default["names"].as_array().unwrap().len(), 50);
+    assert_eq!(json_default["names"][0], "user000");
+    assert_eq!(json_default["page_names"].as_array().unwrap().len(), 50);
+
+    let two = members_app(&presence, Routes::new(presence.clone()).names(2));
+    let json_two = json(&two, get_req("/presence/counts?page=/t")).await;
+    assert_eq!(json_two["names"], serde_json::json!(["user000", "user001"]));
+    assert_eq!(
+        json_two["page_names"],
+        serde_json::json!(["user000", "user001"])
+    );
+    assert_eq!(json_two["members"], 120, "the count is all of them");
+
+    let none = members_app(&presence, Routes::new(presence.clone()).names(0));
+    let json_none = json(&none, get_req("/presence/counts?page=/t")).await;
+    assert!(json_none.get("names").is_none() && json_none.get("page_names").is_none());
+}
+
+#[test]
+#[should_panic(expected = "Routes::names must be at most 1000")]
+fn names_over_a_thousand_are_refused() {
+    let _ = Routes::new(Presence::new()).names(1001);
+}
+
+#[tokio::test]
+async fn long_paths_are_recorded_cut_to_the_page_limit() {
+    let (presence, _) = tracker();
+    let app = app(
+        &presence,
+        PresenceLayer::new(presence.clone()).count_first_request(true),
+    );
+    // As sent: percent-encoded, which is also what the script sends back as its page.
+    let long = format!("/topic/{}", "%C3%A9".repeat(1000));
+    let res = send(&app, get_req(&long)).await;
+    let id = id_of(&set_cookie(&res).unwrap());
+    let page = presence.session(id).unwrap().page.unwrap();
+    assert!(
+        page.len() <= presence_tracker::MAX_PAGE_LEN,
+        "{}",
+        page.len()
+    );
+    assert!(page.len() > presence_tracker::MAX_PAGE_LEN - 4);
+    // The script asks with the same long path (encoded once more) and finds it.
+    let query = long.replace('%', "%25");
+    let json = json(&app, get_req(&format!("/presence/counts?page={query}"))).await;
+    assert_eq!(json["page"], 1);
+}
+
+#[tokio::test]
+async fn a_user_name_over_the_limit_is_served_untracked() {
+    let (presence, _) = tracker();
+    let long = "x".repeat(presence_tracker::MAX_USER_LEN + 1);
+    let layer = PresenceLayer::new(presence.clone())
+        .count_first_request(true)
+        .classify(move |_| Kind::member(long.clone()));
+    let app = app(&presence, layer);
+    let res = send(&app, get_req("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(presence.counts().sessions, 0);
+}
+
+#[tokio::test]
+async fn demo_admin_pages_its_session_list() {
+    let (app, presence) = demo_app();
+    for _ in 0..250 {
+        presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    }
+    let rows = |html: &str| html.matches("<tr><td><code>").count();
+    let first = body_text(send(&app, get_req("/admin")).await).await;
+    assert_eq!(rows(&first), 100);
+    assert!(first.contains("Sessions 1 to 100 of 250."), "{first}");
+    assert!(first.contains(r#"href="/admin?page=1""#) && !first.contains(r#"id="newer""#));
+    let last = body_text(send(&app, get_req("/admin?page=2")).await).await;
+    assert_eq!(rows(&last), 50);
+    assert!(last.contains(r#"id="newer""#) && !last.contains(r#"id="older""#));
+    let past = body_text(send(&app, get_req("/admin?page=99")).await).await;
+    assert_eq!(rows(&past), 0);
+    let huge = send(&app, get_req(&format!("/admin?page={}", usize::MAX))).await;
+    assert_eq!(huge.status(), StatusCode::OK);
+
+    // Every session once across the pages.
+    let mut seen = std::collections::HashSet::new();
+    for page in 0..3 {
+        let html = body_text(send(&app, get_req(&format!("/admin?page={page}"))).await).await;
+        for row in html.split("<tr><td><code>").skip(1) {
+            assert!(seen.insert(row[..36].to_owned()));
+        }
+    }
+    assert_eq!(seen.len(), 250);
+}
+
+#[tokio::test]
+async fn demo_lists_names_as_text_and_hides_hidden_members() {
+    let (app, presence) = demo_app();
+    presence
+        .visit(SessionId::new_v4(), Kind::member("<b>bold</b>"), "/topic/1")
+        .unwrap();
+    presence
+        .visit(
+            SessionId::new_v4(),
+            Kind::hidden_member("carol"),
+            "/topic/1",
+        )
+        .unwrap();
+    presence
+        .visit(SessionId::new_v4(), Kind::Guest, "/topic/1")
+        .unwrap();
+    let html = body_text(send(&app, get_req("/topic/1")).await).await;
+    assert!(
+        html.contains(r#"data-presence-list="members">&lt;b&gt;bold&lt;/b&gt;</span>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains("&lt;b&gt;bold&lt;/b&gt; and 2 guests</span>"),
+        "{html}"
+    );
+    assert!(!html.contains("carol"));
+}
