@@ -208,7 +208,7 @@ fn escape(text: &str) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`, without a date crate.
-fn utc(time: SystemTime) -> String {
+pub(crate) fn utc(time: SystemTime) -> String {
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
