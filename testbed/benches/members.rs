@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::Criterion;
-use presence_tracker::{Kind, Presence, SessionInfo, SessionId};
+use presence_tracker::{Kind, Presence, SessionId, SessionInfo};
 
 mod common;
 use common::{SplitMix, full_scale, tracker};
