@@ -206,6 +206,7 @@ impl Tracker {
                 let live = now < session.deadline(&tracker.cfg, now);
                 let info = live.then(|| tracker.info(id, session, details, now));
                 let reason = if live {
+                    tracker.changes.record_left(id);
                     LeaveReason::Left
                 } else {
                     session.leave_reason(&tracker.cfg, now)
