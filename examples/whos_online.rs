@@ -7,7 +7,7 @@
 //!
 //! Sign in by name (kept in a plain `forum_user` cookie; several tabs or browsers of one
 //! name count once), hide yourself, sign out; visitors whose `User-Agent` says bot,
-//! crawler or spider count as bots; `/admin` lists the sessions and can kill one.
+//! crawler or spider count as bots; `/admin` lists the sessions, 100 a page, and can kill one.
 //!
 //! Every number in the "who is online" block follows changes within two seconds: the
 //! page script reads `GET /presence/counts` every 2 s while the tab is visible (a plain
@@ -34,7 +34,7 @@ use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use cookie::Cookie;
 use presence_tracker::http::{self as presence_http, Key, PresenceLayer, ScriptTag};
-use presence_tracker::{Kind, Presence, SessionId, SessionInfo, SessionState, UserId};
+use presence_tracker::{Kind, Presence, SessionCursor, SessionId, SessionState, UserId};
 use serde::Deserialize;
 
 const USER_COOKIE: &str = "forum_user";
@@ -339,53 +339,44 @@ async fn topic(
 
 #[derive(Deserialize)]
 struct AdminQuery {
-    #[serde(default)]
-    page: usize,
+    from: Option<String>,
 }
 
-/// The sessions, most recently seen first, [`ADMIN_PAGE`] a page (`?page=0` is the first).
-///
-/// The tracker has no cursor over its sessions yet, so this copies them all with
-/// `sessions()`; it renders (and fully sorts) only the sessions up to the asked page.
+/// The sessions, [`ADMIN_PAGE`] a page, in the tracker's storage order: each page costs
+/// its 100 sessions, not all of them (`?from=` is the cursor of the next page).
 async fn admin(
     State(demo): State<Arc<Demo>>,
-    Query(AdminQuery { page: number }): Query<AdminQuery>,
+    Query(query): Query<AdminQuery>,
     headers: HeaderMap,
 ) -> Html<String> {
-    let mut sessions = demo.presence.sessions();
-    let total = sessions.len();
-    let order =
-        |a: &SessionInfo, b: &SessionInfo| b.last_seen.cmp(&a.last_seen).then(a.id.cmp(&b.id));
-    let start = number.saturating_mul(ADMIN_PAGE).min(total);
-    let end = start.saturating_add(ADMIN_PAGE).min(total);
-    if end < total {
-        sessions.select_nth_unstable_by(end, order);
-        sessions.truncate(end);
-    }
-    sessions.sort_unstable_by(order);
+    // A cursor that does not parse (edited by hand) starts over.
+    let from = query
+        .from
+        .as_deref()
+        .and_then(|c| c.parse::<SessionCursor>().ok());
+    let (mut sessions, next) = demo
+        .presence
+        .sessions_page(from.unwrap_or(SessionCursor::START), ADMIN_PAGE);
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
     let mut body = format!(
-        "<p id=\"showing\">Sessions {} to {end} of {total}.",
-        (start + 1).min(end)
+        "<p id=\"showing\">{} sessions online; {} on this page.",
+        demo.presence.counts().sessions,
+        sessions.len()
     );
-    if number > 0 {
-        let _ = write!(
-            body,
-            r#" <a id="newer" href="/admin?page={}">Newer</a>"#,
-            number - 1
-        );
+    if from.is_some() {
+        body.push_str(r#" <a id="first" href="/admin">First page</a>"#);
     }
-    if end < total {
+    if let Some(next) = next {
         let _ = write!(
             body,
-            r#" <a id="older" href="/admin?page={}">Older</a>"#,
-            number + 1
+            r#" <a id="next" href="/admin?from={next}">Next page</a>"#
         );
     }
     body.push_str(
         "</p><table id=\"sessions\"><tr><th>session</th><th>kind</th><th>page</th>\
          <th>last seen</th><th>state</th><th></th></tr>",
     );
-    for s in &sessions[start..] {
+    for s in &sessions {
         let kind = match &s.kind {
             Kind::Guest => "guest".to_owned(),
             Kind::Bot => "bot".to_owned(),
