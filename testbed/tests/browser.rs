@@ -499,3 +499,61 @@ async fn the_who_is_online_block_follows_changes_within_3_seconds() {
     b.close().await.unwrap();
     drop(driver);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_stay_eligible_for_the_back_forward_cache() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+    let base = serve_demo(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(6);
+    let a = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    // Let a few beats and reads run, as on a page someone has been reading.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.execute("window.stillHere = 42", vec![]).await.unwrap();
+    click(&a, "a[href='/topic/1']").await;
+    eventually!(
+        wait,
+        "A is on the topic",
+        presence.page_count("/topic/1") == 1
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.back().await.unwrap();
+    eventually!(
+        wait,
+        "A is back on the index",
+        a.current_url().await.unwrap().path() == "/"
+    );
+    let restored = a
+        .execute(
+            "const nav = performance.getEntriesByType('navigation')[0];
+             return [window.stillHere === 42, nav.type,
+                     JSON.stringify(nav.notRestoredReasons || null)];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        restored[0],
+        json!(true),
+        "not restored from the back/forward cache: {restored}"
+    );
+    // Restored pages re-join at once.
+    eventually!(
+        wait,
+        "A is back on the index",
+        presence.page_count("/") == 1
+    );
+
+    a.close().await.unwrap();
+    drop(driver);
+}
