@@ -430,7 +430,7 @@ struct BackForm {
 }
 
 /// Whether `path` is a path on this site that is safe to redirect to: a single leading
-/// `/` (`//host` and `/\host` lead elsewhere), no backslash, no control character (a
+/// `/` (`//host` and `/\host` point to another site), no backslash, no control character (a
 /// `Location` header cannot carry one).
 fn same_site_path(path: &str) -> bool {
     path.starts_with('/')
