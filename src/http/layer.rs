@@ -24,9 +24,14 @@ use tower_service::Service;
 use super::{Key, ROUTES_PREFIX};
 use crate::{Kind, Presence, PresenceError, SessionId};
 
-/// Longest cookie value looked at. A signed value is 44 characters of MAC plus the
-/// 36-character id; anything longer is not ours and is not worth parsing.
-const MAX_COOKIE_VALUE: usize = 128;
+/// The length of a signed cookie value: 44 characters of base64 MAC, then the
+/// 36-character id. Anything else is not ours and is refused before any MAC is computed.
+const SIGNED_VALUE_LEN: usize = 44 + 36;
+
+/// How many cookies of our name a request may carry before the rest are ignored. Browsers
+/// send one, or a few when parent domains or paths set their own; checking a signed one
+/// costs an HMAC, so a request packed with thousands must not cost thousands.
+const MAX_CANDIDATES: usize = 8;
 
 /// A request path as recorded: cut to [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes on a
 /// character boundary, so that one visitor cannot make the page table hold kilobytes per
@@ -56,7 +61,7 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 ///
 /// 1. reads the cookie (default name `presence_id`). When the request carries several
 ///    cookies of that name (a parent domain may set one too), the first valid one wins,
-///    so the visitor keeps one id. Without a valid one (missing, malformed, oversized,
+///    so the visitor keeps one id (only the first 8 are looked at). Without a valid one (missing, malformed, oversized,
 ///    non-UTF-8 or badly signed) a fresh [`SessionId::new_v4`] is issued with a
 ///    `Set-Cookie` header (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off,
 ///    `Max-Age`);
@@ -429,6 +434,7 @@ impl Shared {
     /// domain first, and keeps the order, so the same one wins on every request.
     fn read_id(&self, parts: &Parts) -> Option<SessionId> {
         let name = self.cookie_name.as_bytes();
+        let mut candidates = 0;
         // Parse bytes, not `&str`: one non-UTF-8 byte in an unrelated cookie must not cost
         // the visitor their id, and our own value is checked below.
         for header in parts.headers.get_all(COOKIE) {
@@ -443,6 +449,10 @@ impl Shared {
                 if let Some(id) = self.valid_id(pair[eq + 1..].trim_ascii()) {
                     return Some(id);
                 }
+                candidates += 1;
+                if candidates == MAX_CANDIDATES {
+                    return None;
+                }
             }
         }
         None
@@ -450,11 +460,9 @@ impl Shared {
 
     /// The id in one presence cookie value, if it is one we accept.
     fn valid_id(&self, raw: &[u8]) -> Option<SessionId> {
-        if raw.len() > MAX_COOKIE_VALUE {
-            return None;
-        }
         match &self.key {
             None => SessionId::parse_ascii(raw).ok(),
+            Some(_) if raw.len() != SIGNED_VALUE_LEN => None,
             Some(key) => {
                 if let Some(id) = key.recently_verified(raw) {
                     return Some(id);

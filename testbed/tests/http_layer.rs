@@ -379,6 +379,35 @@ async fn first_valid_of_duplicated_cookies_wins() {
 }
 
 #[tokio::test]
+async fn only_the_first_8_cookies_of_our_name_are_checked() {
+    let (presence, _) = tracker();
+    let app = app_with_key(&presence, Key::generate());
+    let (cookie, id) = join(&app).await;
+    // Forged values of the signed length, each of which would cost an HMAC.
+    let forged = |n: usize| -> String {
+        (0..n)
+            .map(|_| format!("{NAME}={}{}; ", "A".repeat(43) + "=", SessionId::new_v4()))
+            .collect()
+    };
+    let res = send(
+        &app,
+        get_req("/").header(COOKIE, format!("{}{cookie}", forged(7))),
+    )
+    .await;
+    assert_eq!(set_cookie(&res), None, "8th: still looked at");
+    assert_eq!(body_text(res).await, id.to_string());
+    let res = send(
+        &app,
+        get_req("/").header(COOKIE, format!("{}{cookie}", forged(8))),
+    )
+    .await;
+    assert!(set_cookie(&res).is_some(), "9th: ignored, a fresh id");
+    let res = send(&app, get_req("/").header(COOKIE, forged(5000))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(set_cookie(&res).is_some());
+}
+
+#[tokio::test]
 async fn duplicated_signed_cookies_keep_the_one_we_signed() {
     let (presence, _) = tracker();
     let app = app_with_key(&presence, Key::generate());
