@@ -3,9 +3,9 @@
 //! or odd bytes), signed and unsigned. Checked on every request:
 //!
 //! - no panic, and the inner service's 200 comes back unchanged (never a 500);
-//! - the request carries the first valid id among the cookies of our name (a cookie-string
-//!   is `;`-separated `name=value` pairs, whitespace around each part ignored), with no
-//!   `Set-Cookie`, and that session is recorded;
+//! - the request carries the first valid id among the first eight cookies of our name (a
+//!   cookie-string is `;`-separated `name=value` pairs, whitespace around each part
+//!   ignored), with no `Set-Cookie`, and that session is recorded;
 //! - without a valid one, a fresh id comes with a `Set-Cookie`, and that cookie sent back
 //!   alone round-trips: the same id, no new cookie, the session recorded.
 #![no_main]
@@ -27,9 +27,13 @@ use tower::{Layer, Service, service_fn};
 
 const NAME: &str = "presence_id";
 const IDS: usize = 8;
+/// The layer looks at this many cookies of its name at most (a bound on the work one
+/// request can cause); one after them is ignored even when valid.
+const LOOKED_AT: usize = 8;
 
 struct Fixture {
-    key: Key,
+    /// The layer's key, as the `cookie` crate holds it: the oracle signs and verifies with it.
+    key: cookie::Key,
     ids: Vec<SessionId>,
     signed: Vec<String>,
     /// One tracker for all runs (building one per run is most of a run's cost); each run
@@ -42,7 +46,8 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let key = Key::from(&[0x5au8; 64]);
+        let secret = [0x5au8; 64];
+        let key = cookie::Key::from(&secret);
         let ids: Vec<SessionId> = (0..IDS as u128)
             .map(|i| {
                 uuid::Uuid::from_u128(
@@ -61,7 +66,9 @@ fn fixture() -> &'static Fixture {
             .collect();
         let presence = Presence::builder().reaper(Reaper::Manual).build();
         let plain = PresenceLayer::new(presence.clone()).secure(false);
-        let signing = plain.clone().signing_key(key.clone());
+        let signing = plain
+            .clone()
+            .signing_key(Key::try_from(&secret[..]).expect("a 64-byte secret"));
         Fixture {
             key,
             ids,
@@ -206,17 +213,18 @@ fn uuid_id(text: &str) -> Option<SessionId> {
         .map(SessionId::from)
 }
 
-/// The first valid id among the cookies named ours, over all headers in order.
+/// The first valid id among the first [`LOOKED_AT`] cookies named ours, over all headers in
+/// order.
 fn expected(f: &Fixture, signed: bool, headers: &[Vec<u8>]) -> Option<SessionId> {
-    headers.iter().find_map(|header| {
-        header.split(|&b| b == b';').find_map(|pair| {
+    headers
+        .iter()
+        .flat_map(|header| header.split(|&b| b == b';'))
+        .filter_map(|pair| {
             let eq = pair.iter().position(|&b| b == b'=')?;
-            if pair[..eq].trim_ascii() != NAME.as_bytes() {
-                return None;
-            }
-            valid(f, signed, pair[eq + 1..].trim_ascii())
+            (pair[..eq].trim_ascii() == NAME.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
         })
-    })
+        .take(LOOKED_AT)
+        .find_map(|value| valid(f, signed, value))
 }
 
 /// Polls a future that never waits (the inner service answers at once).
