@@ -105,24 +105,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let c = presence.counts();
-        let top = presence.top_pages(1);
-        let busiest = top
-            .first()
-            .map(|(page, n)| format!("{page} ({n})"))
-            .unwrap_or_default();
+        let busiest = match presence.top_pages(1).first() {
+            Some((page, n)) => format!("busiest: {page} ({n})"),
+            None => "no pages".to_string(),
+        };
         println!(
-            "[{second:>2}s] In total there are {:>2} users online :: {} registered, {} hidden and {:>2} guests \
-             (+{} bots) | {:>2} active, {:>2} idle | busiest: {busiest:<20} | +{joined} joined, -{left} left, -{expired} expired",
-            c.online, c.members, c.hidden, c.guests, c.bots, c.active, c.idle,
+            "[{second:>2}s] In total there {} online :: {} registered, {} hidden and {}",
+            is_are(c.online, "user"),
+            c.members,
+            c.hidden,
+            count(c.guests, "guest"),
+        );
+        println!(
+            "      (+{}) {} active, {} idle | {busiest} | {joined} joined, {left} left, {expired} expired",
+            count(c.bots, "bot"),
+            c.active,
+            c.idle,
         );
         std::thread::sleep(Duration::from_secs(1));
     }
     let c = presence.counts();
     println!(
-        "Most users ever online was {} (with {} still here at the end).",
+        "Most users ever online was {} ({} still here at the end).",
         c.peak.online, c.online
     );
     Ok(())
+}
+
+/// "1 guest", "2 guests".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// "is 1 user", "are 2 users".
+fn is_are(n: usize, noun: &str) -> String {
+    let verb = if n == 1 { "is" } else { "are" };
+    format!("{verb} {}", count(n, noun))
 }
 
 /// A tiny deterministic generator, so the demo needs no dependency.
