@@ -78,6 +78,16 @@ mod events;
 mod expiry;
 mod id;
 mod kind;
+#[cfg(feature = "__bench_internals")]
+#[doc(hidden)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::new_without_default,
+    clippy::len_without_is_empty
+)]
+pub mod map;
+#[cfg(not(feature = "__bench_internals"))]
 mod map;
 mod pages;
 mod reaper;
@@ -114,6 +124,7 @@ const _: () = {
     handle::<Event>();
 };
 
+// The README's web example needs the `axum` feature, as the README's test command enables.
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "axum"))]
 pub struct ReadmeDoctests;

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: a tracker on a manual clock, event draining,
+//! What the integration tests share: a tracker on a manual clock, event draining,
 //! and short constructors of the events a test expects.
 
 #![allow(dead_code, unreachable_pub)]
