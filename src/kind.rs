@@ -109,6 +109,61 @@ impl fmt::Debug for UserId {
     }
 }
 
+/// A user ordered by name as people read a list: case-insensitively, ties (names that differ
+/// only in case) by the exact string, so that two distinct users never compare equal.
+///
+/// The folded (lower-case) form is computed once, when the user enters a list, and kept only
+/// when it differs from the name: comparisons are then plain byte comparisons. Folding
+/// during every comparison was 70% of the time to expire 100k distinct members.
+#[derive(Clone, Debug)]
+pub(crate) struct ByName {
+    user: UserId,
+    folded: Option<Box<str>>,
+}
+
+impl ByName {
+    pub(crate) fn new(user: UserId) -> Self {
+        let name = user.as_str();
+        let is_folded = if name.is_ascii() {
+            !name.bytes().any(|b| b.is_ascii_uppercase())
+        } else {
+            name.chars().flat_map(char::to_lowercase).eq(name.chars())
+        };
+        let folded = (!is_folded).then(|| name.to_lowercase().into_boxed_str());
+        ByName { user, folded }
+    }
+
+    pub(crate) fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    fn key(&self) -> &str {
+        self.folded.as_deref().unwrap_or(self.user.as_str())
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.user == other.user
+    }
+}
+
+impl Eq for ByName {}
+
+impl Ord for ByName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key()
+            .cmp(other.key())
+            .then_with(|| self.user.as_str().cmp(other.user.as_str()))
+    }
+}
+
+impl PartialOrd for ByName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// What sort of visitor a session belongs to.
 ///
 /// Counted as phpBB does: listed members and hidden members are distinct *people* (several

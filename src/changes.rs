@@ -1,0 +1,111 @@
+//! Which sessions changed since a consumer last looked: the cluster view's flush reads this to
+//! send what changed, never scanning all sessions.
+//!
+//! Recording is off until a consumer enables it, and only the write paths record (a session
+//! starts or ends, changes kind or page); a plain touch or heartbeat never does, so the hot
+//! path pays nothing. The set holds each id once, so it is bounded by the sessions that changed
+//! since the last [`drain`](ChangeLog::drain), whatever the number of requests.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::SessionId;
+
+type Hasher = foldhash::fast::RandomState;
+
+#[derive(Debug, Default)]
+pub(crate) struct ChangeLog {
+    enabled: AtomicBool,
+    ids: Mutex<HashSet<SessionId, Hasher>>,
+    /// Of those, the sessions that ended by an explicit leave (not by expiry).
+    left: Mutex<HashSet<SessionId, Hasher>>,
+}
+
+#[allow(dead_code)] // the consumer is the optional cluster view
+impl ChangeLog {
+    /// Starts recording. Sessions that existed before are not in the log: the consumer reads
+    /// them once itself (e.g. from `Presence::sessions`).
+    pub(crate) fn enable(&self) {
+        self.enabled.store(true, Ordering::Release);
+    }
+
+    /// Stops recording and forgets what was recorded.
+    pub(crate) fn disable(&self) {
+        self.enabled.store(false, Ordering::Release);
+        self.ids.lock().clear();
+        self.left.lock().clear();
+    }
+
+    /// Notes that session `id` changed. Called under the session's shard write lock.
+    #[inline]
+    pub(crate) fn record(&self, id: SessionId) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.ids.lock().insert(id);
+        }
+    }
+
+    /// Notes that session `id` ended by an explicit leave (`Presence::leave`): for the
+    /// cluster view, such a session ends on every node, not only this one.
+    #[inline]
+    pub(crate) fn record_left(&self, id: SessionId) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.left.lock().insert(id);
+        }
+    }
+
+    /// The sessions that left explicitly since the last call, each once. They are also in
+    /// [`drain`](Self::drain)'s ids; a session that left and then started again is in both,
+    /// and its current state (live again) is what counts.
+    pub(crate) fn drain_left(&self) -> Vec<SessionId> {
+        let mut left = self.left.lock();
+        let drained = left.drain().collect();
+        if left.capacity() > 1024 {
+            left.shrink_to(1024);
+        }
+        drained
+    }
+
+    /// The ids recorded since the last drain, each once, in no particular order.
+    pub(crate) fn drain(&self) -> Vec<SessionId> {
+        let mut ids = self.ids.lock();
+        let drained = ids.drain().collect();
+        // A burst (a mass expiry) should not pin its memory until the next one.
+        if ids.capacity() > 1024 {
+            ids.shrink_to(1024);
+        }
+        drained
+    }
+
+    /// How many ids wait to be drained.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_only_while_enabled_and_each_id_once() {
+        let log = ChangeLog::default();
+        let id = SessionId::new_v4();
+        log.record(id);
+        assert_eq!(log.len(), 0, "off by default");
+        log.enable();
+        log.record(id);
+        log.record(id);
+        assert_eq!(log.drain(), vec![id]);
+        assert!(log.drain().is_empty());
+        log.record(id);
+        log.record_left(id);
+        assert_eq!(log.drain_left(), vec![id]);
+        assert!(log.drain_left().is_empty());
+        log.record_left(id);
+        log.disable();
+        assert_eq!(log.len(), 0);
+        assert!(log.drain_left().is_empty());
+    }
+}
