@@ -1,13 +1,17 @@
 //! A simulated forum: visitors arrive, browse, sign in, go idle and leave, while the
-//! "who is online" line updates every second. Ends by itself after about 20 seconds.
+//! "who is online" line updates twice a second. Ends by itself after 10 seconds.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 //!
-//! Timeouts are shortened (5 s offline, 2 s idle) so that a few seconds show a whole life.
+//! Time runs fast: a step is half a second, a session goes idle after 1 s and offline after
+//! 2.5 s without a call, so that a few seconds show a whole life.
 
 use std::time::Duration;
+
+/// One step of the simulation.
+const STEP: Duration = Duration::from_millis(500);
 
 use presence_tracker::{Event, Kind, LeaveReason, Presence, SessionId};
 
@@ -26,7 +30,7 @@ const PAGES: [&str; 5] = [
 struct Visitor {
     id: SessionId,
     kind: Kind,
-    /// Seconds until this visitor stops sending anything (then it expires by itself).
+    /// Steps until this visitor stops sending anything (then it expires by itself).
     stays: u32,
     /// Closes the tab properly (an explicit leave) instead of just going quiet.
     says_goodbye: bool,
@@ -34,18 +38,18 @@ struct Visitor {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let presence = Presence::builder()
-        .idle_timeout(Duration::from_secs(5))
-        .idle_after(Duration::from_secs(2))
-        .heartbeat_limit(Duration::from_secs(12))
-        .reap_interval(Duration::from_millis(250))
+        .idle_timeout(5 * STEP)
+        .idle_after(2 * STEP)
+        .heartbeat_limit(12 * STEP)
+        .reap_interval(STEP / 4)
         .build();
     let mut events = presence.subscribe();
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut visitors: Vec<Visitor> = Vec::new();
 
-    for second in 1..=20u32 {
+    for step in 1..=20u32 {
         // Arrivals: mostly guests, now and then a crawler, until the last few seconds.
-        if second <= 14 {
+        if step <= 14 {
             for _ in 0..rng.below(4) {
                 let kind = if rng.below(10) == 0 {
                     Kind::Bot
@@ -110,19 +114,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => "no pages".to_string(),
         };
         println!(
-            "[{second:>2}s] In total there {} online :: {} registered, {} hidden and {}",
+            "[{:>4.1}s] In total there {} online :: {} registered, {} hidden and {}",
+            (step * STEP).as_secs_f32(),
             is_are(c.online, "user"),
             c.members,
             c.hidden,
             count(c.guests, "guest"),
         );
         println!(
-            "      (+{}) {} active, {} idle | {busiest} | {joined} joined, {left} left, {expired} expired",
+            "        (+{}) {} active, {} idle | {busiest} | {joined} joined, {left} left, {expired} expired",
             count(c.bots, "bot"),
             c.active,
             c.idle,
         );
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(STEP);
     }
     let c = presence.counts();
     println!(
