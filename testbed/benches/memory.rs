@@ -9,7 +9,8 @@
 //!
 //! - `cargo bench -p presence-tracker-testbed --bench memory`: one million sessions per
 //!   structure.
-//! - `cargo test --benches` (no `--bench` flag): a quick smoke run at 20k sessions.
+//! - `cargo test -p presence-tracker-testbed --benches` (no `--bench` flag): a quick smoke
+//!   run at 20k sessions.
 //! - A positional argument filters structures by name, as criterion does
 //!   (`cargo bench -p presence-tracker-testbed --bench memory -- presence`);
 //!   `PRESENCE_MEMORY_SESSIONS=N` sets the size.
