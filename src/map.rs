@@ -507,6 +507,8 @@ pub type Position = usize;
 
 /// A shard's table of slot indices, hashed by the ids in the slots. The table keeps only
 /// the `u32`s: it is told each entry's hash, and on growth recomputes them with `hash_of`.
+/// [`GroupTable`] is the one the tracker uses; the trait exists so that the benchmark can
+/// put hashbrown's table under the same map and keep the comparison reproducible.
 pub trait SlotIndex: Sized + 'static {
     fn new() -> Self;
     fn len(&self) -> usize;
