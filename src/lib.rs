@@ -12,26 +12,28 @@
 //! ```
 //! use presence_tracker::{Kind, Presence, SessionId};
 //!
-//! let presence = Presence::new();
-//! let (guest, alice_tab1, alice_tab2, bob) =
-//!     (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
+//! fn main() -> Result<(), presence_tracker::PresenceError> {
+//!     let presence = Presence::new();
+//!     let (guest, alice_tab1, alice_tab2, bob) =
+//!         (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
 //!
-//! presence.visit(guest, Kind::Guest, "/")?;
-//! presence.visit(alice_tab1, Kind::member("alice"), "/forum/42")?;
-//! presence.visit(alice_tab2, Kind::member("alice"), "/forum/7")?; // one user, two tabs
-//! presence.touch(bob, Kind::hidden_member("bob"))?;              // signed in, not listed
+//!     presence.visit(guest, Kind::Guest, "/")?;
+//!     presence.visit(alice_tab1, Kind::member("alice"), "/forum/42")?;
+//!     presence.visit(alice_tab2, Kind::member("alice"), "/forum/7")?; // one user, two tabs
+//!     presence.touch(bob, Kind::hidden_member("bob"))?;              // signed in, not listed
 //!
-//! let c = presence.counts();
-//! println!(
-//!     "In total there are {} users online :: {} registered, {} hidden and {} guests",
-//!     c.online, c.members, c.hidden, c.guests
-//! );
-//! assert_eq!((c.online, c.members, c.hidden, c.guests), (3, 1, 1, 1));
-//! assert_eq!(presence.page_count("/forum/42"), 1);
+//!     let c = presence.counts();
+//!     println!(
+//!         "In total there are {} users online :: {} registered, {} hidden and {} guests",
+//!         c.online, c.members, c.hidden, c.guests
+//!     );
+//!     assert_eq!((c.online, c.members, c.hidden, c.guests), (3, 1, 1, 1));
+//!     assert_eq!(presence.page_count("/forum/42"), 1);
 //!
-//! presence.leave(alice_tab1);                    // one tab closed: alice is still online
-//! assert_eq!(presence.counts().members, 1);
-//! # Ok::<(), presence_tracker::PresenceError>(())
+//!     presence.leave(alice_tab1);                    // one tab closed: alice is still online
+//!     assert_eq!(presence.counts().members, 1);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # A tour
