@@ -1,6 +1,7 @@
-//! Internal structures, reachable from outside only with the hidden `__internals` feature, so
-//! that the fuzz targets (a separate crate) can drive them directly. Not part of the API: no
-//! stability promise, and nothing here is needed to use the tracker.
+//! Internal structures, reachable from outside only with the hidden `__bench_internals`
+//! feature (or under `cfg(presence_loom)`), so that the fuzz targets (a separate crate) and
+//! the model-checking tests can drive them directly. Not part of the API: no stability
+//! promise, and nothing here is needed to use the tracker.
 //!
 //! It owns thin wrappers only; each call goes straight to the structure it wraps.
 
