@@ -1,6 +1,6 @@
 //! The session map against `std::collections::HashMap`: random inserts, replacements, reads,
 //! removals, bulk growth (table rebuilds, slab chunks) and the reaper's removal by slot
-//! (stale slots, duplicates, right and wrong first-pass guesses). After every operation the
+//! (stale slots, a slot named twice, right and wrong first-pass guesses). After every operation the
 //! map's answer equals the model's; slots are stable while a session lives and name it.
 #![no_main]
 
