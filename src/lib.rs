@@ -80,15 +80,18 @@ mod counters;
 mod error;
 mod events;
 mod expiry;
+mod history;
 mod id;
 mod info;
 mod kind;
 mod lifecycle;
 mod map;
+mod metrics;
 mod pages;
 mod presence;
 mod reaper;
 mod session;
+mod snapshot;
 mod tracker;
 mod users;
 

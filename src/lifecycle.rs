@@ -88,6 +88,7 @@ impl Tracker {
                     let reason = session.leave_reason(&self.cfg, now);
                     self.end(id, session, details, reason, now);
                     let (fresh, fresh_details, check) = self.start(id, kind, page, now);
+                    crate::metrics::joined();
                     (*session, *details) = (fresh, fresh_details);
                     self.expiry.schedule(check, slot);
                     return Ok(Touch::Joined);
@@ -97,6 +98,7 @@ impl Tracker {
                         drop(entry);
                         if settled {
                             let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
                         }
                         // Full: evict everything already due, then try once more.
@@ -105,6 +107,7 @@ impl Tracker {
                         continue;
                     }
                     let (fresh, details, check) = self.start(id, kind, page, now);
+                    crate::metrics::joined();
                     match entry.insert(fresh, details) {
                         Ok(slot) => self.expiry.schedule(check, slot),
                         Err((fresh, details)) => {
@@ -112,6 +115,7 @@ impl Tracker {
                             self.end(id, &fresh, &details, LeaveReason::Left, now);
                             self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                             let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
                         }
                     }
@@ -249,6 +253,7 @@ impl Tracker {
         now: Tick,
     ) {
         self.changes.record(id);
+        crate::metrics::left(reason);
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Left {
@@ -278,6 +283,48 @@ impl Tracker {
         self.counters.add_people(people, now);
         if let Some(page) = &details.page {
             self.pages.leave(page, listed(session.tag, &details.user));
+        }
+    }
+
+    /// A session restored from a snapshot at build: counted as [`start`](Self::start) counts
+    /// a new one, with its saved times and as idle if it is, and announced to no one (nobody
+    /// can have subscribed yet, and a restart is not a join). Returns false if `id` is
+    /// already there or the tracker is full.
+    pub(crate) fn restore(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        (seen, active, first_seen): (Tick, Tick, Tick),
+        now: Tick,
+    ) -> bool {
+        let MapEntry::Vacant(entry) = self.sessions.entry(id) else {
+            return false;
+        };
+        if !self.reserve() {
+            return false;
+        }
+        // Started at its last-seen time: its user's record (and last-seen) dates from then.
+        let (mut session, mut details, _) = self.start(id, kind, page, seen);
+        session.set_times(seen, active);
+        details.first_seen = first_seen;
+        if session.idle_at(&self.cfg, now) <= now {
+            session.idle = true;
+            self.counters.idle.fetch_add(1, Ordering::Relaxed);
+            self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        let check = session.next_change(&self.cfg, now);
+        session.next_check = narrow(check);
+        match entry.insert(session, details) {
+            Ok(slot) => {
+                self.expiry.schedule(check, slot);
+                true
+            }
+            Err((session, details)) => {
+                self.end(id, &session, &details, LeaveReason::Left, now);
+                self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 
