@@ -1,0 +1,279 @@
+//! What operators see: the `metrics` gauges, counters and histogram (feature `metrics`),
+//! checked with a debugging recorder after a scripted sequence; the `tracing` events for
+//! refusals (rate-limited) and snapshots.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use presence_tracker::{Kind, ManualClock, Presence, PresenceBuilder, Reaper, SessionId};
+
+fn builder(clock: &ManualClock) -> PresenceBuilder {
+    Presence::builder()
+        .clock(clock.clone())
+        .reaper(Reaper::Manual)
+        .idle_timeout(Duration::from_secs(60))
+        .heartbeat_limit(Duration::from_secs(120))
+        .max_sessions(6)
+}
+
+#[cfg(feature = "metrics")]
+mod recorded {
+    use super::*;
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    /// One snapshot of the recorder: counters since the previous one (the debugging
+    /// recorder resets what it reports), gauges as last set.
+    struct Taken(Vec<(metrics_util::CompositeKey, DebugValue)>);
+
+    fn take(snapshotter: &Snapshotter) -> Taken {
+        Taken(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(key, _, _, value)| (key, value))
+                .collect(),
+        )
+    }
+
+    impl Taken {
+        /// The value of metric `name` (with label `reason` if given) of `kind`.
+        fn value(&self, kind: MetricKind, name: &str, reason: Option<&str>) -> Option<&DebugValue> {
+            self.0
+                .iter()
+                .find(|(key, _)| {
+                    key.kind() == kind
+                        && key.key().name() == name
+                        && reason.is_none_or(|r| {
+                            key.key()
+                                .labels()
+                                .any(|l| l.key() == "reason" && l.value() == r)
+                        })
+                })
+                .map(|(_, v)| v)
+        }
+
+        fn counter(&self, name: &str, reason: Option<&str>) -> u64 {
+            match self.value(MetricKind::Counter, name, reason) {
+                Some(DebugValue::Counter(n)) => *n,
+                None => 0,
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+
+        fn gauge(&self, name: &str) -> f64 {
+            match self.value(MetricKind::Gauge, name, None) {
+                Some(DebugValue::Gauge(g)) => g.into_inner(),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn counters_gauges_and_the_reap_histogram_after_a_scripted_sequence() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let clock = ManualClock::new();
+            let presence = builder(&clock).build();
+            let ids: Vec<SessionId> = (0..7).map(|_| SessionId::new_v4()).collect();
+            presence.touch(ids[0], Kind::member("alice")).unwrap();
+            presence.touch(ids[1], Kind::member("alice")).unwrap(); // a second tab
+            presence.touch(ids[2], Kind::hidden_member("bob")).unwrap();
+            presence.touch(ids[3], Kind::Guest).unwrap();
+            presence.touch(ids[4], Kind::Guest).unwrap();
+            presence.touch(ids[5], Kind::Bot).unwrap();
+            // Full: refused twice, and a touch of a known session is not a refusal.
+            assert!(presence.touch(ids[6], Kind::Guest).is_err());
+            assert!(presence.touch(ids[6], Kind::Guest).is_err());
+            presence.touch(ids[0], Kind::member("alice")).unwrap();
+            presence.reap();
+            let m = take(&snapshotter);
+            assert_eq!(m.gauge("presence_online"), 4.0);
+            assert_eq!(m.gauge("presence_members"), 1.0);
+            assert_eq!(m.gauge("presence_hidden"), 1.0);
+            assert_eq!(m.gauge("presence_guests"), 2.0);
+            assert_eq!(m.gauge("presence_bots"), 1.0);
+            assert_eq!(m.gauge("presence_sessions"), 6.0);
+            assert_eq!(m.counter("presence_joined_total", None), 6);
+            assert_eq!(m.counter("presence_refused_total", None), 2);
+            assert_eq!(m.counter("presence_left_total", None), 0);
+
+            presence.leave(ids[1]).unwrap(); // left
+            for _ in 0..3 {
+                clock.advance(Duration::from_secs(40));
+                presence.heartbeat(ids[0]); // heartbeats alone: out at the limit
+                presence.touch(ids[3], Kind::Guest).unwrap(); // active: stays
+            }
+            presence.reap(); // 120 s: the rest expired at 60 s, alice's tab at its limit
+            let m = take(&snapshotter);
+            assert_eq!(m.gauge("presence_online"), 1.0);
+            assert_eq!(m.gauge("presence_members"), 0.0);
+            assert_eq!(m.gauge("presence_hidden"), 0.0);
+            assert_eq!(m.gauge("presence_guests"), 1.0);
+            assert_eq!(m.gauge("presence_bots"), 0.0);
+            assert_eq!(m.gauge("presence_sessions"), 1.0);
+            assert_eq!(m.counter("presence_joined_total", None), 0);
+            assert_eq!(m.counter("presence_left_total", Some("left")), 1);
+            assert_eq!(
+                m.counter("presence_left_total", Some("expired")),
+                3,
+                "bob, a guest and the bot"
+            );
+            assert_eq!(m.counter("presence_left_total", Some("heartbeat_limit")), 1);
+            assert_eq!(m.counter("presence_refused_total", None), 0);
+            match m.value(MetricKind::Histogram, "presence_reap_seconds", None) {
+                Some(DebugValue::Histogram(samples)) => {
+                    assert!(!samples.is_empty());
+                    assert!(samples.iter().all(|s| s.into_inner() >= 0.0));
+                }
+                other => panic!("presence_reap_seconds: {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_restored_session_is_not_counted_as_joined() {
+        let path = std::env::temp_dir().join(format!(
+            "presence-metrics-{}-{}.snapshot",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let clock = ManualClock::new();
+            let before = builder(&clock).snapshot_file(&path).build();
+            before.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+            before.save_snapshot().unwrap();
+            assert_eq!(take(&snapshotter).counter("presence_joined_total", None), 1);
+            let after = builder(&ManualClock::new()).snapshot_file(&path).build();
+            assert_eq!(after.counts().guests, 1);
+            assert_eq!(take(&snapshotter).counter("presence_joined_total", None), 0);
+            drop((before, after));
+        });
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// A `tracing` subscriber that keeps each event's message and fields as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<String>>>);
+
+impl Captured {
+    fn lines(&self, containing: &str) -> Vec<String> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(containing))
+            .cloned()
+            .collect()
+    }
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={:?} ", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Captured {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(format!("{} ", event.metadata().level()));
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_flood_of_refusals_is_one_warning_per_ten_seconds() {
+    let captured = Captured::default();
+    tracing::subscriber::with_default(captured.clone(), || {
+        let clock = ManualClock::new();
+        let presence = builder(&clock).max_sessions(1).build();
+        presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+        for _ in 0..1000 {
+            assert!(presence.touch(SessionId::new_v4(), Kind::Guest).is_err());
+        }
+        assert_eq!(captured.lines("refused").len(), 1, "the first, at once");
+        clock.advance(Duration::from_secs(9));
+        presence.touch(SessionId::new_v4(), Kind::Bot).unwrap_err();
+        assert_eq!(captured.lines("refused").len(), 1);
+        clock.advance(Duration::from_secs(1));
+        presence.touch(SessionId::new_v4(), Kind::Bot).unwrap_err();
+        let lines = captured.lines("refused");
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("WARN") && lines[0].contains("refused=1 "),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("refused=1001 "),
+            "999 + 1 + 1 since the first: {lines:?}"
+        );
+        assert!(lines[1].contains("max_sessions=1 "), "{lines:?}");
+    });
+}
+
+#[test]
+fn each_snapshot_save_and_restore_says_its_size_and_duration() {
+    let path = std::env::temp_dir().join(format!(
+        "presence-tracing-{}-{}.snapshot",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let captured = Captured::default();
+    tracing::subscriber::with_default(captured.clone(), || {
+        let clock = ManualClock::new();
+        let before = builder(&clock).snapshot_file(&path).build();
+        before.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+        before.save_snapshot().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        let saved = captured.lines("snapshot saved");
+        assert_eq!(saved.len(), 1);
+        assert!(saved[0].contains(&format!("bytes={size} ")), "{saved:?}");
+        assert!(saved[0].contains("took_ms=") && saved[0].contains("sessions=1 "));
+        let _after = builder(&clock).snapshot_file(&path).build();
+        let restored = captured.lines("snapshot restored");
+        assert_eq!(restored.len(), 1);
+        assert!(
+            restored[0].contains(&format!("bytes={size} ")),
+            "{restored:?}"
+        );
+        assert!(restored[0].contains("took_ms="));
+        std::fs::write(&path, b"garbage").unwrap();
+        let _third = builder(&clock).snapshot_file(&path).build();
+        let warned = captured.lines("moved aside");
+        assert_eq!(warned.len(), 1);
+        assert!(warned[0].starts_with("WARN"), "{warned:?}");
+        for aside in std::fs::read_dir(path.parent().unwrap()).unwrap() {
+            let aside = aside.unwrap().path();
+            let name = aside.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(&*path.file_name().unwrap().to_string_lossy())
+                && name.contains(".corrupt-")
+            {
+                std::fs::remove_file(aside).unwrap();
+            }
+        }
+    });
+    let _ = std::fs::remove_file(&path);
+}
