@@ -2,7 +2,8 @@
 //! checked with a debugging recorder after a scripted sequence; the `tracing` events for
 //! refusals (rate-limited) and snapshots.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use presence_tracker::{Kind, ManualClock, Presence, PresenceBuilder, Reaper, SessionId};
@@ -160,17 +161,33 @@ mod recorded {
     }
 }
 
-/// A `tracing` subscriber that keeps each event's message and fields as text.
+/// A `tracing` subscriber that keeps each event's message and fields as text, with the
+/// thread that emitted it.
+///
+/// Installed once as the global default: a thread-local default (`with_default`) races with
+/// the callsite cache when other tests of the binary run in parallel, and then misses events.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<String>>>);
+struct Captured(Arc<Mutex<Vec<(ThreadId, String)>>>);
+
+/// The process's capturing subscriber.
+fn captured() -> &'static Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        tracing::subscriber::set_global_default(captured.clone()).unwrap();
+        captured
+    })
+}
 
 impl Captured {
+    /// The lines of this thread's events that contain `containing`.
     fn lines(&self, containing: &str) -> Vec<String> {
+        let me = std::thread::current().id();
         let lines = self.0.lock().unwrap();
         lines
             .iter()
-            .filter(|l| l.contains(containing))
-            .cloned()
+            .filter(|(thread, l)| *thread == me && l.contains(containing))
+            .map(|(_, l)| l.clone())
             .collect()
     }
 }
@@ -195,7 +212,8 @@ impl tracing::Subscriber for Captured {
     fn event(&self, event: &tracing::Event<'_>) {
         let mut fields = Fields(format!("{} ", event.metadata().level()));
         event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
+        let thread = std::thread::current().id();
+        self.0.lock().unwrap().push((thread, fields.0));
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -203,8 +221,8 @@ impl tracing::Subscriber for Captured {
 
 #[test]
 fn a_flood_of_refusals_is_one_warning_per_ten_seconds() {
-    let captured = Captured::default();
-    tracing::subscriber::with_default(captured.clone(), || {
+    let captured = captured();
+    {
         let clock = ManualClock::new();
         let presence = builder(&clock).max_sessions(1).build();
         presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
@@ -228,7 +246,7 @@ fn a_flood_of_refusals_is_one_warning_per_ten_seconds() {
             "999 + 1 + 1 since the first: {lines:?}"
         );
         assert!(lines[1].contains("max_sessions=1 "), "{lines:?}");
-    });
+    }
 }
 
 #[test]
@@ -241,8 +259,8 @@ fn each_snapshot_save_and_restore_says_its_size_and_duration() {
             .unwrap()
             .as_nanos()
     ));
-    let captured = Captured::default();
-    tracing::subscriber::with_default(captured.clone(), || {
+    let captured = captured();
+    {
         let clock = ManualClock::new();
         let before = builder(&clock).snapshot_file(&path).build();
         before.touch(SessionId::new_v4(), Kind::Guest).unwrap();
@@ -274,6 +292,6 @@ fn each_snapshot_save_and_restore_says_its_size_and_duration() {
                 std::fs::remove_file(aside).unwrap();
             }
         }
-    });
+    }
     let _ = std::fs::remove_file(&path);
 }
