@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 
 use crate::clock::Tick;
 use crate::history::{from_unix_ms, unix_ms};
-use crate::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
+use crate::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN, Saved};
 use crate::session::KindTag;
 use crate::tracker::Tracker;
 use crate::{Kind, SessionId, UserId};
@@ -286,7 +286,8 @@ impl Tracker {
             .map(|s| UserId::from(s.as_str()))
             .collect();
         let mut offline: HashMap<UserId, (Tick, Tick), Hasher> = HashMap::default();
-        let (mut restored, mut ended, mut refused) = (0, 0, 0);
+        let mut ended = 0;
+        let mut live = Vec::with_capacity(snap.sessions.len());
         for r in &snap.sessions {
             let [seen, active, first] = r.ages.map(tick);
             let deadline = (seen + self.cfg.idle_timeout).min(active + self.cfg.heartbeat_limit);
@@ -307,16 +308,18 @@ impl Tracker {
                 (KindTag::Bot, _) => Kind::Bot,
                 _ => Kind::Guest,
             };
-            let page = r.page.map(|p| snap.strings[p as usize].as_str());
-            if self.restore(r.id, kind, page, (seen, active, first), now) {
-                restored += 1;
-            } else {
-                refused += 1;
-            }
+            live.push(Saved {
+                id: r.id,
+                kind,
+                page: r.page,
+                times: (seen, active, first),
+            });
         }
-        if refused > 0 {
+        let total = live.len();
+        let restored = self.restore_all(live, &snap.strings, now);
+        if restored < total {
             tracing::warn!(
-                refused,
+                not_restored = total - restored,
                 "presence: sessions in the snapshot not restored (max_sessions reached)"
             );
         }

@@ -235,6 +235,46 @@ impl UserTable {
         }
     }
 
+    /// Counts sessions restored from a snapshot in at once, under one hold of the lock:
+    /// (user, hidden, session, last seen) each. Returns the change in distinct users. No
+    /// events: a restart is not a user coming online.
+    pub(crate) fn restore_sessions(
+        &self,
+        sessions: &[(UserId, bool, SessionId, Tick)],
+    ) -> UserDelta {
+        let mut delta = UserDelta::default();
+        if sessions.is_empty() {
+            return delta;
+        }
+        let mut guard = self.users.lock();
+        let users = &mut *guard;
+        let mut before: HashMap<UserId, Standing, Hasher> = HashMap::default();
+        for (user, hidden, session, seen) in sessions {
+            if !before.contains_key(user) {
+                before.insert(user.clone(), users.standing(user));
+            }
+            let rec = users.map.entry(user.clone()).or_insert_with(|| UserRecord {
+                listed: 0,
+                hidden: 0,
+                sessions: HashSet::default(),
+                last_seen: *seen,
+                offline_since: *seen,
+                offline_key: None,
+            });
+            if *hidden {
+                rec.hidden += 1;
+            } else {
+                rec.listed += 1;
+            }
+            rec.sessions.insert(*session);
+        }
+        for (user, was) in before {
+            let now = users.standing(&user);
+            users.moved(&user, was, now, &mut delta);
+        }
+        delta
+    }
+
     /// The offline users remembered, oldest first: (user, last seen, offline since). For the
     /// snapshot.
     pub(crate) fn export_offline(&self) -> Vec<(UserId, Tick, Tick)> {

@@ -113,7 +113,7 @@ fn round_trip_keeps_counts_users_pages_peak_and_last_seen() {
 
     // A deploy that takes 20 seconds.
     let now = clock.wall_time().unwrap();
-    let (after, _) = restart(now + Duration::from_secs(20), &path);
+    let (after, after_clock) = restart(now + Duration::from_secs(20), &path);
     let mut rx = after.subscribe();
 
     let (c0, c1) = (before.counts(), after.counts());
@@ -196,6 +196,21 @@ fn round_trip_keeps_counts_users_pages_peak_and_last_seen() {
         rx.try_recv().is_err(),
         "a restored tracker announces nothing"
     );
+
+    // Restored sessions were counted once: when they all end, everything is back to zero.
+    after_clock.advance(Duration::from_secs(1300));
+    assert_eq!(after.reap(), 6);
+    let c = after.counts();
+    assert_eq!(
+        (c.online, c.members, c.hidden, c.guests, c.bots, c.sessions),
+        (0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!((c.active, c.idle), (0, 0));
+    assert!(after.top_pages(10).is_empty());
+    assert!(after.online_members(10).is_empty());
+    assert!(after.page_members("/forum/1", 10).is_empty());
+    assert!(matches!(after.user("alice"), UserStatus::Offline { .. }));
+    assert!(matches!(after.user("bob"), UserStatus::Offline { .. }));
     fs::remove_dir_all(dir).unwrap();
 }
 
