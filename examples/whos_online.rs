@@ -363,7 +363,7 @@ pub(crate) fn history_chart(
     }
     // The window: 24 hours back from now, or from the first sample when sampling faster.
     let end = secs(now).max(secs(history[history.len() - 1].0));
-    let start = secs(history[0].0).max(end - 86_400.0).min(end - 60.0);
+    let start = secs(history[0].0).max(end - 86_400.0).min(end - 5.0);
     let highest = history.iter().map(|&(_, n)| n).max().unwrap_or(0);
     // A round top a little above both the chart's highest point and the all-time peak.
     let top_value = highest.max(peak.online).max(4) as f64 * 1.1;

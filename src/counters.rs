@@ -147,10 +147,11 @@ impl Counters {
         self.people.load(Ordering::Relaxed)
     }
 
-    /// Takes a peak restored from a snapshot if it is higher than the current one.
+    /// Takes a peak restored from a snapshot if it is higher than the current one, or as
+    /// high and reached earlier (the restored sessions themselves count as reaching it now).
     pub(crate) fn restore_peak(&self, online: usize, at: Tick) {
         let mut peak = self.peak.lock();
-        if online > peak.0 {
+        if online > peak.0 || (online == peak.0 && at < peak.1) {
             *peak = (online, at);
             self.peak_online.store(online, Ordering::Relaxed);
         }

@@ -215,6 +215,22 @@ fn round_trip_keeps_counts_users_pages_peak_and_last_seen() {
 }
 
 #[test]
+fn a_peak_still_standing_keeps_the_time_it_was_reached() {
+    let dir = dir("peak-standing");
+    let path = dir.join("presence.snapshot");
+    let (before, clock) = restart(wall(T0), &path);
+    before
+        .touch(SessionId::new_v4(), Kind::member("ada"))
+        .unwrap();
+    clock.advance(Duration::from_secs(30));
+    before.save_snapshot().unwrap();
+    let (after, _) = restart(wall(T0 + 40), &path);
+    assert_eq!(after.counts().peak, before.counts().peak);
+    assert_eq!(after.counts().peak.at, wall(T0));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn a_session_that_fell_due_while_down_is_not_restored_but_its_user_last_seen_is() {
     let dir = dir("fell-due");
     let path = dir.join("presence.snapshot");

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use presence_tracker::http as presence_http;
 use presence_tracker::{Presence, SessionId};
 use serde_json::json;
 
@@ -556,4 +557,137 @@ async fn pages_stay_eligible_for_the_back_forward_cache() {
 
     a.close().await.unwrap();
     drop(driver);
+}
+
+/// The demo with signing key `key` on `listener`, until `stop` fires; then it finishes the
+/// requests in flight, like the demo's own graceful shutdown.
+fn serve_until(
+    presence: &Presence,
+    key: presence_tracker::http::Key,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let app = demo::app_with_key(presence.clone(), Some(HEARTBEAT), key);
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await
+            .unwrap();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_two_heartbeats_keeps_the_visitor_and_the_peak() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let files = Profile::new(40); // the snapshot's directory, removed at the end
+    let path = files.0.join("whos_online.snapshot");
+    let build = || {
+        Presence::builder()
+            .idle_timeout(Duration::from_secs(60))
+            .heartbeat_limit(Duration::from_secs(120))
+            .history_interval(Duration::from_millis(250))
+            .snapshot_file(&path)
+            .build()
+    };
+    // The key outlives the process in the demo (kept beside the snapshot): the same here.
+    let key = presence_http::Key::generate();
+
+    let first = build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let (stop_first, stopped) = tokio::sync::oneshot::channel();
+    let server = serve_until(&first, key.clone(), listener, stopped);
+
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(41);
+    let ada = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+    ada.goto(&format!("{base}/topic/2")).await.unwrap();
+    sign_in(&ada, "ada").await;
+    eventually!(wait, "ada is online", first.counts().members == 1);
+    let id = session_of(&ada).await;
+    // A few heartbeats, so the chart has points from before the restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let peak = first.counts().peak;
+    assert_eq!(peak.online, 1);
+
+    // The restart: graceful stop, save, a new tracker from the file, the same address.
+    stop_first.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the first server stops gracefully")
+        .unwrap();
+    first.shutdown(); // saves
+    drop(first);
+    let restarted_at = std::time::SystemTime::now();
+    let second = build();
+    assert!(second.session(id).is_some(), "restored from the snapshot");
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(e) if restarted_at.elapsed().unwrap() < Duration::from_secs(5) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot listen on {addr} again: {e}"),
+        }
+    };
+    let (stop_second, stopped) = tokio::sync::oneshot::channel();
+    let server = serve_until(&second, key, listener, stopped);
+
+    // The next heartbeat reaches the restarted server and is answered as for a live session:
+    // the visitor is still counted, under the same id, and nobody joined twice.
+    eventually!(
+        wait,
+        "a heartbeat reached the restarted server",
+        second
+            .session(id)
+            .is_some_and(|s| s.last_seen > restarted_at)
+    );
+    assert_eq!(session_of(&ada).await, id, "the same cookie, accepted");
+    let c = second.counts();
+    assert_eq!((c.online, c.members, c.sessions), (1, 1, 1));
+    assert_eq!(c.peak, peak, "the peak and its time are kept");
+    assert_eq!(second.online_members(10), ["ada"]);
+    assert_eq!(second.page_members("/topic/2", 10), ["ada"]);
+    eventually!(
+        wait,
+        "the page, refreshed from the restarted server, shows ada",
+        text(&ada, "#members").await.contains("ada")
+    );
+
+    // The admin chart: samples from before and after the restart, the peak marked.
+    ada.goto(&format!("{base}/admin")).await.unwrap();
+    let points = ada
+        .find(Locator::Css("#history polyline"))
+        .await
+        .unwrap()
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        points.split_whitespace().count() >= 5,
+        "several points: {points}"
+    );
+    assert!(ada.find(Locator::Css("#history #peak")).await.is_ok());
+    assert!(
+        text(&ada, "#history #peak-line")
+            .await
+            .contains("most ever: 1 on")
+    );
+    if let Some(out) = std::env::var_os("PRESENCE_SCREENSHOT") {
+        std::fs::write(out, ada.screenshot().await.unwrap()).unwrap();
+    }
+
+    ada.close().await.unwrap();
+    stop_second.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    second.shutdown();
 }
