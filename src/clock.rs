@@ -222,17 +222,11 @@ pub(crate) struct WallClock {
 }
 
 impl WallClock {
-    /// Tick `now` is wall-clock time `wall`, taken to the whole millisecond: ticks are
-    /// milliseconds, so every wall-clock time the tracker reports is one too, and a time
-    /// saved in a snapshot (in milliseconds) comes back exactly.
+    /// Tick `now` is wall-clock time `wall`.
     pub(crate) fn new(now: Tick, wall: SystemTime) -> Self {
-        let whole_ms = match wall.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => wall - Duration::from_nanos(u64::from(d.subsec_nanos() % 1_000_000)),
-            Err(_) => wall,
-        };
         WallClock {
             base_tick: now,
-            base_wall: whole_ms,
+            base_wall: wall,
         }
     }
 
