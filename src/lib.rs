@@ -43,6 +43,9 @@
 //!   [`SessionState`] (active or idle), [`UserStatus`].
 //! - [`Event`] and [`LeaveReason`] from [`Presence::subscribe`].
 //! - [`Clock`], [`SystemClock`] and [`ManualClock`] for tests that move time by hand.
+//! - Restarts and operations: [`PresenceBuilder::snapshot_file`] keeps who is online (and
+//!   last-seen times, the peak, the history) across a restart, [`Presence::save_snapshot`]
+//!   writes it; [`Presence::history`] is `online` once a minute over the last 24 hours.
 //!
 //! # Semantics
 //! - A session is live while `now < deadline` and due from `now >= deadline`, where
@@ -68,6 +71,14 @@
 //!   types they hold. Times serialize as integer milliseconds since the Unix epoch.
 //! - `axum`: the `http` module: a tower layer issuing a UUID cookie, heartbeat / leave /
 //!   counts routes, and the page script.
+//! - `metrics`: gauges (`presence_online`, `presence_members`, `presence_hidden`,
+//!   `presence_guests`, `presence_bots`, `presence_sessions`, set on each reap pass),
+//!   counters (`presence_joined_total`, `presence_left_total{reason}`,
+//!   `presence_refused_total`) and a histogram (`presence_reap_seconds`) through the
+//!   [`metrics`](https://docs.rs/metrics) facade; install the exporter you like.
+//!
+//! Warnings (an unusable snapshot, refused sessions, a slow reap pass) and each snapshot
+//! save and restore are reported through [`tracing`](https://docs.rs/tracing).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
