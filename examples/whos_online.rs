@@ -376,6 +376,14 @@ pub(crate) fn history_chart(
     .unwrap_or(1e12);
     let y_max = (top_value / step).ceil() * step;
     let x = |t: f64| LEFT + (t - start) / (end - start) * plot_w;
+    // Seconds matter only on a chart of a few minutes (a demo sampling fast).
+    let clock = |at: SystemTime| {
+        if end - start < 600.0 {
+            utc(at)[11..19].to_owned()
+        } else {
+            hh_mm(at)
+        }
+    };
     let y = |n: f64| TOP + plot_h - n / y_max * plot_h;
     // Grid and value labels.
     let mut v = 0.0;
@@ -398,13 +406,7 @@ pub(crate) fn history_chart(
             4 => "end",
             _ => "middle",
         };
-        let at = UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0));
-        // Seconds matter only on a chart of a few minutes (a demo sampling fast).
-        let label = if end - start < 600.0 {
-            utc(at)[11..19].to_owned()
-        } else {
-            hh_mm(at)
-        };
+        let label = clock(UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)));
         let _ = write!(
             svg,
             r##"<text x="{:.1}" y="{}" text-anchor="{anchor}" fill="#718096">{label}</text>"##,
@@ -468,7 +470,7 @@ pub(crate) fn history_chart(
             r##"<circle id="peak" cx="{px:.1}" cy="{py:.1}" r="4.5" fill="#c53030" stroke="#fff" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold" fill="#c53030">peak {n} at {}</text>"##,
             px + dx,
             (py + 16.0).min(TOP + plot_h - 4.0),
-            hh_mm(at)
+            clock(at)
         );
     }
     // Now, at the right end.
