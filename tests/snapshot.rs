@@ -536,6 +536,42 @@ fn a_bad_file_that_cannot_be_moved_aside_is_never_overwritten() {
     fs::remove_dir_all(dir).unwrap();
 }
 
+/// The session ids in a snapshot file, read by its documented layout (the header, "saved
+/// at", the peak, the strings, then the sessions).
+fn ids_in(file: &[u8]) -> Vec<SessionId> {
+    fn varint(buf: &[u8], at: &mut usize) -> u64 {
+        let mut v = 0;
+        for shift in (0..64).step_by(7) {
+            let b = buf[*at];
+            *at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+    let mut at = 24;
+    for _ in 0..3 {
+        varint(file, &mut at); // saved at, peak online, peak at
+    }
+    for _ in 0..varint(file, &mut at) {
+        let len = varint(file, &mut at) as usize;
+        at += len;
+    }
+    let sessions = varint(file, &mut at);
+    (0..sessions)
+        .map(|_| {
+            let id = uuid::Uuid::from_slice(&file[at..at + 16]).unwrap();
+            at += 17; // the id and its kind
+            for _ in 0..5 {
+                varint(file, &mut at); // user, page, three ages
+            }
+            SessionId::from(id)
+        })
+        .collect()
+}
+
 #[test]
 fn touches_from_other_threads_during_a_save_give_each_session_once() {
     let dir = dir("concurrent");
@@ -576,19 +612,75 @@ fn touches_from_other_threads_during_a_save_give_each_session_once() {
     start.wait();
     for save in 0..5 {
         presence.save_snapshot().unwrap();
+        let ids_saved = ids_in(&fs::read(&path).unwrap());
+        let unique: HashSet<SessionId> = ids_saved.iter().copied().collect();
+        assert_eq!(ids_saved.len(), ids.len(), "save {save}: every session");
+        assert_eq!(unique.len(), ids.len(), "save {save}: each once");
         let copy = dir.join(format!("copy-{save}.snapshot"));
         fs::copy(&path, &copy).unwrap();
         let (restored, _) = restart(wall(T0), &copy);
         let sessions = restored.sessions();
         let unique: HashSet<SessionId> = sessions.iter().map(|s| s.id).collect();
-        assert_eq!(sessions.len(), ids.len(), "save {save}: every session");
-        assert_eq!(unique.len(), ids.len(), "save {save}: each once");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "save {save}: every session restored"
+        );
+        assert_eq!(sessions.len(), ids.len());
         assert!(moved_aside(&copy).is_empty(), "save {save}: a valid file");
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
     }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_session_written_twice_is_restored_once() {
+    let dir = dir("twice");
+    let path = dir.join("presence.snapshot");
+    let (presence, _) = restart(wall(T0), &path);
+    let (first, second) = (SessionId::new_v4(), SessionId::new_v4());
+    presence.visit(first, Kind::member("ada"), "/a").unwrap();
+    presence.visit(second, Kind::Guest, "/a").unwrap();
+    presence.save_snapshot().unwrap();
+    drop(presence);
+    // Find the first session's record (as `ids_in` walks the file) and write it twice.
+    let file = fs::read(&path).unwrap();
+    let ids = ids_in(&file);
+    let start = file
+        .windows(16)
+        .position(|w| w == ids[0].as_uuid().as_bytes())
+        .unwrap();
+    let end = file
+        .windows(16)
+        .position(|w| w == ids[1].as_uuid().as_bytes())
+        .unwrap();
+    assert_eq!(file[start - 1], 2, "the session count, one byte");
+    let mut payload = file[24..start - 1].to_vec();
+    payload.push(3);
+    payload.extend_from_slice(&file[start..end]);
+    payload.extend_from_slice(&file[start..]);
+    let mut forged = file[..12].to_vec();
+    forged.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    forged.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    forged.extend_from_slice(&payload);
+    assert_eq!(ids_in(&forged).len(), 3);
+    fs::write(&path, &forged).unwrap();
+
+    let (after, clock) = restart(wall(T0 + 1), &path);
+    let c = after.counts();
+    assert_eq!((c.sessions, c.online, c.members, c.guests), (2, 2, 1, 1));
+    assert_eq!(after.page_count("/a"), 2);
+    assert!(moved_aside(&path).is_empty());
+    // Counted once: both end, and every count is back at zero.
+    clock.advance(Duration::from_secs(300));
+    assert_eq!(after.reap(), 2);
+    let c = after.counts();
+    assert_eq!((c.sessions, c.online, c.members, c.guests), (0, 0, 0, 0));
+    assert_eq!(after.page_count("/a"), 0);
+    assert!(after.online_members(5).is_empty());
     fs::remove_dir_all(dir).unwrap();
 }
 
