@@ -25,8 +25,9 @@
 //! kept beside it (`<snapshot>.key`) so that returning browsers keep their sessions.
 //! `/admin` charts "users online, last 24 hours" from `Presence::history`;
 //! `PRESENCE_HISTORY_INTERVAL` (seconds, may be fractional; default 60) samples faster to
-//! see the chart fill within a minute. With `--features axum,metrics`, `/metrics` serves the
-//! tracker's metrics in the Prometheus text format.
+//! see the chart fill within a minute. With `--features axum,__demo_prometheus` (the
+//! `metrics` feature and an exporter), `/metrics` serves the tracker's metrics in the
+//! Prometheus text format.
 //!
 //! The demo has no authentication at all (anyone may sign in as anyone, and `/admin` is
 //! open): it shows presence, not security.
@@ -754,7 +755,7 @@ async fn toggle_hidden(headers: HeaderMap, Form(form): Form<BackForm>) -> Respon
     ([set], back_to(&form.back, &headers)).into_response()
 }
 
-// The browser test compiles this file into a crate without a `metrics` feature.
+// The browser test compiles this file into a crate without the `__demo_prometheus` feature.
 #[allow(unexpected_cfgs)]
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -765,7 +766,7 @@ async fn main() -> std::io::Result<()> {
         Err(_) => 3000,
     };
     // The recorder first, so that it sees every session from the start.
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "__demo_prometheus")]
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .expect("no other metrics recorder is installed");
@@ -780,7 +781,7 @@ async fn main() -> std::io::Result<()> {
     }
     let interval = env_secs("PRESENCE_HEARTBEAT_INTERVAL");
     let app = app_with_key(presence.clone(), interval, signing_key(snapshot.as_deref()));
-    #[cfg(feature = "metrics")]
+    #[cfg(feature = "__demo_prometheus")]
     let app = app.route("/metrics", get(move || async move { metrics.render() }));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("who's online demo on http://{}/", listener.local_addr()?);
