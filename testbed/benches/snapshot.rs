@@ -10,7 +10,9 @@
 //!
 //! The sessions are a forum's mix: 70 % guests, 25 % members (200k distinct names, some on
 //! two tabs), 5 % bots, on 5 000 pages. The size on disk is printed once per run, in bytes
-//! and bytes per session.
+//! and bytes per session; so is the CPU time of three more saves and loads (the thread's
+//! own time from `/proc/thread-self/schedstat` on Linux), a figure that other processes
+//! competing for the CPUs do not inflate the way they inflate wall-clock times.
 //!
 //! Run: `cargo bench -p presence-tracker-testbed --bench snapshot -- --warm-up-time 1 --measurement-time 3`
 
@@ -73,6 +75,27 @@ fn write_atomic(path: &Path, bytes: &[u8]) {
     drop(f);
     fs::rename(&tmp, path).unwrap();
     File::open(dir).unwrap().sync_all().unwrap();
+}
+
+/// CPU time of this thread so far (Linux), or `None`.
+fn thread_cpu() -> Option<Duration> {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Median CPU time of `f` over three runs (what it returns is dropped untimed), if the
+/// platform tells.
+fn cpu_median<T>(mut f: impl FnMut() -> T) -> Option<Duration> {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let before = thread_cpu()?;
+        let made = f();
+        runs.push(thread_cpu()? - before);
+        drop(made);
+    }
+    runs.sort();
+    Some(runs[1])
 }
 
 fn label(n: usize) -> String {
@@ -141,6 +164,11 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+    let save_cpu = cpu_median(|| presence.save_snapshot().unwrap());
+    let load_cpu = cpu_median(|| builder().snapshot_file(&loaded).build());
+    if let (Some(save), Some(load)) = (save_cpu, load_cpu) {
+        eprintln!("CPU time of this thread (median of 3): save {save:.2?}, load {load:.2?}");
+    }
     drop(presence);
     fs::remove_dir_all(&dir).unwrap();
 }
