@@ -250,6 +250,10 @@ impl Presence {
     /// logged through `tracing`; call [`save_snapshot`](Self::save_snapshot) to handle it).
     /// The tracker keeps working: reads still settle what is due, and [`reap`](Self::reap)
     /// still works. Dropping the last handle does this too.
+    ///
+    /// The save is blocking file I/O in the calling thread (see
+    /// [`save_snapshot`](Self::save_snapshot) for its cost); in an async server, call it
+    /// once the server has stopped, or from `spawn_blocking`.
     pub fn shutdown(&self) {
         self.tracker.reaper.stop();
         self.tracker.save_on_exit();
@@ -260,7 +264,8 @@ impl Presence {
     /// a crash leaves the previous snapshot or this one, whole. Touches go on meanwhile; each
     /// live session is saved exactly once.
     ///
-    /// Costs in proportion to the sessions: about half a second for a million.
+    /// Costs in proportion to the sessions: about a third of a second of CPU for a million,
+    /// in about 28 bytes each on disk (the benchmarks document has the figures).
     ///
     /// # Errors
     /// [`io::ErrorKind::InvalidInput`] when no snapshot file is set; the I/O error when the
