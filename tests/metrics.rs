@@ -151,3 +151,31 @@ fn each_snapshot_save_and_restore_says_its_size_and_duration() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn a_reap_pass_over_ten_milliseconds_is_reported() {
+    let captured = captured();
+    let clock = ManualClock::new();
+    let presence = builder(&clock).max_sessions(100_000).build();
+    for _ in 0..100_000 {
+        presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    }
+    clock.advance(Duration::from_secs(61));
+    let started = std::time::Instant::now();
+    assert_eq!(presence.reap(), 100_000);
+    let took = started.elapsed();
+    let lines = captured.lines("slow reap pass");
+    // Whether the pass is slow depends on the machine; what it must do then does not.
+    if took > Duration::from_millis(20) {
+        assert_eq!(lines.len(), 1, "a pass of {took:?}: {lines:?}");
+        assert!(lines[0].contains("took_ms=") && lines[0].contains("sessions=0 "));
+    } else if took < Duration::from_millis(10) {
+        assert!(lines.is_empty(), "a pass of {took:?}: {lines:?}");
+    }
+    eprintln!("a reap of 100 000 sessions took {took:?}");
+    let started = std::time::Instant::now();
+    presence.reap(); // nothing due: a fast pass, not reported
+    if started.elapsed() < Duration::from_millis(10) {
+        assert_eq!(captured.lines("slow reap pass").len(), lines.len());
+    }
+}
