@@ -794,7 +794,6 @@ async fn main() -> std::io::Result<()> {
         Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {}
         Err(err) => eprintln!("snapshot not saved: {err}"),
     }
-    presence.shutdown();
     Ok(())
 }
 
