@@ -68,6 +68,8 @@
 //!   types they hold. Times serialize as integer milliseconds since the Unix epoch.
 //! - `axum`: the `http` module: a tower layer issuing a UUID cookie, heartbeat / leave /
 //!   counts routes, and the page script.
+//! - `redis`: the `cluster` module: several server nodes share one cluster-wide view on
+//!   Redis (or Redis Cluster), each keeping its local tracker and hot path.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
@@ -89,6 +91,10 @@ mod users;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod cluster;
+
 pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder, Reaper};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, LeaveReason};
@@ -97,6 +103,9 @@ pub use kind::{Kind, UserId};
 pub use tracker::{
     Counts, Peak, Presence, PresenceError, SessionInfo, SessionState, Touch, UserStatus,
 };
+
+#[cfg(feature = "redis")]
+pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};
 
 #[cfg(feature = "serde")]
 fn unix_millis<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -666,6 +666,14 @@ impl Presence {
         &self.tracker.changes
     }
 
+    /// The tracker's own "now" as wall-clock time, on the same scale as [`SessionInfo`]'s
+    /// times: the cluster view sends ages (now minus `last_seen`), never timestamps.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn now_wall(&self) -> SystemTime {
+        let tracker = &*self.tracker;
+        tracker.wall.at(tracker.clock.now())
+    }
+
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
     /// offline with a last-seen time, or unknown.
     pub fn user(&self, user: &str) -> UserStatus {
