@@ -5,38 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, TimeSource};
-use crate::tracker::Presence;
+use crate::reaper::Reaper;
 
 /// Longest accepted `idle_timeout`, `idle_after` and `heartbeat_limit`: 7 days. Presence is
 /// about who is here now; longer values are almost certainly a unit mistake.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest accepted `remember_users_for`: 366 days.
 pub const MAX_REMEMBER: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Default of [`PresenceBuilder::max_remembered_users`].
+const DEFAULT_MAX_REMEMBERED_USERS: usize = 250_000;
 /// Longest accepted `reap_interval`: 1 hour.
 pub const MAX_REAP_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Who evicts sessions that went quiet.
-///
-/// Reads ([`Presence::counts`] and friends) are exact whatever the reaper: they settle what is
-/// already due first. The reaper bounds how late [`Event::Left`](crate::Event::Left) and
-/// [`Event::UserOffline`](crate::Event::UserOffline) arrive and frees memory.
-///
-/// A background reaper holds no strong reference to the tracker: it stops when the last
-/// [`Presence`] handle is dropped or on [`Presence::shutdown`].
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub enum Reaper {
-    /// A tokio task when [`build`](PresenceBuilder::build) runs inside a tokio runtime, else
-    /// a named thread (`presence-reaper`). The default.
-    #[default]
-    Auto,
-    /// A named std thread (`presence-reaper`).
-    Thread,
-    /// A task on the given tokio runtime (it needs the `time` driver enabled).
-    Tokio(tokio::runtime::Handle),
-    /// No background work: call [`Presence::reap`] yourself.
-    Manual,
-}
 
 /// Settings for a [`Presence`] tracker; start from [`Presence::builder`].
 ///
@@ -63,6 +42,7 @@ pub struct PresenceBuilder {
     pub(crate) reap_interval: Duration,
     pub(crate) max_sessions: Option<usize>,
     pub(crate) remember_users_for: Duration,
+    pub(crate) max_remembered_users: usize,
     pub(crate) event_capacity: usize,
     pub(crate) clock: TimeSource,
     pub(crate) reaper: Reaper,
@@ -77,6 +57,7 @@ impl Default for PresenceBuilder {
             reap_interval: Duration::from_secs(1),
             max_sessions: None,
             remember_users_for: Duration::from_secs(24 * 3600),
+            max_remembered_users: DEFAULT_MAX_REMEMBERED_USERS,
             event_capacity: 1024,
             clock: TimeSource::System(SystemClock::new()),
             reaper: Reaper::Auto,
@@ -181,6 +162,22 @@ impl PresenceBuilder {
         self
     }
 
+    /// How many offline users' last-seen times are kept at most; past it the users offline
+    /// the longest are forgotten first. Default 250 000: about 100 MB in the worst case of
+    /// names of [`MAX_USER_LEN`](crate::MAX_USER_LEN) bytes, a tenth of that for typical
+    /// names. Online users are never forgotten.
+    ///
+    /// # Panics
+    /// If `max` is 0.
+    pub fn max_remembered_users(mut self, max: usize) -> Self {
+        assert!(
+            max > 0,
+            "presence-tracker: max_remembered_users must be at least 1"
+        );
+        self.max_remembered_users = max;
+        self
+    }
+
     /// Capacity of the event channel: how far a subscriber may fall behind before it misses
     /// events. Default 1024.
     ///
@@ -207,11 +204,6 @@ impl PresenceBuilder {
         self.reaper = reaper;
         self
     }
-
-    /// Builds the tracker and starts its reaper.
-    pub fn build(self) -> Presence {
-        Presence::from_builder(self)
-    }
 }
 
 impl fmt::Debug for PresenceBuilder {
@@ -223,6 +215,7 @@ impl fmt::Debug for PresenceBuilder {
             .field("reap_interval", &self.reap_interval)
             .field("max_sessions", &self.max_sessions)
             .field("remember_users_for", &self.remember_users_for)
+            .field("max_remembered_users", &self.max_remembered_users)
             .field("event_capacity", &self.event_capacity)
             .field("clock", &self.clock)
             .field("reaper", &self.reaper)

@@ -73,22 +73,35 @@ impl ExpiryIndex {
         self.next_due.fetch_min(earliest, Ordering::AcqRel);
     }
 
-    /// Removes and returns every item scheduled at or before `now`, earliest buckets first.
-    pub(crate) fn take_due(&self, now: Tick, out: &mut Vec<(Tick, SlotRef)>) {
+    /// Removes up to `limit` items scheduled at or before `now` into `out`, earliest buckets
+    /// first; returns whether due items are left.
+    pub(crate) fn take_due(&self, now: Tick, out: &mut Vec<(Tick, SlotRef)>, limit: usize) -> bool {
         let mut buckets = self.buckets.lock();
+        let mut room = limit;
         while let Some(mut first) = buckets.first_entry() {
             let start = *first.key() * BUCKET_MS;
             if start > now {
-                break;
+                return false;
+            }
+            if room == 0 {
+                return true;
             }
             if start + (BUCKET_MS - 1) <= now {
-                let bucket = first.remove();
+                // Wholly due: take it all, or its last `room` items (their order does not
+                // matter, every one is due).
+                let bucket = first.get_mut();
+                let n = bucket.items.len().min(room);
+                let from = bucket.items.len() - n;
                 out.extend(
                     bucket
                         .items
-                        .into_iter()
+                        .drain(from..)
                         .map(|(off, id)| (start + Tick::from(off), id)),
                 );
+                room -= n;
+                if bucket.items.is_empty() {
+                    first.remove();
+                }
                 continue;
             }
             // The bucket straddles now: sort it once, then take from the end.
@@ -104,14 +117,19 @@ impl ExpiryIndex {
                 if at > now {
                     break;
                 }
+                if room == 0 {
+                    return true;
+                }
                 out.push((at, id));
                 bucket.items.pop();
+                room -= 1;
             }
             if bucket.items.is_empty() {
                 first.remove();
             }
-            break;
+            return false;
         }
+        false
     }
 
     /// Recomputes the earliest-item bound once a reap is done with what it took.
@@ -167,16 +185,16 @@ mod tests {
         }
         index.finish();
         let mut out = Vec::new();
-        index.take_due(999, &mut out);
+        index.take_due(999, &mut out, usize::MAX);
         assert!(out.is_empty());
-        index.take_due(1700, &mut out);
+        index.take_due(1700, &mut out, usize::MAX);
         assert_eq!(out, vec![(1000, ids[0]), (1700, ids[1])]);
         out.clear();
         index.finish();
         // Until the next bucket straddles now, its start is the bound...
         assert!(!index.may_be_due(2047));
         assert!(index.may_be_due(2048));
-        index.take_due(2100, &mut out);
+        index.take_due(2100, &mut out, usize::MAX);
         assert!(out.is_empty());
         // ...then it is sorted and the bound is exact.
         index.finish();
@@ -184,10 +202,10 @@ mod tests {
         assert!(index.may_be_due(2400));
         // Inserting into the straddling (sorted) bucket keeps it sorted.
         index.schedule(2100, ids[4]);
-        index.take_due(2400, &mut out);
+        index.take_due(2400, &mut out, usize::MAX);
         assert_eq!(out, vec![(2100, ids[4]), (2400, ids[2])]);
         out.clear();
-        index.take_due(Tick::MAX - BUCKET_MS, &mut out);
+        index.take_due(Tick::MAX - BUCKET_MS, &mut out, usize::MAX);
         assert_eq!(out.len(), 2);
         index.finish();
         assert_eq!(index.len(), 0);
@@ -199,8 +217,39 @@ mod tests {
         let index = ExpiryIndex::new();
         index.schedule_all(ids(1000).into_iter().map(|id| (300_000, id)));
         let mut out = Vec::new();
-        index.take_due(299_999, &mut out);
+        index.take_due(299_999, &mut out, usize::MAX);
         assert!(out.is_empty());
         assert_eq!(index.len(), 1000);
+    }
+
+    #[test]
+    fn a_limited_take_leaves_the_rest_due_and_takes_each_item_once() {
+        let index = ExpiryIndex::new();
+        // Three wholly due buckets and one straddling now.
+        let ids = ids(4000);
+        index.schedule_all(ids.iter().enumerate().map(|(i, &id)| (i as Tick, id)));
+        let (mut out, mut batches) = (Vec::new(), 0);
+        loop {
+            let before = out.len();
+            let more = index.take_due(3500, &mut out, 600);
+            assert!(out.len() - before <= 600);
+            batches += 1;
+            index.finish();
+            if !more {
+                break;
+            }
+            assert!(
+                index.may_be_due(3500),
+                "a partial take leaves the bound at or below now"
+            );
+        }
+        assert_eq!(out.len(), 3501);
+        assert_eq!(batches, 6);
+        let mut taken: Vec<SlotRef> = out.iter().map(|&(_, id)| id).collect();
+        taken.sort_unstable();
+        taken.dedup();
+        assert_eq!(taken.len(), 3501);
+        assert!(out.iter().all(|&(at, _)| at <= 3500));
+        assert_eq!(index.len(), 499);
     }
 }

@@ -109,6 +109,28 @@ impl fmt::Debug for UserId {
     }
 }
 
+/// A user ordered by name as people read a list: case-insensitively, ties (names that differ
+/// only in case) by the exact string, so that two distinct users never compare equal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ByName(pub(crate) UserId);
+
+impl Ord for ByName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a, b) = (self.0.as_str(), other.0.as_str());
+        // Compared in place, without allocating a folded copy.
+        a.chars()
+            .flat_map(char::to_lowercase)
+            .cmp(b.chars().flat_map(char::to_lowercase))
+            .then_with(|| a.cmp(b))
+    }
+}
+
+impl PartialOrd for ByName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// What sort of visitor a session belongs to.
 ///
 /// Counted as phpBB does: listed members and hidden members are distinct *people* (several

@@ -74,16 +74,23 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
 
+// The API on top, plain data at the bottom; each module imports only from those below it.
 mod builder;
 mod changes;
 mod clock;
+mod counters;
+mod error;
 mod events;
 mod expiry;
 mod id;
+mod info;
 mod kind;
+mod lifecycle;
 mod map;
 mod pages;
+mod presence;
 mod reaper;
+mod session;
 mod tracker;
 mod users;
 
@@ -95,14 +102,17 @@ pub mod http;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod cluster;
 
-pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder, Reaper};
+pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use counters::{Counts, Peak};
+pub use error::PresenceError;
 pub use events::{Event, LeaveReason};
 pub use id::{ParseSessionIdError, SessionId};
+pub use info::{SessionInfo, SessionState, Touch, UserStatus};
 pub use kind::{Kind, UserId};
-pub use tracker::{
-    Counts, Peak, Presence, PresenceError, SessionInfo, SessionState, Touch, UserStatus,
-};
+pub use lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
+pub use presence::Presence;
+pub use reaper::Reaper;
 
 #[cfg(feature = "redis")]
 pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};

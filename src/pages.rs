@@ -1,50 +1,101 @@
-//! Page counts: how many live sessions last visited each page.
+//! Page counts and page members: how many live sessions last visited each page, and which
+//! listed users are there, by name.
 //!
 //! Page names are interned: every session on a page shares one [`SharedStr`], so a session
-//! costs a pointer, and a page with no session left is dropped. The table's lock is taken
-//! only when a session changes page, joins or leaves with a page, or a reader asks; it
-//! nests inside a session's shard lock and takes no other lock.
+//! costs a pointer, and a page with no session left is dropped. Each page keeps its listed
+//! members (users whose *listed* session is on it, with how many such sessions) in name
+//! order, so listing them costs what is returned. The table's lock is taken only when a
+//! session changes page or listing, joins or leaves with a page, or a reader asks; it nests
+//! inside a session's shard lock and takes no other lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
-use crate::kind::SharedStr;
+use crate::UserId;
+use crate::kind::{ByName, SharedStr};
 
 type Hasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Default)]
-pub(crate) struct PageTable {
-    pages: Mutex<HashMap<SharedStr, usize, Hasher>>,
+struct Page {
+    sessions: usize,
+    /// Listed users on this page and their listed sessions here.
+    members: BTreeMap<ByName, u32>,
 }
 
+#[derive(Debug, Default)]
+pub(crate) struct PageTable {
+    pages: Mutex<HashMap<SharedStr, Page, Hasher>>,
+}
+
+/// Where a session is, as far as pages go: its page and, if it is a listed member's session,
+/// its user.
+pub(crate) type OnPage<'a> = (&'a SharedStr, Option<&'a UserId>);
+
 impl PageTable {
-    /// Moves one session from `from` (if any) to `to`; returns the interned `to`.
-    pub(crate) fn change(&self, from: Option<&SharedStr>, to: &str) -> SharedStr {
+    /// Moves one session from `from` (if any) to page `to` as `member` (its user if listed);
+    /// returns the interned `to`.
+    pub(crate) fn change(
+        &self,
+        from: Option<OnPage<'_>>,
+        to: &str,
+        member: Option<&UserId>,
+    ) -> SharedStr {
         let mut pages = self.pages.lock();
-        if let Some(from) = from {
-            release(&mut pages, from);
+        if let Some((page, member)) = from {
+            release(&mut pages, page, member);
         }
         let name = match pages.get_key_value(to) {
             Some((name, _)) => name.clone(),
             None => SharedStr::new(to),
         };
-        *pages.entry(name.clone()).or_insert(0) += 1;
+        let page = pages.entry(name.clone()).or_default();
+        page.sessions += 1;
+        if let Some(user) = member {
+            *page.members.entry(ByName(user.clone())).or_insert(0) += 1;
+        }
         name
     }
 
-    pub(crate) fn leave(&self, page: &SharedStr) {
-        release(&mut self.pages.lock(), page);
+    /// A session on `page` changes listing (signs in or out, hides or shows itself).
+    pub(crate) fn relist(&self, page: &SharedStr, from: Option<&UserId>, to: Option<&UserId>) {
+        if from == to {
+            return;
+        }
+        let mut pages = self.pages.lock();
+        let Some(page) = pages.get_mut(page) else {
+            return;
+        };
+        if let Some(user) = from {
+            unlist(page, user);
+        }
+        if let Some(user) = to {
+            *page.members.entry(ByName(user.clone())).or_insert(0) += 1;
+        }
+    }
+
+    /// A session on `page` (listed as `member`) ends.
+    pub(crate) fn leave(&self, page: &SharedStr, member: Option<&UserId>) {
+        release(&mut self.pages.lock(), page, member);
     }
 
     pub(crate) fn count(&self, page: &str) -> usize {
-        self.pages.lock().get(page).copied().unwrap_or(0)
+        self.pages.lock().get(page).map_or(0, |p| p.sessions)
+    }
+
+    /// The first `limit` listed users on `page`, by name: O(limit).
+    pub(crate) fn members(&self, page: &str, limit: usize) -> Vec<UserId> {
+        let pages = self.pages.lock();
+        pages.get(page).map_or_else(Vec::new, |p| {
+            p.members.keys().take(limit).map(|n| n.0.clone()).collect()
+        })
     }
 
     pub(crate) fn top(&self, n: usize) -> Vec<(String, usize)> {
         let mut top: Vec<(SharedStr, usize)> = {
             let pages = self.pages.lock();
-            pages.iter().map(|(p, &c)| (p.clone(), c)).collect()
+            pages.iter().map(|(p, c)| (p.clone(), c.sessions)).collect()
         };
         let by_count =
             |a: &(SharedStr, usize), b: &(SharedStr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
@@ -62,11 +113,52 @@ impl PageTable {
     }
 }
 
-fn release(pages: &mut HashMap<SharedStr, usize, Hasher>, page: &SharedStr) {
-    if let Some(count) = pages.get_mut(page) {
-        *count -= 1;
-        if *count == 0 {
-            pages.remove(page);
+fn unlist(page: &mut Page, user: &UserId) {
+    let key = ByName(user.clone()); // a reference count, not a copy of the name
+    if let Some(n) = page.members.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            page.members.remove(&key);
         }
+    }
+}
+
+fn release(
+    pages: &mut HashMap<SharedStr, Page, Hasher>,
+    name: &SharedStr,
+    member: Option<&UserId>,
+) {
+    if let Some(page) = pages.get_mut(name) {
+        if let Some(user) = member {
+            unlist(page, user);
+        }
+        page.sessions -= 1;
+        if page.sessions == 0 {
+            pages.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_listed_by_name_once_and_leave_with_their_last_session() {
+        let pages = PageTable::default();
+        let (bob, alice) = (UserId::from("bob"), UserId::from("Alice"));
+        let p = pages.change(None, "/t/1", Some(&bob));
+        pages.change(None, "/t/1", Some(&alice));
+        pages.change(None, "/t/1", Some(&bob));
+        pages.change(None, "/t/1", None);
+        assert_eq!(pages.count("/t/1"), 4);
+        assert_eq!(pages.members("/t/1", 10), vec![alice.clone(), bob.clone()]);
+        assert_eq!(pages.members("/t/1", 1), vec![alice.clone()]);
+        pages.leave(&p, Some(&bob));
+        assert_eq!(pages.members("/t/1", 10), vec![alice.clone(), bob.clone()]);
+        pages.leave(&p, Some(&bob));
+        pages.relist(&p, Some(&alice), None);
+        assert!(pages.members("/t/1", 10).is_empty());
+        assert_eq!(pages.count("/t/1"), 2);
     }
 }

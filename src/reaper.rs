@@ -1,6 +1,6 @@
 //! The background reaper: a thread or a tokio task that calls `reap` every `reap_interval`.
 //!
-//! It holds only a `Weak` reference, so it never keeps a tracker alive: it stops when the
+//! It holds only a `Weak` reference to what it reaps (anything that implements [`Reap`]), so it never keeps a tracker alive: it stops when the
 //! last handle is dropped (the tracker's drop signals it, so it does not even sleep out its
 //! interval) or on `Presence::shutdown`.
 
@@ -11,8 +11,35 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
-use crate::builder::Reaper;
-use crate::tracker::Tracker;
+/// What a reaper drives: the tracker implements it.
+pub(crate) trait Reap: Send + Sync + 'static {
+    /// Evicts one bounded batch of what is due now; returns whether more is due. Between
+    /// batches the reaper lets other work run, so no caller waits on a large reap.
+    fn reap_step(&self) -> bool;
+}
+
+/// Who evicts sessions that went quiet.
+///
+/// Reads ([`Presence::counts`] and friends) are exact whatever the reaper: they settle what is
+/// already due first. The reaper bounds how late [`Event::Left`](crate::Event::Left) and
+/// [`Event::UserOffline`](crate::Event::UserOffline) arrive and frees memory.
+///
+/// A background reaper holds no strong reference to the tracker: it stops when the last
+/// [`Presence`] handle is dropped or on [`Presence::shutdown`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Reaper {
+    /// A tokio task when [`build`](PresenceBuilder::build) runs inside a tokio runtime, else
+    /// a named thread (`presence-reaper`). The default.
+    #[default]
+    Auto,
+    /// A named std thread (`presence-reaper`).
+    Thread,
+    /// A task on the given tokio runtime (it needs the `time` driver enabled).
+    Tokio(tokio::runtime::Handle),
+    /// No background work: call [`Presence::reap`] yourself.
+    Manual,
+}
 
 #[derive(Debug, Default)]
 struct Signal {
@@ -41,8 +68,7 @@ impl ReaperControl {
     }
 
     /// Starts the configured reaper for `tracker`.
-    pub(crate) fn start(&self, reaper: Reaper, tracker: &Arc<Tracker>, interval: Duration) {
-        let weak = Arc::downgrade(tracker);
+    pub(crate) fn start(&self, reaper: Reaper, weak: Weak<dyn Reap>, interval: Duration) {
         let signal = self.signal.clone();
         let reaper = match reaper {
             Reaper::Auto => match tokio::runtime::Handle::try_current() {
@@ -76,7 +102,7 @@ impl Drop for ReaperControl {
     }
 }
 
-fn run_thread(tracker: Weak<Tracker>, signal: Arc<Signal>, interval: Duration) {
+fn run_thread(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) {
     loop {
         {
             let mut guard = signal.lock.lock();
@@ -91,11 +117,16 @@ fn run_thread(tracker: Weak<Tracker>, signal: Arc<Signal>, interval: Duration) {
         let Some(tracker) = tracker.upgrade() else {
             return;
         };
-        tracker.reap();
+        while tracker.reap_step() {
+            if signal.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::yield_now();
+        }
     }
 }
 
-async fn run_task(tracker: Weak<Tracker>, signal: Arc<Signal>, interval: Duration) {
+async fn run_task(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) {
     loop {
         // `notify_one` leaves a permit if we are not waiting yet, so a stop is never missed.
         let _ = tokio::time::timeout(interval, signal.notify.notified()).await;
@@ -105,6 +136,11 @@ async fn run_task(tracker: Weak<Tracker>, signal: Arc<Signal>, interval: Duratio
         let Some(tracker) = tracker.upgrade() else {
             return;
         };
-        tracker.reap();
+        while tracker.reap_step() {
+            if signal.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }

@@ -1,18 +1,23 @@
-//! The user table: signed-in users, how many live sessions each has (listed and hidden), and
-//! the last-seen time of users who went offline, kept for `remember_users_for`.
+//! The user table: signed-in users, how many live sessions each has (listed and hidden), the
+//! listed users in name order, and the last-seen time of users who went offline.
 //!
-//! It owns the distinct-user counters (`members`, `hidden`) and decides `UserOnline` /
-//! `UserOffline`, both under its one lock, so a user's events alternate. Lock order: a
-//! session's shard lock, then this table's lock, then the event queue's; never the reverse.
+//! It decides `UserOnline` / `UserOffline` under its one lock, so a user's events alternate,
+//! and returns the change in distinct users ([`UserDelta`]) for the caller to apply to the
+//! counters. Every operation is O(1) (plus O(log users) for the ordered sets), whatever the
+//! number of sessions a user has. Offline users are remembered for `remember_users_for`, at
+//! most `max_remembered_users` of them (the oldest forgotten first), one entry a user.
+//!
+//! Lock order: a session's shard lock, then this table's lock, then the event queue's; never
+//! the reverse.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use parking_lot::Mutex;
 
 use crate::clock::Tick;
+use crate::counters::UserDelta;
 use crate::events::{Event, EventQueue};
-use crate::tracker::Counters;
+use crate::kind::ByName;
 use crate::{SessionId, UserId};
 
 type Hasher = foldhash::fast::RandomState;
@@ -21,15 +26,17 @@ type Hasher = foldhash::fast::RandomState;
 struct UserRecord {
     listed: u32,
     hidden: u32,
-    /// Live sessions, for `Presence::user`. Small: one per open browser of this user.
-    sessions: Vec<SessionId>,
+    /// Live sessions, for `Presence::user`: a set, so a leave is O(1) however many there are.
+    sessions: HashSet<SessionId, Hasher>,
     /// While offline: when the user was last seen (the last session's last touch).
     last_seen: Tick,
-    /// While offline: when they went offline (the forget queue's check).
+    /// When they went offline; while online, the latest end of one of their sessions.
     offline_since: Tick,
+    /// While offline: this user's key in [`Users::offline`].
+    offline_key: Option<(Tick, u64)>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Standing {
     Offline,
     Listed,
@@ -73,37 +80,49 @@ pub(crate) enum UserSnapshot {
 #[derive(Debug, Default)]
 struct Users {
     map: HashMap<UserId, UserRecord, Hasher>,
-    /// (offline since, user), in about that order: forgetting costs what falls due.
-    forget: VecDeque<(Tick, UserId)>,
+    /// Offline users by (offline since, sequence): one entry a user, oldest first, so that
+    /// forgetting costs what falls due and the bound drops the oldest.
+    offline: BTreeMap<(Tick, u64), UserId>,
+    sequence: u64,
+    /// Listed users online, in name order: `online_members` costs what it returns.
+    listed: BTreeSet<ByName>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct UserTable {
     users: Mutex<Users>,
+    max_offline: usize,
 }
 
 impl UserTable {
+    /// A table that remembers at most `max_offline` offline users.
+    pub(crate) fn new(max_offline: usize) -> Self {
+        UserTable {
+            users: Mutex::new(Users::default()),
+            max_offline,
+        }
+    }
+
     /// Applies a session leaving `left`'s user and/or joining `joined`'s user as one change
-    /// (a kind change is both), updates the distinct-user counters and pushes the user
-    /// events. Returns the change in people online (distinct users). Call under the session's
-    /// shard lock.
+    /// (a kind change is both), pushes the user events, and returns the change in distinct
+    /// users. Call under the session's shard lock and apply the result there too.
     pub(crate) fn apply(
         &self,
         left: Option<(UserSession<'_>, Tick)>,
         joined: Option<UserSession<'_>>,
         now: Tick,
-        counters: &Counters,
         events: Option<&EventQueue>,
-    ) -> isize {
+    ) -> UserDelta {
+        let mut delta = UserDelta::default();
         if left.is_none() && joined.is_none() {
-            return 0; // guests and bots: no user, and no lock
+            return delta; // guests and bots: no user, and no lock
         }
-        let mut users = self.users.lock();
-        let mut people = 0;
+        let mut guard = self.users.lock();
+        let users = &mut *guard;
         // Both sides first change their records, then standings are compared, so that a
         // session moving between listed and hidden of one user is one step, not two.
-        let before_left = left.map(|(s, _)| standing(&users, s.user));
-        let before_joined = joined.map(|s| standing(&users, s.user));
+        let before_left = left.map(|(s, _)| users.standing(s.user));
+        let before_joined = joined.map(|s| users.standing(s.user));
         if let Some((s, last_seen)) = left {
             if let Some(rec) = users.map.get_mut(s.user) {
                 if s.hidden {
@@ -111,7 +130,7 @@ impl UserTable {
                 } else {
                     rec.listed -= 1;
                 }
-                rec.sessions.retain(|&id| id != s.session);
+                rec.sessions.remove(&s.session);
                 rec.last_seen = rec.last_seen.max(last_seen);
                 // While online this collects the latest end of a session: sessions due
                 // together may be evicted in any order, and the user went offline when the
@@ -126,22 +145,23 @@ impl UserTable {
                 .or_insert_with(|| UserRecord {
                     listed: 0,
                     hidden: 0,
-                    sessions: Vec::new(),
+                    sessions: HashSet::default(),
                     last_seen: now,
                     offline_since: now,
+                    offline_key: None,
                 });
             if s.hidden {
                 rec.hidden += 1;
             } else {
                 rec.listed += 1;
             }
-            rec.sessions.push(s.session);
+            rec.sessions.insert(s.session);
         }
         let mut went_offline = None;
         let mut came_online = None;
         if let (Some((s, _)), Some(before)) = (left, before_left) {
-            let after = standing(&users, s.user);
-            people += transition(before, after, counters);
+            let after = users.standing(s.user);
+            users.moved(s.user, before, after, &mut delta);
             if before != Standing::Offline && after == Standing::Offline {
                 went_offline = Some(s.user);
             }
@@ -149,16 +169,15 @@ impl UserTable {
         if let (Some(s), Some(before)) = (joined, before_joined) {
             // The same user on both sides was handled above as one transition.
             if left.is_none_or(|(l, _)| l.user != s.user) {
-                let after = standing(&users, s.user);
-                people += transition(before, after, counters);
+                let after = users.standing(s.user);
+                users.moved(s.user, before, after, &mut delta);
                 if before == Standing::Offline && after != Standing::Offline {
                     came_online = Some(s.user);
                 }
             }
         }
         if let Some(user) = went_offline {
-            let since = users.map.get(user).map_or(now, |rec| rec.offline_since);
-            users.forget.push_back((since, user.clone()));
+            users.remember(user, self.max_offline);
         }
         if let Some(events) = events {
             if let Some(user) = went_offline {
@@ -168,7 +187,7 @@ impl UserTable {
                 events.push(Event::UserOnline { user: user.clone() });
             }
         }
-        people
+        delta
     }
 
     pub(crate) fn snapshot(&self, user: &str) -> UserSnapshot {
@@ -181,57 +200,168 @@ impl UserTable {
                     since: rec.offline_since,
                 },
                 standing => UserSnapshot::Online {
-                    sessions: rec.sessions.clone(),
+                    sessions: rec.sessions.iter().copied().collect(),
                     hidden: standing == Standing::Hidden,
                 },
             },
         }
     }
 
+    /// The first `limit` listed users online, by name: O(limit).
+    pub(crate) fn listed(&self, limit: usize) -> Vec<UserId> {
+        let users = self.users.lock();
+        users
+            .listed
+            .iter()
+            .take(limit)
+            .map(|n| n.0.clone())
+            .collect()
+    }
+
     /// Forgets users offline since `remember` before `now`; costs what falls due.
     pub(crate) fn forget_due(&self, now: Tick, remember: Tick) {
         let mut users = self.users.lock();
-        while let Some((since, _)) = users.forget.front() {
-            if since.saturating_add(remember) > now {
+        let mut forgot = false;
+        while let Some(entry) = users.offline.first_entry() {
+            if entry.key().0.saturating_add(remember) > now {
                 break;
             }
-            let Some((_, user)) = users.forget.pop_front() else {
-                break;
-            };
-            let forget = users.map.get(&user).is_some_and(|rec| {
-                rec.standing() == Standing::Offline
-                    && rec.offline_since.saturating_add(remember) <= now
-            });
-            if forget {
-                users.map.remove(&user);
+            let user = entry.remove();
+            users.map.remove(&user);
+            forgot = true;
+        }
+        if forgot {
+            users.shrink();
+        }
+    }
+
+    /// Offline users remembered now (for tests and memory figures).
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.users.lock().offline.len()
+    }
+}
+
+impl Users {
+    fn standing(&self, user: &UserId) -> Standing {
+        self.map
+            .get(user)
+            .map_or(Standing::Offline, UserRecord::standing)
+    }
+
+    /// A user's standing changed from `before` to `after`: keeps the listed set and the
+    /// offline queue in step, and adds the change to `delta`.
+    fn moved(&mut self, user: &UserId, before: Standing, after: Standing, delta: &mut UserDelta) {
+        if before == after {
+            return;
+        }
+        match before {
+            Standing::Listed => {
+                delta.members -= 1;
+                self.listed.remove(&ByName(user.clone()));
             }
+            Standing::Hidden => delta.hidden -= 1,
+            Standing::Offline => {
+                // Back online: no longer one of the remembered offline users.
+                if let Some(key) = self.map.get_mut(user).and_then(|r| r.offline_key.take()) {
+                    self.offline.remove(&key);
+                }
+            }
+        }
+        match after {
+            Standing::Listed => {
+                delta.members += 1;
+                self.listed.insert(ByName(user.clone()));
+            }
+            Standing::Hidden => delta.hidden += 1,
+            Standing::Offline => {}
+        }
+    }
+
+    /// `user` just went offline: one entry in the offline queue (its old one, if any, was
+    /// taken out when it came online), then the oldest beyond `max` are forgotten.
+    fn remember(&mut self, user: &UserId, max: usize) {
+        let key = (
+            self.map.get(user).map_or(0, |rec| rec.offline_since),
+            self.sequence,
+        );
+        self.sequence += 1;
+        if let Some(rec) = self.map.get_mut(user) {
+            rec.offline_key = Some(key);
+            // A user who had 100k tabs should not keep their table once gone.
+            rec.sessions = HashSet::default();
+        }
+        self.offline.insert(key, user.clone());
+        let mut forgot = false;
+        while self.offline.len() > max {
+            if let Some((_, oldest)) = self.offline.pop_first() {
+                self.map.remove(&oldest);
+                forgot = true;
+            }
+        }
+        if forgot {
+            self.shrink();
+        }
+    }
+
+    /// Gives memory back after a flood of names is forgotten.
+    fn shrink(&mut self) {
+        let len = self.map.len();
+        if self.map.capacity() > 4 * len + 64 {
+            self.map.shrink_to(2 * len);
         }
     }
 }
 
-fn standing(users: &Users, user: &UserId) -> Standing {
-    users
-        .map
-        .get(user)
-        .map_or(Standing::Offline, UserRecord::standing)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Moves the distinct-user counters from `before` to `after`; returns the change in people.
-fn transition(before: Standing, after: Standing, counters: &Counters) -> isize {
-    if before == after {
-        return 0;
+    fn side(user: &UserId, session: SessionId) -> UserSession<'_> {
+        UserSession {
+            user,
+            hidden: false,
+            session,
+        }
     }
-    // Increment before decrement: a concurrent reader may see one person twice for an
-    // instant, never a counter below zero.
-    match after {
-        Standing::Listed => counters.members.fetch_add(1, Ordering::Relaxed),
-        Standing::Hidden => counters.hidden.fetch_add(1, Ordering::Relaxed),
-        Standing::Offline => 0,
-    };
-    match before {
-        Standing::Listed => counters.members.fetch_sub(1, Ordering::Relaxed),
-        Standing::Hidden => counters.hidden.fetch_sub(1, Ordering::Relaxed),
-        Standing::Offline => 0,
-    };
-    isize::from(after != Standing::Offline) - isize::from(before != Standing::Offline)
+
+    #[test]
+    fn a_user_flipping_online_and_offline_is_remembered_once() {
+        let table = UserTable::new(10);
+        let alice = UserId::from("alice");
+        let id = SessionId::new_v4();
+        for t in 0..1000 {
+            table.apply(None, Some(side(&alice, id)), t, None);
+            table.apply(Some((side(&alice, id), t)), None, t, None);
+        }
+        assert_eq!(table.remembered(), 1);
+    }
+
+    #[test]
+    fn the_oldest_offline_users_are_forgotten_beyond_the_bound() {
+        let table = UserTable::new(3);
+        let names: Vec<UserId> = (0..5).map(|i| UserId::from(format!("u{i}"))).collect();
+        for (t, user) in names.iter().enumerate() {
+            let id = SessionId::new_v4();
+            let t = t as Tick;
+            table.apply(None, Some(side(user, id)), t, None);
+            table.apply(Some((side(user, id), t)), None, t, None);
+        }
+        assert_eq!(table.remembered(), 3);
+        assert!(matches!(table.snapshot("u0"), UserSnapshot::Unknown));
+        assert!(matches!(table.snapshot("u1"), UserSnapshot::Unknown));
+        assert!(matches!(table.snapshot("u4"), UserSnapshot::Offline { .. }));
+    }
+
+    #[test]
+    fn listed_users_come_in_name_order_whatever_the_case() {
+        let table = UserTable::new(10);
+        for name in ["bob", "Alice", "carol", "alice"] {
+            let user = UserId::from(name);
+            table.apply(None, Some(side(&user, SessionId::new_v4())), 0, None);
+        }
+        let names: Vec<String> = table.listed(10).iter().map(|u| u.to_string()).collect();
+        assert_eq!(names, ["Alice", "alice", "bob", "carol"]);
+        assert_eq!(table.listed(2).len(), 2);
+    }
 }

@@ -1,0 +1,52 @@
+//! [`PresenceError`]: why a call was refused.
+
+use std::fmt;
+
+/// Why a call was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The tracker holds `max_sessions` live sessions: a new one is refused (existing ones
+    /// keep working). Presence is best effort; a web server should serve the request anyway.
+    Full {
+        /// The configured limit.
+        max_sessions: usize,
+    },
+    /// The user name is longer than [`MAX_USER_LEN`](crate::MAX_USER_LEN) bytes.
+    UserTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The page is longer than [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes.
+    PageTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl fmt::Display for PresenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PresenceError::Full { max_sessions } => write!(
+                f,
+                "presence is full: {max_sessions} live sessions (max_sessions); \
+                 new sessions are refused until some leave or expire"
+            ),
+            PresenceError::UserTooLong { len, max } => write!(
+                f,
+                "user name of {len} bytes refused: at most {max} (MAX_USER_LEN)"
+            ),
+            PresenceError::PageTooLong { len, max } => write!(
+                f,
+                "page of {len} bytes refused: at most {max} (MAX_PAGE_LEN); \
+                 truncate paths and drop query strings before calling"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PresenceError {}

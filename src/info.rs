@@ -1,0 +1,79 @@
+//! What the read operations return: [`Touch`], [`SessionInfo`] with its [`SessionState`], and
+//! [`UserStatus`]. Plain data; times are wall-clock [`SystemTime`]s.
+
+use std::time::SystemTime;
+
+use crate::{Kind, SessionId};
+
+/// Whether a call started a session or refreshed a live one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Touch {
+    /// A new session started (it was unknown, or had already expired).
+    Joined,
+    /// A live session was refreshed.
+    Refreshed,
+}
+
+/// Whether a live session shows activity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum SessionState {
+    /// Touched or visited within `idle_after`.
+    Active,
+    /// No activity for `idle_after` (heartbeats may still keep it online).
+    Idle,
+}
+
+/// One live session, as the admin list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SessionInfo {
+    /// The session.
+    pub id: SessionId,
+    /// Its current kind.
+    pub kind: Kind,
+    /// The page of its last [`visit`](crate::Presence::visit), if any.
+    pub page: Option<String>,
+    /// When it started.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub first_seen: SystemTime,
+    /// Its last touch, visit or heartbeat.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub last_seen: SystemTime,
+    /// Its last touch or visit (activity; heartbeats do not count).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    pub last_active: SystemTime,
+    /// Active or idle, now.
+    pub state: SessionState,
+}
+
+/// Where a signed-in user stands: the server's truth, hidden users included.
+///
+/// Keeping a hidden user's status from other visitors is the application's job: check
+/// `hidden` before showing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "status", rename_all = "snake_case"))]
+pub enum UserStatus {
+    /// At least one live session.
+    Online {
+        /// How many live sessions (tabs, browsers, devices).
+        sessions: usize,
+        /// The latest touch, visit or heartbeat of any of them.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+        last_seen: SystemTime,
+        /// Whether every session is idle.
+        idle: bool,
+        /// Whether every session is hidden (then the user counts in `hidden`).
+        hidden: bool,
+    },
+    /// No live session; seen within `remember_users_for`.
+    Offline {
+        /// The last touch, visit or heartbeat of their last session.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+        last_seen: SystemTime,
+    },
+    /// Never seen, or offline for longer than `remember_users_for`.
+    Unknown,
+}

@@ -1,0 +1,274 @@
+//! [`Presence`]: the public operations, each a few lines over the tracker's parts.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::builder::PresenceBuilder;
+use crate::changes::ChangeLog;
+use crate::counters::Counts;
+use crate::error::PresenceError;
+use crate::events::Event;
+use crate::info::{SessionInfo, Touch, UserStatus};
+use crate::tracker::Tracker;
+use crate::{Kind, SessionId, UserId};
+
+/// The "who is online" tracker. Cheap to clone (an `Arc`); all methods take `&self` and may
+/// be called from any thread.
+///
+/// ```
+/// use presence_tracker::{Kind, Presence, SessionId, Touch};
+///
+/// let presence = Presence::new();
+/// let (alice_tab1, alice_tab2, guest) = (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
+/// assert_eq!(presence.touch(alice_tab1, Kind::member("alice"))?, Touch::Joined);
+/// presence.visit(alice_tab2, Kind::member("alice"), "/forum/42")?;
+/// presence.visit(guest, Kind::Guest, "/forum/42")?;
+///
+/// let c = presence.counts();
+/// assert_eq!((c.online, c.members, c.guests, c.sessions), (2, 1, 1, 3));
+/// assert_eq!(presence.page_count("/forum/42"), 2);
+/// # Ok::<(), presence_tracker::PresenceError>(())
+/// ```
+#[derive(Clone)]
+pub struct Presence {
+    tracker: Arc<Tracker>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Presence {
+    /// A builder to configure a tracker; see [`PresenceBuilder`] for the defaults.
+    pub fn builder() -> PresenceBuilder {
+        PresenceBuilder::new()
+    }
+
+    /// A tracker with the defaults (5 minutes to go offline, reaper started by
+    /// [`Reaper::Auto`](crate::Reaper::Auto)).
+    pub fn new() -> Self {
+        PresenceBuilder::new().build()
+    }
+
+    /// Records activity of session `id` (a request, a click): starts the session or refreshes
+    /// it, and moves it to `kind` if that changed (signing in or out moves the counts in one
+    /// step). The session's page, if any, is kept.
+    ///
+    /// The hot path, a live session of unchanged kind, takes a shard read lock and stores
+    /// the time; it allocates nothing.
+    ///
+    /// # Errors
+    /// [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live.
+    ///
+    /// # Locks
+    /// Takes internal locks only for the duration of the call; safe to call from any
+    /// context, including while iterating [`sessions`](Self::sessions)' result.
+    pub fn touch(&self, id: SessionId, kind: Kind) -> Result<Touch, PresenceError> {
+        self.tracker.activity(id, kind, None)
+    }
+
+    /// Records activity of session `id` on `page` ("currently viewing"): as
+    /// [`touch`](Self::touch), and moves the session to `page` for
+    /// [`page_count`](Self::page_count) and [`top_pages`](Self::top_pages).
+    ///
+    /// Pages are compared as exact strings; normalise them (strip query strings, bound their
+    /// length) before calling if they come from the outside world.
+    ///
+    /// # Errors
+    /// [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live.
+    pub fn visit(&self, id: SessionId, kind: Kind, page: &str) -> Result<Touch, PresenceError> {
+        self.tracker.activity(id, kind, Some(page))
+    }
+
+    /// Keeps a live session online without counting as activity (a page's periodic ping):
+    /// returns `true` if the session is live, `false` if it is unknown or already due, in
+    /// which case it is *not* revived: the page should re-join with activity.
+    ///
+    /// Heartbeats alone keep a session at most `heartbeat_limit` after its last activity.
+    pub fn heartbeat(&self, id: SessionId) -> bool {
+        self.tracker.heartbeat(id)
+    }
+
+    /// Ends session `id` now ("go offline": logout, tab closed, an admin's kill). Returns the
+    /// session as it was, or `None` if it was unknown or already due.
+    pub fn leave(&self, id: SessionId) -> Option<SessionInfo> {
+        self.tracker.leave(id)
+    }
+
+    /// Who is online now. O(1): reads counters, never scans.
+    ///
+    /// Exact at the time of the call: sessions already due are settled first (a cost in
+    /// proportion to what fell due, usually nothing), whatever the reaper's interval.
+    pub fn counts(&self) -> Counts {
+        self.tracker.counts()
+    }
+
+    /// Live sessions whose last [`visit`](Self::visit) was `page`.
+    pub fn page_count(&self, page: &str) -> usize {
+        self.tracker.settle();
+        self.tracker.pages.count(page)
+    }
+
+    /// The `n` pages with the most live sessions, busiest first (ties by name).
+    pub fn top_pages(&self, n: usize) -> Vec<(String, usize)> {
+        self.tracker.settle();
+        self.tracker.pages.top(n)
+    }
+
+    /// Listed users online, each once however many tabs, sorted by name case-insensitively
+    /// (ties by the exact name), at most `limit`: "Registered users: alice, bob, carol".
+    /// Hidden users are never listed (a user is listed unless all their live sessions are
+    /// hidden). Costs what it returns: the order is kept as users come and go, never by a
+    /// scan of the sessions.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionId};
+    ///
+    /// let presence = Presence::new();
+    /// for kind in [Kind::member("bob"), Kind::member("alice"), Kind::member("alice"),
+    ///              Kind::hidden_member("carol"), Kind::Guest] {
+    ///     presence.touch(SessionId::new_v4(), kind).unwrap();
+    /// }
+    /// assert_eq!(presence.online_members(10), ["alice", "bob"]);
+    /// assert_eq!(presence.online_members(1), ["alice"]);
+    /// ```
+    pub fn online_members(&self, limit: usize) -> Vec<UserId> {
+        self.tracker.settle();
+        self.tracker.users.listed(limit)
+    }
+
+    /// Listed users with a listed live session on `page`, by name as
+    /// [`online_members`](Self::online_members), at most `limit`: "Users browsing this topic:
+    /// alice and 3 guests", where the 3 is [`page_count`](Self::page_count) minus the names
+    /// shown. Costs what it returns.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionId};
+    ///
+    /// let presence = Presence::new();
+    /// presence.visit(SessionId::new_v4(), Kind::member("alice"), "/t/1").unwrap();
+    /// presence.visit(SessionId::new_v4(), Kind::Guest, "/t/1").unwrap();
+    /// presence.visit(SessionId::new_v4(), Kind::member("bob"), "/t/2").unwrap();
+    /// let names = presence.page_members("/t/1", 20);
+    /// assert_eq!(names, ["alice"]);
+    /// assert_eq!(presence.page_count("/t/1") - names.len(), 1); // "and 1 guest"
+    /// ```
+    pub fn page_members(&self, page: &str, limit: usize) -> Vec<UserId> {
+        self.tracker.settle();
+        self.tracker.pages.members(page, limit)
+    }
+
+    /// One live session, or `None` if unknown or due.
+    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        self.tracker.session(id)
+    }
+
+    /// A live session with the time left until its deadline (`None` if unknown or due): what
+    /// the cluster view sends for a session, as an age rather than a timestamp.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn session_lease(&self, id: SessionId) -> Option<(SessionInfo, Duration)> {
+        self.tracker.session_lease(id)
+    }
+
+    /// The log of sessions changed on a write path, for the cluster view.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn changes(&self) -> &ChangeLog {
+        &self.tracker.changes
+    }
+
+    /// The tracker's own "now" as wall-clock time, on the scale of [`SessionInfo`]'s times:
+    /// the cluster view sends ages (now minus `last_seen`), never timestamps.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn now_wall(&self) -> std::time::SystemTime {
+        let tracker = &*self.tracker;
+        tracker.wall.at(tracker.clock.now())
+    }
+
+    /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
+    /// offline with a last-seen time, or unknown.
+    pub fn user(&self, user: &str) -> UserStatus {
+        self.tracker.user(user)
+    }
+
+    /// Every live session: the admin list. O(sessions); for counts use
+    /// [`counts`](Self::counts). "Kill" a session with [`leave`](Self::leave).
+    ///
+    /// # Locks
+    /// Holds each shard's read lock while copying it; the result is a snapshot.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.tracker.sessions()
+    }
+
+    /// Evicts every session that is due now and returns how many; sends their `Left` (and
+    /// `UserOffline`) events. The background reaper calls this every `reap_interval`; with
+    /// [`Reaper::Manual`](crate::Reaper::Manual) call it yourself.
+    ///
+    /// Costs in proportion to what falls due (plus sessions whose check time came and that
+    /// are re-scheduled), not to the number of sessions.
+    pub fn reap(&self) -> usize {
+        self.tracker.reap()
+    }
+
+    /// A receiver of every [`Event`] from now on. Events are built only while someone is
+    /// subscribed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tracker.events.subscribe()
+    }
+
+    /// Stops the background reaper (for every clone of this handle). The tracker keeps
+    /// working: reads still settle what is due, and [`reap`](Self::reap) still works.
+    /// Dropping the last handle does this too.
+    pub fn shutdown(&self) {
+        self.tracker.reaper.stop();
+    }
+
+    /// The configured `idle_timeout`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg.idle_timeout)
+    }
+
+    /// The configured `idle_after`.
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg.idle_after)
+    }
+
+    /// The configured `heartbeat_limit`.
+    pub fn heartbeat_limit(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg.heartbeat_limit)
+    }
+
+    /// The configured `reap_interval`.
+    pub fn reap_interval(&self) -> Duration {
+        self.tracker.cfg.reap_interval
+    }
+
+    /// The configured `max_sessions`, if any.
+    pub fn max_sessions(&self) -> Option<usize> {
+        self.tracker.cfg.max_sessions
+    }
+}
+
+impl fmt::Debug for Presence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tracker = &*self.tracker;
+        f.debug_struct("Presence")
+            .field("entries", &tracker.sessions.len())
+            .field("config", &tracker.cfg)
+            .field("clock", &tracker.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceBuilder {
+    /// Builds the tracker and starts its reaper.
+    pub fn build(self) -> Presence {
+        Presence {
+            tracker: Tracker::new(self),
+        }
+    }
+}
