@@ -73,7 +73,10 @@ pub(super) async fn connect(
                 .set_response_timeout(Some(timeout)),
         )
         .await?;
-    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut probe)
+        .await?;
     if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
         let cluster = ClusterClient::builder(vec![url])
             .connection_timeout(timeout)

@@ -178,6 +178,8 @@ local function upsert(id, kind, user, sortkey, page, ttl, seen, active)
   if v then
     local s = cmsgpack.unpack(v)
     if added == 1 then s[4] = s[4] + 1 end
+    -- A node that saw only touches knows no page: it does not erase another node's.
+    if page == '' then page = s[3] end
     if s[1] ~= kind or s[2] ~= user or s[3] ~= page then
       session_apply(s, -1)
       s[1], s[2], s[3] = kind, user, page

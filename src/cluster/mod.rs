@@ -171,9 +171,9 @@ impl fmt::Display for ClusterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClusterError::InvalidSetting(s) => write!(f, "invalid cluster setting: {s}"),
-            ClusterError::Unavailable => f.write_str(
-                "Redis is not reachable yet; the cluster view fills once it answers",
-            ),
+            ClusterError::Unavailable => {
+                f.write_str("Redis is not reachable yet; the cluster view fills once it answers")
+            }
             ClusterError::Timeout(d) => write!(
                 f,
                 "Redis did not answer within {d:?}; the cluster view is stale until it does"
@@ -382,7 +382,8 @@ impl fmt::Debug for Cluster {
 /// The sort key of a user name in the name-ordered lists: case-insensitive, as phpBB lists
 /// users; the name itself breaks ties.
 fn sort_key(user: &str) -> String {
-    user.to_lowercase()
+    // NUL separates the sort key from the name in the sorted sets: keep it out of the key.
+    user.to_lowercase().replace('\0', "")
 }
 
 impl Cluster {
@@ -458,27 +459,32 @@ impl Cluster {
     }
 
     async fn read<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> Result<T, ClusterError> {
-        let mut conn = self.conn()?;
         let s = &*self.inner.shared;
         let mut inv = s.read_script.key(&s.epoch_key);
         for a in args {
             inv.arg(*a);
         }
-        tokio::time::timeout(READ_TIMEOUT, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| ClusterError::Timeout(READ_TIMEOUT))?
-            .map_err(ClusterError::from)
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        let mut retried = false;
+        loop {
+            let mut conn = self.conn()?;
+            match tokio::time::timeout_at(deadline, inv.invoke_async(&mut conn)).await {
+                Err(_) => return Err(ClusterError::Timeout(READ_TIMEOUT)),
+                Ok(Ok(v)) => return Ok(v),
+                // The first call after Redis came back finds the old connection broken; the
+                // client reconnects, so try once more.
+                Ok(Err(e)) if !retried && (e.is_io_error() || e.is_connection_dropped()) => {
+                    retried = true;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Live sessions, across the cluster, whose last visit was `page`. One Redis command.
+    /// Live sessions, across the cluster, whose last visit was `page`.
     pub async fn page_count(&self, page: &str) -> Result<usize, ClusterError> {
-        let mut conn = self.conn()?;
-        let key = format!("{}p", self.inner.shared.prefix);
-        let cmd = redis::cmd("ZSCORE").arg(key).arg(page).clone();
-        let score: Option<f64> = tokio::time::timeout(READ_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| ClusterError::Timeout(READ_TIMEOUT))??;
-        Ok(score.map_or(0, |s| s.max(0.0) as usize))
+        let count: i64 = self.read(&[b"page_count", page.as_bytes()]).await?;
+        Ok(usize::try_from(count).unwrap_or(0))
     }
 
     /// The `n` pages with the most live sessions across the cluster, busiest first, ties by

@@ -22,6 +22,8 @@ if what == 'user' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   return { rec[1], rec[2], rec[4], rec[5], now }
+elseif what == 'page_count' then
+  return tonumber(redis.call('ZSCORE', PG, ARGV[2]) or 0)
 elseif what == 'members' then
   -- listed users in name order, at most ARGV[2]
   local out = {}

@@ -397,8 +397,17 @@ impl Flusher {
         loop {
             let end = (pos + MAX_OPS).min(ids.len());
             let ops = self.ops(&ids[pos..end]);
-            let started = Instant::now();
-            let reply = match self.call(&mut conn, "f", &ops).await {
+            let mut started = Instant::now();
+            let mut reply = self.call(&mut conn, "f", &ops).await;
+            if let Err(ClusterError::Redis(e)) = &reply {
+                // The first call after Redis came back finds the old connection broken and
+                // the client reconnects: try once more rather than wait a flush interval.
+                if e.is_io_error() || e.is_connection_dropped() {
+                    started = Instant::now();
+                    reply = self.call(&mut conn, "f", &ops).await;
+                }
+            }
+            let reply = match reply {
                 Ok(r) => r,
                 Err(e) => return self.fail(e),
             };
