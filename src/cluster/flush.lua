@@ -11,8 +11,26 @@
 -- Returns {epoch, fresh, now_ms, live nodes, sessions, guests, bots, members, hidden,
 --          peak online, peak at (ms), done}.
 local P = string.sub(KEYS[1], 1, #KEYS[1] - 5)
-local E, S, C, U, M, PG = P .. 'epoch', P .. 's', P .. 'c', P .. 'u', P .. 'm', P .. 'p'
+local E, C, U, M, PG = P .. 'epoch', P .. 'c', P .. 'u', P .. 'm', P .. 'p'
 local N, NN, NID, DEAD, PEAK, SEQ = P .. 'n', P .. 'nn', P .. 'nid', P .. 'dead', P .. 'peak', P .. 'nseq'
+
+-- Sessions and holds live in 4096 buckets by id, so that each bucket stays small enough
+-- for Redis's compact encodings (listpack: ~30 bytes an entry instead of ~100) up to about
+-- 500k sessions per node (more with a larger hash-/zset-max-listpack-entries).
+local function bucket(id)
+  return string.byte(id, 1) * 16 + math.floor(string.byte(id, 2) / 16)
+end
+local function skey(id)
+  return P .. 's:' .. bucket(id)
+end
+-- A node's holds: bucket zsets scored by expiry, and an index of the buckets by (a lower
+-- bound of) their earliest expiry, so a sweep visits only buckets with something due.
+local function hkey(num, b)
+  return P .. 'h:' .. num .. ':' .. b
+end
+local function hmin(num)
+  return P .. 'hm:' .. num
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -120,20 +138,20 @@ local function session_apply(s, d, sortkey, seen, active)
 end
 
 local function session_end(id, s)
-  redis.call('HDEL', S, id)
+  redis.call('HDEL', skey(id), id)
   session_apply(s, -1)
 end
 
 local function release(id, num)
-  if redis.call('ZREM', P .. 'h:' .. num, id) == 0 then return end
-  local v = redis.call('HGET', S, id)
+  if redis.call('ZREM', hkey(num, bucket(id)), id) == 0 then return end
+  local v = redis.call('HGET', skey(id), id)
   if not v then return end
   local s = cmsgpack.unpack(v)
   s[4] = s[4] - 1
   if s[4] <= 0 then
     session_end(id, s)
   else
-    redis.call('HSET', S, id, cmsgpack.pack(s))
+    redis.call('HSET', skey(id), id, cmsgpack.pack(s))
   end
 end
 
@@ -165,15 +183,19 @@ local live = redis.call('ZRANGE', N, 0, -1)
 local dead = redis.call('SMEMBERS', DEAD)
 
 local function leave(id)
-  local v = redis.call('HGET', S, id)
+  local v = redis.call('HGET', skey(id), id)
   if not v then return end
-  for _, num in ipairs(live) do redis.call('ZREM', P .. 'h:' .. num, id) end
-  for _, num in ipairs(dead) do redis.call('ZREM', P .. 'h:' .. num, id) end
+  local b = bucket(id)
+  for _, num in ipairs(live) do redis.call('ZREM', hkey(num, b), id) end
+  for _, num in ipairs(dead) do redis.call('ZREM', hkey(num, b), id) end
   session_end(id, cmsgpack.unpack(v))
 end
 
 local function upsert(id, kind, user, sortkey, page, ttl, seen, active)
-  local added = redis.call('ZADD', P .. 'h:' .. me, now + ttl, id)
+  local b = bucket(id)
+  local added = redis.call('ZADD', hkey(me, b), now + ttl, id)
+  redis.call('ZADD', hmin(me), 'LT', now + ttl, b)
+  local S = skey(id)
   local v = redis.call('HGET', S, id)
   if v then
     local s = cmsgpack.unpack(v)
@@ -184,10 +206,12 @@ local function upsert(id, kind, user, sortkey, page, ttl, seen, active)
       session_apply(s, -1)
       s[1], s[2], s[3] = kind, user, page
       session_apply(s, 1, sortkey, seen, active)
-    elseif user ~= '' then
-      user_seen(user, seen, active)
+      redis.call('HSET', S, id, cmsgpack.pack(s))
+    else
+      -- a renewal: only the hold's expiry (and a user's last seen) moves
+      if user ~= '' then user_seen(user, seen, active) end
+      if added == 1 then redis.call('HSET', S, id, cmsgpack.pack(s)) end
     end
-    redis.call('HSET', S, id, cmsgpack.pack(s))
   else
     local s = { kind, user, page, 1 }
     session_apply(s, 1, sortkey, seen, active)
@@ -215,30 +239,62 @@ while i <= #ARGV do
   end
 end
 
--- Bounded sweeps: dead nodes' holds first, then expired holds of live nodes.
+-- Bounded sweeps: dead nodes' holds first, then expired holds of live nodes, then (bye)
+-- this node's own.
 local budget = batch
+
+-- Releases the holds of `num` due by `upto` (all of them when nil), bucket by bucket, within
+-- the budget; returns whether none is left.
+local function sweep(num, upto)
+  local index = hmin(num)
+  while budget > 0 do
+    local due
+    if upto then
+      due = redis.call('ZRANGEBYSCORE', index, '-inf', upto, 'LIMIT', 0, 16)
+    else
+      due = redis.call('ZRANGE', index, 0, 15)
+    end
+    if #due == 0 then return true end
+    for _, b in ipairs(due) do
+      local h = hkey(num, b)
+      local ids
+      if upto then
+        ids = redis.call('ZRANGEBYSCORE', h, '-inf', upto, 'LIMIT', 0, budget)
+      else
+        ids = redis.call('ZRANGE', h, 0, budget - 1)
+      end
+      for _, id in ipairs(ids) do release(id, num) end
+      budget = budget - #ids - 1
+      local first = redis.call('ZRANGE', h, 0, 0, 'WITHSCORES')
+      if #first == 0 then
+        redis.call('ZREM', index, b)
+      else
+        redis.call('ZADD', index, first[2], b)
+      end
+      if budget <= 0 then return false end
+    end
+  end
+  return false
+end
+
 for _, num in ipairs(dead) do
   if budget <= 0 then break end
-  local h = P .. 'h:' .. num
-  local ids = redis.call('ZRANGE', h, 0, budget - 1)
-  for _, id in ipairs(ids) do release(id, num) end
-  budget = budget - #ids
-  if redis.call('EXISTS', h) == 0 then redis.call('SREM', DEAD, num) end
+  if sweep(num, nil) then
+    redis.call('SREM', DEAD, num)
+    redis.call('DEL', hmin(num))
+  end
 end
 for _, num in ipairs(live) do
   if budget <= 0 then break end
-  local ids = redis.call('ZRANGEBYSCORE', P .. 'h:' .. num, '-inf', now, 'LIMIT', 0, budget)
-  for _, id in ipairs(ids) do release(id, num) end
-  budget = budget - #ids
+  sweep(num, now)
 end
 
 -- Bye: release this node's holds, a batch per call, then leave the registry.
 local done = 1
 if mode == 'b' and me then
-  local h = P .. 'h:' .. me
-  local ids = redis.call('ZRANGE', h, 0, batch - 1)
-  for _, id in ipairs(ids) do release(id, me) end
-  if redis.call('EXISTS', h) == 0 then
+  budget = batch
+  if sweep(me, nil) then
+    redis.call('DEL', hmin(me))
     redis.call('ZREM', N, me)
     redis.call('HDEL', NN, name)
     redis.call('HDEL', NID, me)

@@ -71,7 +71,7 @@
 //!
 //! # Failures
 //! - Redis unreachable or stalled: `touch` and every local read are unaffected. Each script
-//!   call is bounded by a timeout (`flush_interval`, between 250 ms and 1 s); a failed flush
+//!   call is bounded by a timeout (`flush_interval`, between 250 and 750 ms); a failed flush
 //!   keeps the last view with [`ClusterCounts::stale`] set, and keeps what changed meanwhile
 //!   as one entry per session (bounded by the local sessions plus those already sent, and at
 //!   most 100 000 explicit leaves), never a queue of requests. [`Cluster::sync`] fails within
@@ -116,7 +116,7 @@ use crate::{Peak, Presence, UserId, UserStatus};
 use conn::Conn;
 use task::{Command, Flusher};
 
-/// How long [`Cluster::sync`] and the reads wait for Redis at most.
+/// How long the reads wait for Redis at most.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The cluster-wide counts, as [`Counts`](crate::Counts) but across all nodes.
@@ -283,25 +283,15 @@ impl ClusterBuilder {
         Ok(())
     }
 
-    /// Starts the flush task on the current tokio runtime and returns the handle.
-    ///
-    /// Fails only for an invalid URL or setting ([`ClusterError::InvalidSetting`]): Redis
-    /// down at start is a stale, empty view that fills once Redis answers. The first flush
-    /// sends every live session of `presence`. Use one `Cluster` per `Presence`.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    pub async fn start(self, presence: &Presence) -> Result<Cluster, ClusterError> {
-        self.check()?;
-        let client = conn::client(&self.url)?;
+    fn into_shared(self, presence: &Presence) -> Shared {
         let node_id = self
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let call_timeout = self
             .flush_interval
-            .clamp(Duration::from_millis(250), Duration::from_secs(1));
+            .clamp(Duration::from_millis(250), Duration::from_millis(750));
         let now = SystemTime::now();
-        let shared = Arc::new(Shared {
+        Shared {
             url: self.url,
             epoch_key: format!("{{{}}}:epoch", self.namespace),
             prefix: format!("{{{}}}:", self.namespace),
@@ -324,7 +314,21 @@ impl ClusterBuilder {
                 as_of: now,
                 stale: true,
             }),
-        });
+        }
+    }
+
+    /// Starts the flush task on the current tokio runtime and returns the handle.
+    ///
+    /// Fails only for an invalid URL or setting ([`ClusterError::InvalidSetting`]): Redis
+    /// down at start is a stale, empty view that fills once Redis answers. The first flush
+    /// sends every live session of `presence`. Use one `Cluster` per `Presence`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn start(self, presence: &Presence) -> Result<Cluster, ClusterError> {
+        self.check()?;
+        let client = conn::client(&self.url)?;
+        let shared = Arc::new(self.into_shared(presence));
         let (tx, rx) = mpsc::channel(16);
         let flusher = Flusher::new(shared.clone(), presence.clone(), client);
         tokio::spawn(flusher.run(rx));
@@ -411,25 +415,20 @@ impl Cluster {
         &self.inner.shared.node_id
     }
 
-    /// Flushes this node now and reads the view back. Fails within 2 s when Redis is
-    /// unreachable or stalled (the cached view is then marked stale).
+    /// Flushes this node now and reads the view back.
+    ///
+    /// Fails within 2 s when Redis is unreachable or stalled (the cached view is then marked
+    /// stale): every step of a flush (connecting, each script call) is bounded by a timeout
+    /// of at most 750 ms, and a waiting flush of the task may come first. A large flush that
+    /// makes progress (the first send of a million sessions) takes what it takes.
     pub async fn sync(&self) -> Result<ClusterCounts, ClusterError> {
         let (tx, rx) = oneshot::channel();
-        let ask = async {
-            self.inner
-                .commands
-                .send(Command::Sync(tx))
-                .await
-                .map_err(|_| ClusterError::Stopped)?;
-            rx.await.map_err(|_| ClusterError::Stopped)?
-        };
-        match tokio::time::timeout(READ_TIMEOUT, ask).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.inner.shared.view.lock().stale = true;
-                Err(ClusterError::Timeout(READ_TIMEOUT))
-            }
-        }
+        self.inner
+            .commands
+            .send(Command::Sync(tx))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        rx.await.map_err(|_| ClusterError::Stopped)?
     }
 
     /// Stops the flush task after a final flush that removes this node's sessions from the

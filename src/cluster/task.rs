@@ -484,3 +484,63 @@ impl Flusher {
         self.shared.view.lock().stale = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Cluster;
+    use crate::{ManualClock, Reaper};
+
+    /// Redis unreachable (nothing listens on port 1) for many flushes while sessions come,
+    /// go, change pages and leave: what waits is one entry per live session or explicit
+    /// leave, never a queue of everything that happened.
+    #[tokio::test]
+    async fn what_waits_for_an_unreachable_redis_is_bounded_by_the_local_sessions() {
+        let clock = ManualClock::new();
+        let presence = Presence::builder()
+            .clock(clock.clone())
+            .reaper(Reaper::Manual)
+            .idle_timeout(Duration::from_secs(10))
+            .build();
+        let live: Vec<SessionId> = (0..100).map(|_| SessionId::new_v4()).collect();
+        for id in &live {
+            presence.visit(*id, Kind::Guest, "/").unwrap();
+        }
+        let b = Cluster::builder("redis://127.0.0.1:1").flush_interval(Duration::from_millis(10));
+        let client = conn::client(&b.url).unwrap();
+        let shared = Arc::new(b.into_shared(&presence));
+        let mut f = Flusher::new(shared.clone(), presence.clone(), client);
+        for round in 0..20 {
+            for id in &live {
+                presence
+                    .visit(*id, Kind::member("u"), &format!("/p/{round}"))
+                    .unwrap();
+            }
+            // Sessions that come and expire while Redis is away were never sent: nothing
+            // waits for them.
+            for _ in 0..500 {
+                presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+            }
+            clock.advance(Duration::from_secs(5));
+            for id in &live {
+                presence.heartbeat(*id);
+            }
+            clock.advance(Duration::from_secs(6));
+            presence.reap();
+            assert!(f.flush().await.is_err());
+            assert!(shared.view.lock().stale);
+            assert!(
+                f.pending.len() <= live.len(),
+                "round {round}: {} pending for {} live sessions",
+                f.pending.len(),
+                live.len()
+            );
+        }
+        for id in &live[..10] {
+            presence.leave(*id);
+        }
+        assert!(f.flush().await.is_err());
+        assert_eq!(f.pending.len(), live.len(), "90 live plus 10 leaves");
+        assert_eq!(f.leaves, 10);
+    }
+}
