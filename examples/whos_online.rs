@@ -7,7 +7,11 @@
 //!
 //! Sign in by name (kept in a plain `forum_user` cookie; several tabs or browsers of one
 //! name count once), hide yourself, sign out; visitors whose `User-Agent` says bot,
-//! crawler or spider count as bots; `/admin` lists the sessions and can kill one.
+//! crawler or spider count as bots; `/admin` lists the sessions, 100 a page, and can kill one.
+//!
+//! Every number in the "who is online" block follows changes within two seconds: the
+//! page script reads `GET /presence/counts` every 2 s while the tab is visible (a plain
+//! `fetch`, so the back/forward cache keeps working), apart from its 30 s heartbeat.
 //!
 //! Environment: `PORT` (default 3000, on 127.0.0.1), `PRESENCE_IDLE_TIMEOUT` (seconds,
 //! default 300), `PRESENCE_HEARTBEAT_LIMIT` (seconds, default 1200),
@@ -22,20 +26,30 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::header::{COOKIE, REFERER, SET_COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use cookie::Cookie;
 use presence_tracker::http::{self as presence_http, Key, PresenceLayer, ScriptTag};
-use presence_tracker::{Kind, Presence, SessionId, SessionState};
+use presence_tracker::{Kind, Presence, SessionCursor, SessionId, SessionState, UserId};
 use serde::Deserialize;
 
 const USER_COOKIE: &str = "forum_user";
 const HIDDEN_COOKIE: &str = "forum_hidden";
 const MAX_NAME_CHARS: usize = 24;
+/// How often an open page reads the counts.
+const REFRESH: Duration = Duration::from_secs(2);
+/// Names in a list before "and N more"; the same number the presence routes send.
+const NAMES: usize = 50;
+/// How a list names the rest: "and 3 more" for members online, "and 3 guests" for a
+/// page's viewers (the page script says the same from `data-presence-more`).
+const MORE: (&str, &str) = ("more", "more");
+const GUESTS: (&str, &str) = ("guest", "guests");
+/// Sessions on one page of `/admin`.
+const ADMIN_PAGE: usize = 100;
 
 const TOPICS: [(&str, &str); 3] = [
     (
@@ -83,7 +97,7 @@ struct Demo {
 /// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
 /// overrides the script's default.
 pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> Router {
-    let mut tag = ScriptTag::new(&presence);
+    let mut tag = ScriptTag::new(&presence).refresh(REFRESH);
     if let Some(interval) = heartbeat_interval {
         tag = tag.interval(interval);
     }
@@ -110,7 +124,7 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(presence_http::routes(presence))
+        .merge(presence_http::Routes::new(presence).names(NAMES))
         .layer(layer)
         .with_state(demo)
 }
@@ -162,6 +176,22 @@ fn valid_name(name: &str) -> Option<String> {
     ok.then(|| name.to_owned())
 }
 
+/// "alice", "alice and bob", "alice, bob and 12 more", "12 more" or "None": the text the
+/// page script writes into a `data-presence-list` element, rendered on the server too so
+/// that the page is right before the script runs.
+fn name_list(names: &[UserId], total: usize, (one, many): (&str, &str)) -> String {
+    let more = total.saturating_sub(names.len());
+    let mut parts: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    if more > 0 {
+        parts.push(format!("{more} {}", if more == 1 { one } else { many }));
+    }
+    match parts.split_last() {
+        None => "None".to_owned(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -178,7 +208,7 @@ fn escape(text: &str) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`, without a date crate.
-fn utc(time: SystemTime) -> String {
+pub(crate) fn utc(time: SystemTime) -> String {
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
@@ -207,27 +237,15 @@ fn ago(time: SystemTime) -> String {
 }
 
 fn page(demo: &Demo, headers: &HeaderMap, path: &str, title: &str, body: &str) -> Html<String> {
+    // The same lists the page script keeps up to date, each costing what it returns.
     let c = demo.presence.counts();
     let here = demo.presence.page_count(path);
-    let mut listed: Vec<String> = demo
-        .presence
-        .sessions()
-        .into_iter()
-        .filter_map(|s| match s.kind {
-            Kind::Member(user) => Some(user.to_string()),
-            _ => None,
-        })
-        .collect();
-    listed.sort();
-    listed.dedup();
-    let listed = if listed.is_empty() {
-        "None".to_owned()
+    let members = name_list(&demo.presence.online_members(NAMES), c.members, MORE);
+    let browsing = name_list(&demo.presence.page_members(path, NAMES), here, GUESTS);
+    let place = if path.starts_with("/topic/") {
+        "topic"
     } else {
-        listed
-            .iter()
-            .map(|n| format!("<b>{}</b>", escape(n)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "page"
     };
     let account = match signed_in(headers) {
         Some((name, hidden)) => format!(
@@ -265,8 +283,9 @@ Signed in as <b id="me">{name}</b>{state}
 <span data-presence="guests">{guests}</span> guests
 (and <span data-presence="bots">{bots}</span> bots)</p>
 <p><span id="here" data-presence="page">{here}</span> viewing this page</p>
-<p>Registered users: {listed}</p>
-<p>Most users ever online was <span data-presence="peak">{peak}</span> on {peak_at}</p>
+<p>Registered users: <span id="members" data-presence-list="members">{member_names}</span></p>
+<p>Users browsing this {place}: <span id="browsing" data-presence-list="page" data-presence-more="guest|guests">{browsing}</span></p>
+<p>Most users ever online was <span data-presence="peak">{peak}</span> on <span data-presence="peak-at">{peak_at}</span></p>
 </div>
 {script}
 </body></html>"#,
@@ -278,6 +297,8 @@ Signed in as <b id="me">{name}</b>{state}
         bots = c.bots,
         peak = c.peak.online,
         peak_at = utc(c.peak.at),
+        member_names = escape(&members),
+        browsing = escape(&browsing),
         script = demo.script_tag,
     ))
 }
@@ -289,7 +310,7 @@ async fn home(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String>
         let viewing = demo.presence.page_count(&path);
         let _ = write!(
             body,
-            r#"<li><a href="{path}">{}</a> ({viewing} viewing)</li>"#,
+            r#"<li><a href="{path}">{}</a> (<span data-presence-page="{path}">{viewing}</span> viewing)</li>"#,
             escape(title)
         );
     }
@@ -316,11 +337,43 @@ async fn topic(
     }
 }
 
-async fn admin(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String> {
-    let mut sessions = demo.presence.sessions();
+#[derive(Deserialize)]
+struct AdminQuery {
+    from: Option<String>,
+}
+
+/// The sessions, [`ADMIN_PAGE`] a page, in the tracker's storage order: each page costs
+/// its 100 sessions, not all of them (`?from=` is the cursor of the next page).
+async fn admin(
+    State(demo): State<Arc<Demo>>,
+    Query(query): Query<AdminQuery>,
+    headers: HeaderMap,
+) -> Html<String> {
+    // A cursor that does not parse (edited by hand) starts over.
+    let from = query
+        .from
+        .as_deref()
+        .and_then(|c| c.parse::<SessionCursor>().ok());
+    let (mut sessions, next) = demo
+        .presence
+        .sessions_page(from.unwrap_or(SessionCursor::START), ADMIN_PAGE);
     sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-    let mut body = String::from(
-        "<table id=\"sessions\"><tr><th>session</th><th>kind</th><th>page</th>\
+    let mut body = format!(
+        "<p id=\"showing\">{} sessions online; {} on this page.",
+        demo.presence.counts().sessions,
+        sessions.len()
+    );
+    if from.is_some() {
+        body.push_str(r#" <a id="first" href="/admin">First page</a>"#);
+    }
+    if let Some(next) = next {
+        let _ = write!(
+            body,
+            r#" <a id="next" href="/admin?from={next}">Next page</a>"#
+        );
+    }
+    body.push_str(
+        "</p><table id=\"sessions\"><tr><th>session</th><th>kind</th><th>page</th>\
          <th>last seen</th><th>state</th><th></th></tr>",
     );
     for s in &sessions {
@@ -376,17 +429,27 @@ struct BackForm {
     back: String,
 }
 
-/// Where to go after a form: the page it came from, if it is a local path.
+/// Whether `path` is a path on this site that is safe to redirect to: a single leading
+/// `/` (`//host` and `/\host` point to another site), no backslash, no control character (a
+/// `Location` header cannot carry one).
+fn same_site_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.contains('\\')
+        && !path.chars().any(char::is_control)
+}
+
+/// Where to go after a form: the page it came from if that is a path on this site (the
+/// form's `back`, else the `Referer`), otherwise the index.
 fn back_to(back: &str, headers: &HeaderMap) -> Redirect {
-    let local = |p: &str| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\');
-    if local(back) {
+    if same_site_path(back) {
         return Redirect::to(back);
     }
     let referer = headers.get(REFERER).and_then(|v| v.to_str().ok());
     let path = referer
         .and_then(|r| r.split_once("://"))
         .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
-        .filter(|p| local(p));
+        .filter(|p| same_site_path(p));
     Redirect::to(path.unwrap_or("/"))
 }
 
@@ -411,11 +474,13 @@ async fn login(headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
 }
 
 async fn logout(headers: HeaderMap, Form(form): Form<BackForm>) -> Response {
+    // Appended, not inserted: two `Set-Cookie` headers, or the second would replace the
+    // first and the user would stay signed in.
     (
-        [
+        AppendHeaders([
             cookie_header(USER_COOKIE, String::new(), true),
             cookie_header(HIDDEN_COOKIE, String::new(), true),
-        ],
+        ]),
         back_to(&form.back, &headers),
     )
         .into_response()

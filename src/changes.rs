@@ -19,6 +19,8 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) struct ChangeLog {
     enabled: AtomicBool,
     ids: Mutex<HashSet<SessionId, Hasher>>,
+    /// Of those, the sessions that ended by an explicit leave (not by expiry).
+    left: Mutex<HashSet<SessionId, Hasher>>,
 }
 
 #[allow(dead_code)] // the consumer is the optional cluster view
@@ -33,6 +35,7 @@ impl ChangeLog {
     pub(crate) fn disable(&self) {
         self.enabled.store(false, Ordering::Release);
         self.ids.lock().clear();
+        self.left.lock().clear();
     }
 
     /// Notes that session `id` changed. Called under the session's shard write lock.
@@ -41,6 +44,27 @@ impl ChangeLog {
         if self.enabled.load(Ordering::Relaxed) {
             self.ids.lock().insert(id);
         }
+    }
+
+    /// Notes that session `id` ended by an explicit leave (`Presence::leave`): for the
+    /// cluster view, such a session ends on every node, not only this one.
+    #[inline]
+    pub(crate) fn record_left(&self, id: SessionId) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.left.lock().insert(id);
+        }
+    }
+
+    /// The sessions that left explicitly since the last call, each once. They are also in
+    /// [`drain`](Self::drain)'s ids; a session that left and then started again is in both,
+    /// and its current state (live again) is what counts.
+    pub(crate) fn drain_left(&self) -> Vec<SessionId> {
+        let mut left = self.left.lock();
+        let drained = left.drain().collect();
+        if left.capacity() > 1024 {
+            left.shrink_to(1024);
+        }
+        drained
     }
 
     /// The ids recorded since the last drain, each once, in no particular order.
@@ -76,7 +100,12 @@ mod tests {
         assert_eq!(log.drain(), vec![id]);
         assert!(log.drain().is_empty());
         log.record(id);
+        log.record_left(id);
+        assert_eq!(log.drain_left(), vec![id]);
+        assert!(log.drain_left().is_empty());
+        log.record_left(id);
         log.disable();
         assert_eq!(log.len(), 0);
+        assert!(log.drain_left().is_empty());
     }
 }

@@ -77,3 +77,29 @@ pub enum UserStatus {
     /// Never seen, or offline for longer than `remember_users_for`.
     Unknown,
 }
+
+/// A position in the admin list, for paging it with
+/// [`Presence::sessions_page`](crate::Presence::sessions_page): the storage order, so a page
+/// costs what it holds. Shown and parsed as a decimal number, for use in a URL
+/// (`/admin?from=4294967296`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionCursor(pub(crate) u64);
+
+impl SessionCursor {
+    /// The start of the list.
+    pub const START: SessionCursor = SessionCursor(0);
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for SessionCursor {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(SessionCursor)
+    }
+}

@@ -108,7 +108,7 @@ pub use counters::{Counts, Peak};
 pub use error::PresenceError;
 pub use events::{Event, LeaveReason};
 pub use id::{ParseSessionIdError, SessionId};
-pub use info::{SessionInfo, SessionState, Touch, UserStatus};
+pub use info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
 pub use kind::{Kind, UserId};
 pub use lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
 pub use presence::Presence;

@@ -325,6 +325,39 @@ impl<H, C: Default> SessionMap<H, C> {
         }
     }
 
+    /// Calls `f` for up to `limit` sessions in storage order, starting at position `from`
+    /// (0 for the start); returns the position to go on from, or `None` at the end. Holds
+    /// one shard's read lock at a time, and costs the sessions visited plus the empty slots
+    /// skipped, not the whole map. Sessions added or removed meanwhile may or may not be
+    /// seen; none is seen twice unless it left and came back into a later slot.
+    pub(crate) fn for_each_from(
+        &self,
+        from: u64,
+        limit: usize,
+        mut f: impl FnMut(SessionId, &H, &C),
+    ) -> Option<u64> {
+        let (mut shard_idx, mut slot_idx) = ((from >> 32) as usize, (from & 0xFFFF_FFFF) as usize);
+        let mut seen = 0;
+        while let Some(lock) = self.shards.get(shard_idx) {
+            let shard = read(lock);
+            let end = shard.chunks.len() * CHUNK;
+            while slot_idx < end {
+                if seen == limit {
+                    return Some(((shard_idx as u64) << 32) | slot_idx as u64);
+                }
+                let chunk = &shard.chunks[slot_idx / CHUNK];
+                if let Some(slot) = &chunk.hot[slot_idx % CHUNK] {
+                    f(slot.id, &slot.value, &chunk.cold[slot_idx % CHUNK]);
+                    seen += 1;
+                }
+                slot_idx += 1;
+            }
+            shard_idx += 1;
+            slot_idx = 0;
+        }
+        None
+    }
+
     /// Number of sessions stored.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| read(s).table.len).sum()

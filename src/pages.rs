@@ -53,7 +53,7 @@ impl PageTable {
         let page = pages.entry(name.clone()).or_default();
         page.sessions += 1;
         if let Some(user) = member {
-            *page.members.entry(ByName(user.clone())).or_insert(0) += 1;
+            *page.members.entry(ByName::new(user.clone())).or_insert(0) += 1;
         }
         name
     }
@@ -71,7 +71,7 @@ impl PageTable {
             unlist(page, user);
         }
         if let Some(user) = to {
-            *page.members.entry(ByName(user.clone())).or_insert(0) += 1;
+            *page.members.entry(ByName::new(user.clone())).or_insert(0) += 1;
         }
     }
 
@@ -88,7 +88,11 @@ impl PageTable {
     pub(crate) fn members(&self, page: &str, limit: usize) -> Vec<UserId> {
         let pages = self.pages.lock();
         pages.get(page).map_or_else(Vec::new, |p| {
-            p.members.keys().take(limit).map(|n| n.0.clone()).collect()
+            p.members
+                .keys()
+                .take(limit)
+                .map(|n| n.user().clone())
+                .collect()
         })
     }
 
@@ -114,7 +118,7 @@ impl PageTable {
 }
 
 fn unlist(page: &mut Page, user: &UserId) {
-    let key = ByName(user.clone()); // a reference count, not a copy of the name
+    let key = ByName::new(user.clone());
     if let Some(n) = page.members.get_mut(&key) {
         *n -= 1;
         if *n == 0 {

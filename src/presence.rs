@@ -11,7 +11,7 @@ use crate::changes::ChangeLog;
 use crate::counters::Counts;
 use crate::error::PresenceError;
 use crate::events::Event;
-use crate::info::{SessionInfo, Touch, UserStatus};
+use crate::info::{SessionCursor, SessionInfo, Touch, UserStatus};
 use crate::tracker::Tracker;
 use crate::{Kind, SessionId, UserId};
 
@@ -202,6 +202,36 @@ impl Presence {
     /// Holds each shard's read lock while copying it; the result is a snapshot.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         self.tracker.sessions()
+    }
+
+    /// One page of the admin list: up to `limit` live sessions from `from`
+    /// ([`SessionCursor::START`] for the first page), and the cursor of the next page (`None`
+    /// after the last). Costs the page, not all sessions: the cursor is a position in the
+    /// storage order. Sessions that start or end while someone pages may or may not be
+    /// shown; the order is not meaningful (sort a page yourself if you like).
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionCursor, SessionId};
+    ///
+    /// let presence = Presence::new();
+    /// for _ in 0..250 {
+    ///     presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    /// }
+    /// let (mut shown, mut cursor) = (0, Some(SessionCursor::START));
+    /// while let Some(from) = cursor {
+    ///     let (page, next) = presence.sessions_page(from, 100);
+    ///     assert!(page.len() <= 100);
+    ///     shown += page.len();
+    ///     cursor = next;
+    /// }
+    /// assert_eq!(shown, 250);
+    /// ```
+    pub fn sessions_page(
+        &self,
+        from: SessionCursor,
+        limit: usize,
+    ) -> (Vec<SessionInfo>, Option<SessionCursor>) {
+        self.tracker.sessions_page(from, limit)
     }
 
     /// Evicts every session that is due now and returns how many; sends their `Left` (and

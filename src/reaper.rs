@@ -20,16 +20,16 @@ pub(crate) trait Reap: Send + Sync + 'static {
 
 /// Who evicts sessions that went quiet.
 ///
-/// Reads ([`Presence::counts`] and friends) are exact whatever the reaper: they settle what is
+/// Reads ([`Presence::counts`](crate::Presence::counts) and friends) are exact whatever the reaper: they settle what is
 /// already due first. The reaper bounds how late [`Event::Left`](crate::Event::Left) and
 /// [`Event::UserOffline`](crate::Event::UserOffline) arrive and frees memory.
 ///
 /// A background reaper holds no strong reference to the tracker: it stops when the last
-/// [`Presence`] handle is dropped or on [`Presence::shutdown`].
+/// [`Presence`](crate::Presence) handle is dropped or on [`Presence::shutdown`](crate::Presence::shutdown).
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum Reaper {
-    /// A tokio task when [`build`](PresenceBuilder::build) runs inside a tokio runtime, else
+    /// A tokio task when [`build`](crate::PresenceBuilder::build) runs inside a tokio runtime, else
     /// a named thread (`presence-reaper`). The default.
     #[default]
     Auto,
@@ -37,7 +37,7 @@ pub enum Reaper {
     Thread,
     /// A task on the given tokio runtime (it needs the `time` driver enabled).
     Tokio(tokio::runtime::Handle),
-    /// No background work: call [`Presence::reap`] yourself.
+    /// No background work: call [`Presence::reap`](crate::Presence::reap) yourself.
     Manual,
 }
 

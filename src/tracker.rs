@@ -27,7 +27,7 @@ use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::counters::{Counters, Counts};
 use crate::events::{EventQueue, LeaveReason};
 use crate::expiry::ExpiryIndex;
-use crate::info::{SessionInfo, SessionState, UserStatus};
+use crate::info::{SessionCursor, SessionInfo, SessionState, UserStatus};
 use crate::map::{Cold, Entry as MapEntry, SessionMap};
 use crate::pages::PageTable;
 use crate::reaper::{Reap, ReaperControl};
@@ -206,6 +206,7 @@ impl Tracker {
                 let live = now < session.deadline(&tracker.cfg, now);
                 let info = live.then(|| tracker.info(id, session, details, now));
                 let reason = if live {
+                    tracker.changes.record_left(id);
                     LeaveReason::Left
                 } else {
                     session.leave_reason(&tracker.cfg, now)
@@ -296,6 +297,21 @@ impl Tracker {
             }
         });
         list
+    }
+
+    pub(crate) fn sessions_page(
+        &self,
+        from: SessionCursor,
+        limit: usize,
+    ) -> (Vec<SessionInfo>, Option<SessionCursor>) {
+        let now = self.settle();
+        let mut list = Vec::with_capacity(limit.min(1024));
+        let next = self.sessions.for_each_from(from.0, limit, |id, s, d| {
+            if now < s.deadline(&self.cfg, now) {
+                list.push(self.info(id, s, d, now));
+            }
+        });
+        (list, next.map(SessionCursor))
     }
 
     pub(crate) fn info(&self, id: SessionId, s: &Session, d: &Details, now: Tick) -> SessionInfo {

@@ -214,7 +214,7 @@ impl UserTable {
             .listed
             .iter()
             .take(limit)
-            .map(|n| n.0.clone())
+            .map(|n| n.user().clone())
             .collect()
     }
 
@@ -258,7 +258,7 @@ impl Users {
         match before {
             Standing::Listed => {
                 delta.members -= 1;
-                self.listed.remove(&ByName(user.clone()));
+                self.listed.remove(&ByName::new(user.clone()));
             }
             Standing::Hidden => delta.hidden -= 1,
             Standing::Offline => {
@@ -271,7 +271,7 @@ impl Users {
         match after {
             Standing::Listed => {
                 delta.members += 1;
-                self.listed.insert(ByName(user.clone()));
+                self.listed.insert(ByName::new(user.clone()));
             }
             Standing::Hidden => delta.hidden += 1,
             Standing::Offline => {}

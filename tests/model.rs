@@ -504,6 +504,42 @@ impl Run {
         }
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         prop_assert_eq!(self.presence.top_pages(PAGES.len()), top, "top_pages");
+        // Names: listed users (a listed session anywhere), each once, by name.
+        let listed = |page: Option<usize>| {
+            let mut names: Vec<String> = self
+                .model
+                .sessions
+                .values()
+                .filter(|s| page.is_none_or(|p| s.page == Some(p)))
+                .filter_map(|s| match &s.kind {
+                    Kind::Member(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        let names = |v: Vec<presence_tracker::UserId>| -> Vec<String> {
+            v.iter().map(ToString::to_string).collect()
+        };
+        prop_assert_eq!(
+            names(self.presence.online_members(usize::MAX)),
+            listed(None),
+            "online_members"
+        );
+        prop_assert_eq!(
+            names(self.presence.online_members(1)).len(),
+            listed(None).len().min(1)
+        );
+        for (p, page) in PAGES.iter().enumerate() {
+            prop_assert_eq!(
+                names(self.presence.page_members(page, usize::MAX)),
+                listed(Some(p)),
+                "page_members({})",
+                page
+            );
+        }
         Ok(())
     }
 }

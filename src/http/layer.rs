@@ -1,6 +1,7 @@
 //! The tower layer: reads (or issues) the presence cookie, classifies the visitor and
-//! records the request as activity. It owns the cookie format and must never fail a
-//! request: every problem with the cookie is answered with a fresh id.
+//! records the request as activity once the browser has shown that it keeps the cookie.
+//! It owns the cookie format and must never fail a request: every problem with the cookie
+//! is answered with a fresh id.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -13,26 +14,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use cookie::{Cookie, CookieJar, Key, SameSite};
+use cookie::{Cookie, CookieJar, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::ROUTES_PREFIX;
+use super::{Key, ROUTES_PREFIX};
 use crate::{Kind, Presence, PresenceError, SessionId};
 
-/// Longest cookie value looked at. A signed value is 44 characters of MAC plus the
-/// 36-character id; anything longer is not ours and is not worth parsing.
-const MAX_COOKIE_VALUE: usize = 128;
+/// The length of a signed cookie value: 44 characters of base64 MAC, then the
+/// 36-character id. Anything else is not ours and is refused before any MAC is computed.
+const SIGNED_VALUE_LEN: usize = 44 + 36;
 
-/// Paths longer than this are recorded with `touch` (no page): one visitor must not be
-/// able to make the page table hold kilobytes per session.
-pub(crate) const MAX_PAGE_LEN: usize = 512;
+/// How many cookies of our name a request may carry before the rest are ignored. Browsers
+/// send one, or a few when parent domains or paths set their own; checking a signed one
+/// costs an HMAC, so a request packed with thousands must not cost thousands.
+const MAX_CANDIDATES: usize = 8;
 
-/// "Tracker full" is logged at most this often, so a full tracker cannot flood the log.
-const FULL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// A request path as recorded: cut to [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes on a
+/// character boundary, so that one visitor cannot make the page table hold kilobytes per
+/// session and a long path is still a page rather than a refused call.
+pub(crate) fn page_key(path: &str) -> &str {
+    if path.len() <= crate::MAX_PAGE_LEN {
+        return path;
+    }
+    let mut end = crate::MAX_PAGE_LEN;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
+/// A refused call ("tracker full", a user name over the limit) is logged at most this
+/// often, so a full tracker cannot flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 type ClassifyFn = dyn Fn(&Parts) -> Kind + Send + Sync;
 type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
@@ -42,23 +59,42 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 ///
 /// For every request that is not [skipped](PresenceLayer::skip) the service
 ///
-/// 1. reads the cookie (default name `presence_id`). A missing, malformed, oversized,
-///    duplicated, non-UTF-8 or badly signed cookie is replaced: a fresh
-///    [`SessionId::new_v4`] is issued with a `Set-Cookie` header
-///    (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off, `Max-Age`);
+/// 1. reads the cookie (default name `presence_id`). When the request carries several
+///    cookies of that name (a parent domain may set one too), the first valid one wins,
+///    so the visitor keeps one id (only the first 8 are looked at). Without a valid one (missing, malformed, oversized,
+///    non-UTF-8 or badly signed) a fresh [`SessionId::new_v4`] is issued with a
+///    `Set-Cookie` header (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off,
+///    `Max-Age`);
 /// 2. classifies the visitor with the [`classify`](PresenceLayer::classify) closure
 ///    (default: [`Kind::Guest`]);
 /// 3. records activity with [`Presence::visit`] on the request path (or
-///    [`Presence::touch`] when [`track_pages`](PresenceLayer::track_pages) is off).
-///    Requests to the presence [`routes`](super::routes) (paths under `/presence/`) are
-///    *not* activity: the routes decide themselves (a heartbeat only calls
-///    [`Presence::heartbeat`]);
+///    [`Presence::touch`] when [`track_pages`](PresenceLayer::track_pages) is off),
+///    **if the request returned a valid cookie**. A request that had to be given a fresh
+///    id records nothing: the visitor counts from the first request that brings the
+///    cookie back (the next page, or the page script's first call after load). Clients
+///    that never keep cookies (curl, uptime probes, most scrapers) are never counted and
+///    cost no memory; [`count_first_request`](PresenceLayer::count_first_request) turns
+///    this off. Requests to the presence [`routes`](super::routes) (paths under
+///    `/presence/`) are *not* page activity: the routes decide themselves (a heartbeat
+///    only calls [`Presence::heartbeat`]);
 /// 4. puts the [`SessionId`] in the request extensions, where handlers read it with the
-///    [`PresenceSession`](super::PresenceSession) extractor.
+///    [`PresenceSession`](super::PresenceSession) extractor (fresh ids included).
 ///
-/// The request always proceeds. When the tracker is full
-/// ([`PresenceError::Full`]) the request is served untracked and a warning is logged
-/// through `tracing` at most once a minute.
+/// # Made-up ids
+///
+/// Without a [signing key](PresenceLayer::signing_key), any well-formed UUID in the
+/// cookie is accepted as the visitor's id: a client that sends 1000 random UUIDs, each
+/// returned as if it were ours, is 1000 visitors. Signing is what stops that: with a key,
+/// an id the server did not issue is replaced by a fresh one, which counts only once it
+/// comes back. Set a key in production.
+///
+/// Paths longer than [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes are recorded cut to
+/// that length (on a character boundary); the query string is never part of the page.
+///
+/// The request always proceeds. When the tracker refuses the call (it is full,
+/// [`PresenceError::Full`], or the classified user name is longer than
+/// [`MAX_USER_LEN`](crate::MAX_USER_LEN)) the request is served untracked and a warning is
+/// logged through `tracing` at most once a minute.
 ///
 /// Cloning is cheap (an `Arc` bump); the builder methods copy the settings only while the
 /// layer is still being configured.
@@ -101,7 +137,8 @@ struct Shared {
     classify: Option<Arc<ClassifyFn>>,
     skip: Option<Arc<SkipFn>>,
     track_pages: bool,
-    full_log: Arc<FullLog>,
+    count_first_request: bool,
+    refusals: Arc<RefusalLog>,
 }
 
 impl fmt::Debug for PresenceLayer {
@@ -116,6 +153,7 @@ impl fmt::Debug for PresenceLayer {
             .field("classify", &s.classify.as_ref().map(|_| "Fn"))
             .field("skip", &s.skip.as_ref().map(|_| "Fn"))
             .field("track_pages", &s.track_pages)
+            .field("count_first_request", &s.count_first_request)
             .finish()
     }
 }
@@ -123,7 +161,7 @@ impl fmt::Debug for PresenceLayer {
 impl PresenceLayer {
     /// A layer recording into `presence` with the defaults: cookie `presence_id`,
     /// `Secure`, `Max-Age` one year, unsigned ids, every visitor a [`Kind::Guest`], no
-    /// request skipped, pages tracked.
+    /// request skipped, pages tracked, visitors counted once their cookie comes back.
     pub fn new(presence: Presence) -> Self {
         PresenceLayer {
             shared: Arc::new(Shared {
@@ -135,7 +173,8 @@ impl PresenceLayer {
                 classify: None,
                 skip: None,
                 track_pages: true,
-                full_log: Arc::new(FullLog::new()),
+                count_first_request: false,
+                refusals: Arc::new(RefusalLog::new()),
             }),
         }
     }
@@ -182,13 +221,15 @@ impl PresenceLayer {
 
     /// Signs the cookie with an HMAC (SHA-256) under `key`, through the `cookie` crate's
     /// signed jar. Ids the server did not issue, or whose signature does not match, are
-    /// then replaced with a fresh one, so forged ids cannot inflate the counts. Default:
-    /// unsigned.
+    /// then replaced with a fresh one, so made-up ids cannot inflate the counts (without
+    /// a key, 1000 random UUIDs are 1000 visitors). Default: unsigned.
     ///
-    /// Changing the key invalidates every issued id (visitors get new ones).
+    /// Changing the key invalidates every issued id (visitors get new ones); servers
+    /// sharing visitors (several nodes, or one across restarts) need the same key, e.g.
+    /// [`Key::try_from`] on a secret from the environment.
     pub fn signing_key(self, key: Key) -> Self {
         let key = SigningKey {
-            key,
+            key: key.into_inner(),
             generation: KEY_GENERATION.fetch_add(1, Ordering::Relaxed),
         };
         self.with(|s| s.key = Some(key))
@@ -223,6 +264,18 @@ impl PresenceLayer {
     /// ([`Presence::touch`]). Default: `true`.
     pub fn track_pages(self, track: bool) -> Self {
         self.with(|s| s.track_pages = track)
+    }
+
+    /// Whether a request without a valid cookie is counted at once, under the id it is
+    /// being given. Default: `false`, the visitor counts from the first request that
+    /// returns the cookie (step 3 in [`PresenceLayer`]), so that clients which never keep
+    /// cookies are not visitors.
+    ///
+    /// Turn it on only when every client keeps cookies (an internal tool, a test); a
+    /// flood of cookieless requests then makes as many sessions, each held for
+    /// `idle_timeout`, and with `max_sessions` set it can keep real visitors out.
+    pub fn count_first_request(self, count: bool) -> Self {
+        self.with(|s| s.count_first_request = count)
     }
 }
 
@@ -261,12 +314,16 @@ impl<S: fmt::Debug> fmt::Debug for PresenceService<S> {
     }
 }
 
-/// What the presence routes need from the layer: the visitor's kind and how to record
-/// activity, since the layer does not record it for them.
+/// What the presence routes need from the layer: the visitor's kind, how to record
+/// activity, and whether they may record it at all, since the layer does not record it
+/// for them.
 #[derive(Clone, Debug)]
 pub(crate) struct Classified {
     pub(crate) kind: Kind,
     pub(crate) track_pages: bool,
+    /// The id came back in a valid cookie (or the layer counts first requests): activity
+    /// may create the session.
+    pub(crate) countable: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PresenceService<S>
@@ -298,6 +355,7 @@ where
                 (id, shared.set_cookie(id))
             }
         };
+        let countable = set_cookie.is_none() || shared.count_first_request;
         let kind = match &shared.classify {
             Some(classify) => classify(&parts),
             None => Kind::Guest,
@@ -308,15 +366,16 @@ where
             parts.extensions.insert(Classified {
                 kind,
                 track_pages: shared.track_pages,
+                countable,
             });
-        } else {
-            let recorded = if shared.track_pages && path.len() <= MAX_PAGE_LEN {
-                shared.presence.visit(id, kind, path)
+        } else if countable {
+            let recorded = if shared.track_pages {
+                shared.presence.visit(id, kind, page_key(path))
             } else {
                 shared.presence.touch(id, kind)
             };
             if let Err(err) = recorded {
-                shared.full_log.report(&err);
+                shared.refusals.report(&err);
             }
         }
         parts.extensions.insert(id);
@@ -370,11 +429,12 @@ pub(crate) fn is_presence_route(path: &str) -> bool {
 }
 
 impl Shared {
-    /// The valid id carried by the request, if exactly one well-formed (and, with a key,
-    /// correctly signed) presence cookie is present.
+    /// The first valid id among the request's presence cookies: well-formed and, with a
+    /// key, correctly signed. A browser sends the cookie of the most specific path and
+    /// domain first, and keeps the order, so the same one wins on every request.
     fn read_id(&self, parts: &Parts) -> Option<SessionId> {
         let name = self.cookie_name.as_bytes();
-        let mut found: Option<&[u8]> = None;
+        let mut candidates = 0;
         // Parse bytes, not `&str`: one non-UTF-8 byte in an unrelated cookie must not cost
         // the visitor their id, and our own value is checked below.
         for header in parts.headers.get_all(COOKIE) {
@@ -386,19 +446,23 @@ impl Shared {
                 if pair[..eq].trim_ascii() != name {
                     continue;
                 }
-                if found.is_some() {
-                    // Two presence cookies: we cannot tell which one is ours.
+                if let Some(id) = self.valid_id(pair[eq + 1..].trim_ascii()) {
+                    return Some(id);
+                }
+                candidates += 1;
+                if candidates == MAX_CANDIDATES {
                     return None;
                 }
-                found = Some(pair[eq + 1..].trim_ascii());
             }
         }
-        let raw = found?;
-        if raw.len() > MAX_COOKIE_VALUE {
-            return None;
-        }
+        None
+    }
+
+    /// The id in one presence cookie value, if it is one we accept.
+    fn valid_id(&self, raw: &[u8]) -> Option<SessionId> {
         match &self.key {
             None => SessionId::parse_ascii(raw).ok(),
+            Some(_) if raw.len() != SIGNED_VALUE_LEN => None,
             Some(key) => {
                 if let Some(id) = key.recently_verified(raw) {
                     return Some(id);
@@ -457,7 +521,7 @@ thread_local! {
 
 #[derive(Clone)]
 struct SigningKey {
-    key: Key,
+    key: cookie::Key,
     generation: u64,
 }
 
@@ -481,16 +545,16 @@ impl SigningKey {
 }
 
 /// Rate limit for the "tracker is full" warning.
-struct FullLog {
+struct RefusalLog {
     start: Instant,
     /// Milliseconds since `start` of the last warning, plus one (0: never warned).
     last: AtomicU64,
     suppressed: AtomicU64,
 }
 
-impl FullLog {
+impl RefusalLog {
     fn new() -> Self {
-        FullLog {
+        RefusalLog {
             start: Instant::now(),
             last: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
@@ -500,7 +564,7 @@ impl FullLog {
     fn report(&self, err: &PresenceError) {
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
         let last = self.last.load(Ordering::Relaxed);
-        let interval = FULL_LOG_INTERVAL.as_millis() as u64;
+        let interval = REFUSAL_LOG_INTERVAL.as_millis() as u64;
         let due = last == 0 || now.saturating_sub(last) >= interval;
         if due
             && self
@@ -512,7 +576,7 @@ impl FullLog {
             tracing::warn!(
                 error = %err,
                 suppressed,
-                "presence tracker refused a new session; the request is served untracked"
+                "presence tracker refused to record a request; it is served untracked"
             );
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -531,7 +595,7 @@ mod tests {
 
     #[test]
     fn full_warning_is_rate_limited() {
-        let log = FullLog::new();
+        let log = RefusalLog::new();
         let err = PresenceError::Full { max_sessions: 1 };
         for _ in 0..1000 {
             log.report(&err);
@@ -542,6 +606,23 @@ mod tests {
             "the first one is logged"
         );
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 999);
+    }
+
+    #[test]
+    fn page_keys_are_cut_on_a_character_boundary() {
+        let max = crate::MAX_PAGE_LEN;
+        assert_eq!(page_key("/a"), "/a");
+        let ascii = "/".repeat(max + 10);
+        assert_eq!(page_key(&ascii).len(), max);
+        // A decoded `?page=` may hold multi-byte characters.
+        let wide = format!("/{}", "é".repeat(max));
+        let cut = page_key(&wide);
+        assert_eq!(
+            cut.len(),
+            max - 1,
+            "the two-byte char at the limit is dropped"
+        );
+        assert!(wide.starts_with(cut));
     }
 
     #[test]

@@ -4,17 +4,20 @@
 //!
 //! - [`PresenceLayer`], a tower [`Layer`](tower_layer::Layer): gives each browser a
 //!   session id in a cookie (`presence_id`, v4 UUID, `HttpOnly`, `SameSite=Lax`,
-//!   optionally HMAC-signed), classifies the visitor ([`Kind`](crate::Kind)) and records
-//!   every request as activity on its page. Handlers get the id with the
-//!   [`PresenceSession`] extractor.
-//! - [`routes`]: `POST /presence/heartbeat`, `POST /presence/active`,
-//!   `POST /presence/leave`, `GET /presence/counts` and `GET /presence/presence.js`.
+//!   optionally HMAC-signed with a [`Key`]), classifies the visitor ([`Kind`](crate::Kind))
+//!   and records each request as activity on its page once the browser has returned the
+//!   cookie. Handlers get the id with the [`PresenceSession`] extractor.
+//! - [`routes`] (or [`Routes`] for the settings): `POST /presence/heartbeat`,
+//!   `POST /presence/active`, `POST /presence/leave`, `GET /presence/counts` and
+//!   `GET /presence/presence.js`.
 //! - [`SCRIPT`], the page script served by those routes (plain JS, no dependencies):
 //!   heartbeats with `fetch` while the page is visible and in use, re-joins after the
 //!   server forgot the session, says goodbye with `navigator.sendBeacon` on `pagehide`,
 //!   and fills elements marked `data-presence="online"` (or `members`, `hidden`,
-//!   `guests`, `bots`, `sessions`, `page`, `peak`) with the live counts. [`ScriptTag`]
-//!   renders its `<script>` tag with the tracker's settings.
+//!   `guests`, `bots`, `sessions`, `page`, `peak`, `peak-at`) and
+//!   `data-presence-page="/a/path"` with the live counts, and
+//!   `data-presence-list="members"` or `"page"` with member names ("alice, bob and 12
+//!   more"). [`ScriptTag`] renders its `<script>` tag with the tracker's settings.
 //!
 //! # Composition
 //!
@@ -63,22 +66,27 @@
 //!
 //! # Failure behaviour
 //!
-//! The layer never fails a request: a bad cookie gets a fresh id, and a full tracker
+//! The layer never fails a request: a bad cookie gets a fresh id (counted once it comes
+//! back), and a full tracker
 //! ([`PresenceError::Full`](crate::PresenceError::Full)) serves the request untracked
 //! with a rate-limited `tracing` warning. The routes answer `410 Gone` to a heartbeat
 //! for a session that is not live, which tells the script to wait for user input and
 //! re-join.
+//!
+//! Without a [signing key](PresenceLayer::signing_key) any well-formed UUID a client
+//! sends is taken as its id (1000 made-up UUIDs are 1000 visitors); with one, only ids
+//! the server issued are. Set a key in production.
 
+mod key;
 mod layer;
 mod routes;
 
 use std::fmt;
 use std::time::Duration;
 
-pub use cookie::Key;
-
+pub use self::key::{Key, KeyTooShort};
 pub use self::layer::{PresenceLayer, PresenceService, ResponseFuture};
-pub use self::routes::{MissingPresenceLayer, PresenceSession, routes};
+pub use self::routes::{MissingPresenceLayer, PresenceSession, Routes, routes};
 
 use crate::Presence;
 
@@ -98,13 +106,27 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 ///   the tracker's default `heartbeat_limit`). Input resumes it.
 /// - `data-page`: the page key sent with heartbeats (default `location.pathname`, which
 ///   matches the path recorded by the layer).
+/// - `data-refresh`: seconds between reads of `GET /presence/counts` while the tab is
+///   visible and in use, so that the numbers on the page follow changes within that
+///   time (default: none, the numbers follow the heartbeats). A read is not activity and
+///   keeps nobody online.
 ///
-/// The script beats only while the tab is visible, reports input since the last beat as
-/// activity (`POST /presence/active`), stops on `410 Gone` and re-joins on the next input,
-/// sends `navigator.sendBeacon(".../leave")` on `pagehide` (no `unload` or
-/// `beforeunload` listener, no WebSocket, so the back/forward cache keeps working), and
-/// fills elements marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak"`
-/// with the counts returned by each beat.
+/// Half a second after it runs, the script reports activity (`POST /presence/active`):
+/// that counts a first-time visitor, whose page came without the presence cookie. Then it
+/// beats only while the tab is visible, reports input since the last beat as activity,
+/// stops on `410 Gone` and re-joins on the next input, sends
+/// `navigator.sendBeacon(".../leave")` on `pagehide` (no `unload` or `beforeunload`
+/// listener, no WebSocket, so the back/forward cache keeps working), and fills elements
+/// marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"`
+/// (`peak-at` as `YYYY-MM-DD HH:MM:SS UTC`) and `data-presence-page="/some/path"` (the
+/// sessions on that page) with the counts returned by each beat or read, and elements
+/// marked `data-presence-list="members"` (members online) or `data-presence-list="page"`
+/// (sessions on this page) with the names the JSON carries: "alice, bob and 12 more",
+/// where 12 is the members count (or the page's session count) minus the names shown.
+/// On such an element, `data-presence-more="guest|guests"` names the rest (singular and
+/// plural; default `more`) and `data-presence-empty` is the text when there is nobody
+/// (default `None`). It writes text only (`textContent`), never markup, so a name such as
+/// `<script>` shows as typed.
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub const SCRIPT: &str = include_str!("presence.js");
 
@@ -130,6 +152,7 @@ pub const SCRIPT: &str = include_str!("presence.js");
 pub struct ScriptTag {
     interval: Duration,
     heartbeat_limit: Duration,
+    refresh: Option<Duration>,
 }
 
 impl ScriptTag {
@@ -140,6 +163,7 @@ impl ScriptTag {
         ScriptTag {
             interval: Duration::from_secs(30).min(presence.idle_timeout() / 3),
             heartbeat_limit: presence.heartbeat_limit(),
+            refresh: None,
         }
     }
 
@@ -156,16 +180,46 @@ impl ScriptTag {
         self.interval = interval;
         self
     }
+
+    /// Makes the script read the counts every `every` while the tab is visible and in
+    /// use (`data-refresh`), so the numbers on the page follow changes within that time
+    /// rather than within a heartbeat interval. Default: off. Each open, visible tab then
+    /// costs one `GET /presence/counts` per `every`, an O(1) read.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::ScriptTag;
+    ///
+    /// let tag = ScriptTag::new(&Presence::new()).refresh(Duration::from_secs(2));
+    /// assert!(tag.to_string().contains(r#"data-refresh="2""#));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `every` is under 500 ms.
+    pub fn refresh(mut self, every: Duration) -> Self {
+        assert!(
+            every >= Duration::from_millis(500),
+            "ScriptTag::refresh must be at least 500 ms, got {every:?}"
+        );
+        self.refresh = Some(every);
+        self
+    }
 }
 
 impl fmt::Display for ScriptTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            r#"<script src="{ROUTES_PREFIX}/presence.js" data-interval="{}" data-heartbeat-limit="{}" defer></script>"#,
+            r#"<script src="{ROUTES_PREFIX}/presence.js" data-interval="{}" data-heartbeat-limit="{}""#,
             Seconds(self.interval),
             Seconds(self.heartbeat_limit),
-        )
+        )?;
+        if let Some(refresh) = self.refresh {
+            write!(f, r#" data-refresh="{}""#, Seconds(refresh))?;
+        }
+        f.write_str(" defer></script>")
     }
 }
 

@@ -6,11 +6,17 @@
  * data-heartbeat-limit  seconds without user input after which the page stops beating
  *                       (the server's heartbeat_limit, default 1200)
  * data-page             the page key (default location.pathname)
+ * data-refresh          seconds between reads of the counts while the tab is visible
+ *                       (default: none, the counts follow the heartbeats)
  *
- * Elements marked data-presence="online|members|hidden|guests|bots|sessions|page|peak"
- * are filled from the JSON counts. Heartbeats use fetch (no WebSocket, which would keep
- * the page out of the back/forward cache) and stop while the tab is hidden; leaving uses
- * navigator.sendBeacon on pagehide (no unload listener).
+ * Elements marked data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"
+ * are filled from the JSON counts, elements marked data-presence-page="/some/path" with
+ * the number of sessions on that page, and elements marked data-presence-list="members"
+ * (members online) or "page" (sessions on this page) with names: "alice, bob and 12 more"
+ * (data-presence-more="guest|guests" names the rest, data-presence-empty says nobody).
+ * Everything is written as text, never as markup. Heartbeats and reads use fetch (no
+ * WebSocket, which would keep the page out of the back/forward cache) and stop while the
+ * tab is hidden; leaving uses navigator.sendBeacon on pagehide (no unload listener).
  */
 (function () {
   'use strict';
@@ -24,40 +30,117 @@
   var base = me.src.replace(/\/presence\.js([?#].*)?$/, '');
   var interval = seconds(ds.interval, 30);
   var limit = seconds(ds.heartbeatLimit, 1200);
+  var refresh = seconds(ds.refresh, 0);
   var page = ds.page || location.pathname;
   var timer = null;
+  var refreshTimer = null;
   var lastInput = Date.now();
   var inputSinceBeat = false;
   var gone = false; // the server answered 410: wait for input, then re-join
+  var asked = 0; // answers older than the last one shown are dropped
+  var shown = 0;
 
-  function url(action) {
-    return base + '/' + action + '?page=' + encodeURIComponent(page);
+  // The pages whose counts the document shows, asked for with every request.
+  function watched() {
+    var els = document.querySelectorAll('[data-presence-page]');
+    var seen = {};
+    var query = '';
+    for (var i = 0; i < els.length; i++) {
+      var p = els[i].getAttribute('data-presence-page');
+      if (p && !seen[p]) {
+        seen[p] = true;
+        query += '&pages=' + encodeURIComponent(p);
+      }
+    }
+    return query;
   }
 
-  function fill(counts) {
+  function url(action) {
+    return base + '/' + action + '?page=' + encodeURIComponent(page) +
+      (action === 'leave' ? '' : watched());
+  }
+
+  function wantsCounts() {
+    return document.querySelector('[data-presence],[data-presence-page],[data-presence-list]') !== null;
+  }
+
+  // "alice", "alice and bob", "alice, bob and 12 more", "12 more", or the empty text.
+  function names(list, total, el) {
+    var more = Math.max(0, total - list.length);
+    var words = (el.getAttribute('data-presence-more') || 'more').split('|');
+    var parts = list.slice();
+    if (more > 0) parts.push(more + ' ' + (more === 1 ? words[0] : words[words.length - 1]));
+    if (parts.length === 0) return el.getAttribute('data-presence-empty') || 'None';
+    if (parts.length === 1) return parts[0];
+    return parts.slice(0, -1).join(', ') + ' and ' + parts[parts.length - 1];
+  }
+
+  function utc(ms) {
+    return new Date(ms).toISOString().slice(0, 19).replace('T', ' ') + ' UTC';
+  }
+
+  function fill(counts, order) {
+    if (order < shown) return;
+    shown = order;
     var els = document.querySelectorAll('[data-presence]');
     for (var i = 0; i < els.length; i++) {
       var key = els[i].getAttribute('data-presence');
-      var value = key === 'peak' ? counts.peak && counts.peak.online : counts[key];
-      if (typeof value === 'number') els[i].textContent = String(value);
+      var value = counts[key];
+      if (key === 'peak') value = counts.peak && counts.peak.online;
+      if (key === 'peak-at') value = counts.peak && typeof counts.peak.at === 'number' ? utc(counts.peak.at) : null;
+      if (typeof value === 'number' || typeof value === 'string') els[i].textContent = String(value);
+    }
+    var pages = counts.pages || {};
+    els = document.querySelectorAll('[data-presence-page]');
+    for (i = 0; i < els.length; i++) {
+      var n = pages[els[i].getAttribute('data-presence-page')];
+      if (typeof n === 'number') els[i].textContent = String(n);
+    }
+    els = document.querySelectorAll('[data-presence-list]');
+    for (i = 0; i < els.length; i++) {
+      var which = els[i].getAttribute('data-presence-list');
+      var list = which === 'page' ? counts.page_names : counts.names;
+      var total = which === 'page' ? counts.page : counts.members;
+      if (Array.isArray(list) && typeof total === 'number') {
+        // textContent: a name is text, whatever characters it holds.
+        els[i].textContent = names(list.map(String), total, els[i]);
+      }
     }
   }
 
-  function send(action) {
-    var wantCounts = document.querySelector('[data-presence]') !== null;
+  function send(action, retried) {
+    var want = wantsCounts();
+    var order = ++asked;
     fetch(url(action), {
       method: 'POST',
       keepalive: true,
       credentials: 'same-origin',
-      headers: wantCounts ? { 'Accept': 'application/json' } : {}
+      headers: want ? { 'Accept': 'application/json' } : {}
     }).then(function (res) {
       if (res.status === 410) {
+        if (action === 'active' && !retried) {
+          // First visit: the page came without our cookie and this answer brought it;
+          // the visitor counts from the next request that returns it.
+          send('active', true);
+          return;
+        }
         gone = true;
         stop();
       } else if (res.status === 200) {
-        return res.json().then(fill);
+        return res.json().then(function (counts) { fill(counts, order); });
       }
     }).catch(function () { /* offline for a moment: the next beat retries */ });
+  }
+
+  function read() {
+    if (document.hidden || Date.now() - lastInput >= limit) {
+      stopRefresh();
+      return;
+    }
+    var order = ++asked;
+    fetch(url('counts'), { credentials: 'same-origin', cache: 'no-store' }).then(function (res) {
+      if (res.status === 200) return res.json().then(function (counts) { fill(counts, order); });
+    }).catch(function () { /* the next read retries */ });
   }
 
   function beat() {
@@ -73,6 +156,7 @@
 
   function start() {
     if (timer === null) timer = setInterval(beat, interval);
+    startRefresh();
   }
 
   function stop() {
@@ -82,9 +166,21 @@
     }
   }
 
+  function startRefresh() {
+    if (refresh > 0 && refreshTimer === null && wantsCounts()) refreshTimer = setInterval(read, refresh);
+  }
+
+  function stopRefresh() {
+    if (refreshTimer !== null) {
+      clearInterval(refreshTimer);
+      refreshTimer = null;
+    }
+  }
+
   function onInput() {
     lastInput = Date.now();
     if (document.hidden) return;
+    startRefresh();
     if (gone || timer === null) {
       // Re-join (after a 410) or resume (after hiding or the heartbeat limit) at once.
       gone = false;
@@ -102,12 +198,17 @@
   });
 
   document.addEventListener('visibilitychange', function () {
-    if (document.hidden) stop();
-    else onInput(); // coming back to the tab is attention
+    if (document.hidden) {
+      stop();
+      stopRefresh();
+    } else {
+      onInput(); // coming back to the tab is attention
+    }
   });
 
   window.addEventListener('pagehide', function () {
     stop();
+    stopRefresh();
     if (navigator.sendBeacon) navigator.sendBeacon(url('leave'));
   });
 
@@ -121,10 +222,12 @@
     }
   });
 
-  // A first beat shortly after load refreshes the counts and cancels the pending leave
-  // sent by the previous page of a navigation or reload.
+  // The first report, shortly after load, is activity: it counts a first-time visitor
+  // (whose page came without our cookie), refreshes the counts, and cancels the pending
+  // leave sent by the previous page of a navigation or reload. Not at once: the previous
+  // page's goodbye is sent as this page starts, and must arrive first.
   setTimeout(function () {
-    if (!document.hidden && !gone) send('heartbeat');
+    if (!document.hidden && !gone) send('active');
   }, 500);
   if (!document.hidden) start();
 })();

@@ -2,27 +2,30 @@
 //! [`PresenceSession`] extractor. The routes rely on [`PresenceLayer`](super::PresenceLayer)
 //! for the session id and the visitor's kind; they never parse the cookie themselves.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::{FromRequestParts, OptionalFromRequestParts, Query};
+use axum::extract::{FromRequestParts, OptionalFromRequestParts, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
+use parking_lot::Mutex;
+use serde::Serialize;
 
-use super::layer::{Classified, MAX_PAGE_LEN};
+use super::layer::{Classified, page_key};
 use super::{ROUTES_PREFIX, SCRIPT};
-use crate::{Counts, Presence, SessionId};
+use crate::{Counts, Presence, SessionId, UserId};
 
-/// How long a `leave` waits before taking effect. A navigation or reload sends the old
-/// page's `pagehide` beacon *after* the new page was requested; the new page's script
-/// beats half a second after it loads, which cancels the pending leave, so moving
+/// How long a `leave` waits before taking effect by default. A navigation or reload sends
+/// the old page's `pagehide` beacon *after* the new page was requested; the new page's
+/// script reports half a second after it runs, which cancels the pending leave, so moving
 /// through the site never shows the visitor as gone.
-pub(crate) const LEAVE_GRACE: Duration = Duration::from_secs(2);
+const LEAVE_GRACE: Duration = Duration::from_secs(2);
 
 const SCRIPT_ETAG: &str = concat!("\"presence-tracker-", env!("CARGO_PKG_VERSION"), "\"");
 
@@ -102,36 +105,8 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for PresenceSession {
     }
 }
 
-/// The presence routes, to be merged at the root of an application wrapped in
-/// [`PresenceLayer`](super::PresenceLayer):
-///
-/// | route | answer |
-/// |---|---|
-/// | `POST /presence/heartbeat` | [`Presence::heartbeat`]: `204 No Content`, or `200` with the JSON counts when the request accepts `application/json`; `410 Gone` when the session is not live (expired, past its heartbeat limit, left, or the server restarted) |
-/// | `POST /presence/active` | user input on an open page: [`Presence::visit`] (or `touch`) with the visitor's kind; the script's way to re-join after a `410`. `204` or `200` JSON like the heartbeat |
-/// | `POST /presence/leave` | explicit "go offline" (`navigator.sendBeacon` on `pagehide`): `204`; see below |
-/// | `GET /presence/counts` | the JSON counts |
-/// | `GET /presence/presence.js` | the page [`SCRIPT`], cacheable |
-///
-/// All but the script take an optional `?page=/some/path`: the JSON then carries
-/// `"page": n`, the [`Presence::page_count`] of that page, and `active` records that
-/// page. The JSON is [`Counts`] as serialized with the `serde` feature, e.g.
-/// `{"online":3,"members":1,"hidden":0,"guests":2,"bots":0,"sessions":3,"active":3,
-/// "idle":0,"peak":{"online":5,"at":1700000000000},"page":1}`.
-///
-/// The layer does not count requests to these routes as page activity (a heartbeat only
-/// keeps an open page alive); it still identifies the visitor, so the layer must wrap
-/// them: merge the routes *before* calling `.layer(..)`, and keep the `/presence` prefix
-/// (do not `nest` them elsewhere).
-///
-/// **Leave** takes effect after a short grace period (2 s) and only if the session shows
-/// no later activity or heartbeat; with `?page=`, it is ignored at once when the session
-/// is already on another page. A navigation inside the site sends the old page's leave
-/// *after* the new page was requested, so this keeps visitors who move around (or reload)
-/// online. One cookie is one session, so closing one of several tabs of a guest still
-/// takes the session offline until another tab beats again.
-///
-/// Responses other than the script carry `Cache-Control: no-store`.
+/// The presence routes with the default settings; see [`Routes`] for what they answer
+/// and for the settings.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -149,79 +124,263 @@ pub fn routes<S>(presence: Presence) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let (p1, p2, p3, p4) = (
-        presence.clone(),
-        presence.clone(),
-        presence.clone(),
-        presence,
-    );
-    Router::new()
-        .route(
-            &format!("{ROUTES_PREFIX}/heartbeat"),
-            post(
-                move |s: PresenceSession, q: Query<PageQuery>, h: HeaderMap| {
-                    let presence = p1.clone();
-                    async move { heartbeat(presence, s, q, h) }
-                },
-            ),
-        )
-        .route(
-            &format!("{ROUTES_PREFIX}/active"),
-            post(
-                move |s: PresenceSession,
-                      c: Option<axum::Extension<Classified>>,
-                      q: Query<PageQuery>,
-                      h: HeaderMap| {
-                    let presence = p2.clone();
-                    async move { active(presence, s, c, q, h) }
-                },
-            ),
-        )
-        .route(
-            &format!("{ROUTES_PREFIX}/leave"),
-            post(move |s: PresenceSession, q: Query<PageQuery>| {
-                let presence = p3.clone();
-                async move { leave(presence, s, q) }
-            }),
-        )
-        .route(
-            &format!("{ROUTES_PREFIX}/counts"),
-            get(move |q: Query<PageQuery>| {
-                let presence = p4.clone();
-                async move { counts_json(&presence, q.page()) }
-            }),
-        )
-        .route(&format!("{ROUTES_PREFIX}/presence.js"), get(script))
+    Routes::new(presence).build()
 }
 
-/// `?page=` of the presence routes.
-#[derive(Debug, Deserialize)]
-struct PageQuery {
-    page: Option<String>,
+/// The presence routes and their settings, to be merged at the root of an application
+/// wrapped in [`PresenceLayer`](super::PresenceLayer). [`routes`] is
+/// `Routes::new(presence).build()`.
+///
+/// | route | answer |
+/// |---|---|
+/// | `POST /presence/heartbeat` | [`Presence::heartbeat`]: `204 No Content`, or `200` with the JSON counts when the request accepts `application/json`; `410 Gone` when the session is not live (expired, past its heartbeat limit, left, never joined, or the server restarted). Never creates or revives a session |
+/// | `POST /presence/active` | user input on an open page: [`Presence::visit`] (or `touch`) with the visitor's kind; the script's first call after load, and its way to re-join after a `410`. `204` or `200` JSON like the heartbeat; `410 Gone` when the request brought no valid cookie (see below) |
+/// | `POST /presence/leave` | explicit "go offline" (`navigator.sendBeacon` on `pagehide`): `204`; see below |
+/// | `GET /presence/counts` | the JSON counts |
+/// | `GET /presence/presence.js` | the page [`SCRIPT`](super::SCRIPT), cacheable |
+///
+/// The JSON is [`Counts`] as serialized with the `serde` feature, plus `names`: the first
+/// [`names`](Routes::names) listed members online by name ([`Presence::online_members`];
+/// hidden users never), e.g. `{"online":3,"members":1,"hidden":0,"guests":2,"bots":0,
+/// "sessions":3,"active":3,"idle":0,"peak":{"online":5,"at":1700000000000},
+/// "names":["alice"]}`. All but the script take an optional `?page=/some/path`: the JSON
+/// then also carries `"page": n`, the [`Presence::page_count`] of that page, and
+/// `"page_names"`, its listed members ([`Presence::page_members`]); `active` records that
+/// page. They also take up to 32 `pages=/other/path` (repeated), answered under
+/// `"pages": {"/other/path": n}`, so that one request refreshes the viewer counts of a
+/// list of links. Pages are cut to [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes as the
+/// layer records them.
+///
+/// The layer does not count requests to these routes as page activity (a heartbeat only
+/// keeps an open page alive); it still identifies the visitor, so the layer must wrap
+/// them: merge the routes *before* calling `.layer(..)`, and keep the `/presence` prefix
+/// (do not `nest` them elsewhere).
+///
+/// **Counted once the cookie comes back.** `active` records nothing for a request that
+/// brought no valid presence cookie (it was just issued one), unless the layer
+/// [counts first requests](super::PresenceLayer::count_first_request): it answers `410`,
+/// and the script, which now holds the cookie, asks again once.
+///
+/// **Leave** takes effect after a short grace period ([`leave_grace`](Routes::leave_grace),
+/// default 2 s) and only if the session shows no later activity or heartbeat; with
+/// `?page=`, it is ignored at once when the session is already on another page. A
+/// navigation inside the site sends the old page's leave *after* the new page was
+/// requested, so this keeps visitors who move around (or reload) online. A session has at
+/// most one pending leave however many arrive (a repeated leave restarts its grace). One
+/// cookie is one session, so closing one of several tabs takes the session offline
+/// unless another tab reports within the grace (a tab that becomes visible does so at
+/// once).
+///
+/// Responses other than the script carry `Cache-Control: no-store`.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use presence_tracker::Presence;
+/// use presence_tracker::http::{PresenceLayer, Routes};
+///
+/// let presence = Presence::new();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "home" }))
+///     .merge(Routes::new(presence.clone()).leave_grace(Duration::from_secs(3)))
+///     .layer(PresenceLayer::new(presence));
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Clone, Debug)]
+#[must_use = "a Routes does nothing until it is built into a Router"]
+pub struct Routes {
+    presence: Presence,
+    leave_grace: Duration,
+    names: usize,
 }
 
-impl PageQuery {
-    /// The page, if it looks like a path we would have recorded.
-    fn page(&self) -> Option<&str> {
-        self.page
-            .as_deref()
-            .filter(|p| p.starts_with('/') && p.len() <= MAX_PAGE_LEN)
+impl Routes {
+    /// The routes for `presence`, with the defaults: a leave grace of 2 s, 50 names.
+    pub fn new(presence: Presence) -> Self {
+        Routes {
+            presence,
+            leave_grace: LEAVE_GRACE,
+            names: 50,
+        }
+    }
+
+    /// How many member names the JSON carries: the first `n` of
+    /// [`Presence::online_members`] under `names` and, with `?page=`, of
+    /// [`Presence::page_members`] under `page_names`. Default: 50. Zero leaves both out.
+    ///
+    /// Each list costs what it returns, so a page of names on every heartbeat and read
+    /// is cheap; hidden users are never listed.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is over 1000: the JSON goes to every open tab on every read.
+    pub fn names(mut self, n: usize) -> Self {
+        assert!(
+            n <= MAX_NAMES,
+            "Routes::names must be at most {MAX_NAMES}, got {n}"
+        );
+        self.names = n;
+        self
+    }
+
+    /// How long a `leave` waits before it takes effect; any activity or heartbeat of the
+    /// session meanwhile cancels it. Default: 2 s, enough for the next page of a
+    /// navigation or reload to load and report (its script reports half a second after
+    /// it runs). Zero makes a leave take effect at once, so a reload shows the visitor
+    /// gone until the new page reports.
+    ///
+    /// # Panics
+    ///
+    /// If `grace` is longer than a minute: past that, a goodbye is no faster than an
+    /// expiry with a short `idle_timeout`.
+    pub fn leave_grace(mut self, grace: Duration) -> Self {
+        assert!(
+            grace <= MAX_LEAVE_GRACE,
+            "Routes::leave_grace must be at most {MAX_LEAVE_GRACE:?}, got {grace:?}"
+        );
+        self.leave_grace = grace;
+        self
+    }
+
+    /// The [`Router`] serving the routes, ready to be merged into an application of any
+    /// state type.
+    pub fn build<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let state = RouteState(Arc::new(Settings {
+            presence: self.presence,
+            leave_grace: self.leave_grace,
+            names: self.names,
+            pending_leaves: Mutex::new(HashMap::default()),
+        }));
+        Router::new()
+            .route(&format!("{ROUTES_PREFIX}/heartbeat"), post(heartbeat))
+            .route(&format!("{ROUTES_PREFIX}/active"), post(active))
+            .route(&format!("{ROUTES_PREFIX}/leave"), post(leave))
+            .route(&format!("{ROUTES_PREFIX}/counts"), get(counts))
+            .route(&format!("{ROUTES_PREFIX}/presence.js"), get(script))
+            .with_state(state)
     }
 }
 
-/// [`Counts`] plus the asked page's count.
+impl<S> From<Routes> for Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    fn from(routes: Routes) -> Self {
+        routes.build()
+    }
+}
+
+/// The longest [`Routes::leave_grace`].
+const MAX_LEAVE_GRACE: Duration = Duration::from_secs(60);
+
+/// The most names [`Routes::names`] accepts.
+const MAX_NAMES: usize = 1000;
+
+/// The most `pages=` one counts request is answered for; more are ignored.
+const MAX_WATCHED_PAGES: usize = 32;
+
+/// The routes' shared state.
+#[derive(Clone)]
+struct RouteState(Arc<Settings>);
+
+struct Settings {
+    presence: Presence,
+    leave_grace: Duration,
+    names: usize,
+    /// Sessions with a leave waiting out its grace, and the `last_seen` it was sent at.
+    /// One entry (and one task) per session however many leaves arrive, so its size is
+    /// bounded by the live sessions.
+    pending_leaves: Mutex<HashMap<SessionId, PendingLeave, foldhash::fast::RandomState>>,
+}
+
+#[derive(Clone, Copy)]
+struct PendingLeave {
+    /// The session's last sign of life when the (latest) leave arrived.
+    seen: SystemTime,
+    /// When the grace of the latest leave ends.
+    due: tokio::time::Instant,
+}
+
+/// `?page=` and the repeated `pages=` of the presence routes.
+#[derive(Debug, Default)]
+struct PageQuery {
+    page: Option<String>,
+    pages: Vec<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // A malformed query is no reason to refuse a heartbeat: it is read as no page.
+        let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map(|Query(pairs)| pairs)
+            .unwrap_or_default();
+        let mut q = PageQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "page" if q.page.is_none() => q.page = Some(value),
+                "pages" if q.pages.len() < MAX_WATCHED_PAGES && is_page(&value) => {
+                    let page = page_key(&value);
+                    if !q.pages.iter().any(|p| p == page) {
+                        q.pages.push(page.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Whether `page` looks like a path the layer would have recorded.
+fn is_page(page: &str) -> bool {
+    page.starts_with('/')
+}
+
+impl PageQuery {
+    /// The page, if it looks like a path, as the layer records it.
+    fn page(&self) -> Option<&str> {
+        self.page.as_deref().filter(|p| is_page(p)).map(page_key)
+    }
+}
+
+/// [`Counts`] plus the asked pages' counts and the member names.
 #[derive(Serialize)]
-struct CountsBody {
+struct CountsBody<'a> {
     #[serde(flatten)]
     counts: Counts,
     #[serde(skip_serializing_if = "Option::is_none")]
     page: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    pages: Vec<(&'a str, usize)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    names: Option<Vec<UserId>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_names: Option<Vec<UserId>>,
 }
 
-fn counts_json(presence: &Presence, page: Option<&str>) -> Response {
+fn as_map<S: serde::Serializer>(pages: &[(&str, usize)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pages.iter().map(|(k, v)| (k, v)))
+}
+
+fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
+    let presence = &settings.presence;
+    let n = settings.names;
+    let page = query.page();
     let body = CountsBody {
         counts: presence.counts(),
         page: page.map(|p| presence.page_count(p)),
+        names: (n > 0).then(|| presence.online_members(n)),
+        page_names: page.filter(|_| n > 0).map(|p| presence.page_members(p, n)),
+        pages: query
+            .pages
+            .iter()
+            .map(|p| (p.as_str(), presence.page_count(p)))
+            .collect(),
     };
     match serde_json::to_vec(&body) {
         Ok(json) => (
@@ -254,43 +413,60 @@ fn no_content() -> Response {
         .into_response()
 }
 
-fn beat_answer(presence: &Presence, page: Option<&str>, headers: &HeaderMap) -> Response {
+fn gone() -> Response {
+    (
+        StatusCode::GONE,
+        [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+    )
+        .into_response()
+}
+
+fn beat_answer(settings: &Settings, query: &PageQuery, headers: &HeaderMap) -> Response {
     if wants_json(headers) {
-        counts_json(presence, page)
+        counts_json(settings, query)
     } else {
         no_content()
     }
 }
 
-fn heartbeat(
-    presence: Presence,
+async fn counts(State(state): State<RouteState>, query: PageQuery) -> Response {
+    counts_json(&state.0, &query)
+}
+
+async fn heartbeat(
+    State(state): State<RouteState>,
     PresenceSession(id): PresenceSession,
-    query: Query<PageQuery>,
+    query: PageQuery,
     headers: HeaderMap,
 ) -> Response {
-    if presence.heartbeat(id) {
-        beat_answer(&presence, query.page(), &headers)
+    if state.0.presence.heartbeat(id) {
+        beat_answer(&state.0, &query, &headers)
     } else {
-        (
-            StatusCode::GONE,
-            [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        )
-            .into_response()
+        gone()
     }
 }
 
-fn active(
-    presence: Presence,
+async fn active(
+    State(state): State<RouteState>,
     PresenceSession(id): PresenceSession,
     classified: Option<axum::Extension<Classified>>,
-    query: Query<PageQuery>,
+    query: PageQuery,
     headers: HeaderMap,
 ) -> Response {
-    let Some(axum::Extension(Classified { kind, track_pages })) = classified else {
+    let Some(axum::Extension(Classified {
+        kind,
+        track_pages,
+        countable,
+    })) = classified
+    else {
         return MissingPresenceLayer.into_response();
     };
-    let page = query.page();
-    let recorded = match page {
+    if !countable {
+        // The id was issued by this very response: the visitor counts once it comes back.
+        return gone();
+    }
+    let presence = &state.0.presence;
+    let recorded = match query.page() {
         Some(page) if track_pages => presence.visit(id, kind, page),
         _ => presence.touch(id, kind),
     };
@@ -299,38 +475,71 @@ fn active(
         // it is rare enough to log at debug level.
         tracing::debug!(error = %err, "presence activity not recorded");
     }
-    beat_answer(&presence, page, &headers)
+    beat_answer(&state.0, &query, &headers)
 }
 
-fn leave(
-    presence: Presence,
+async fn leave(
+    State(state): State<RouteState>,
     PresenceSession(id): PresenceSession,
-    query: Query<PageQuery>,
+    query: PageQuery,
 ) -> Response {
-    if let Some(info) = presence.session(id) {
-        let elsewhere = match (query.page(), info.page.as_deref()) {
-            (Some(left), Some(current)) => left != current,
-            _ => false,
-        };
-        if !elsewhere {
-            let seen = info.last_seen;
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move {
-                        tokio::time::sleep(LEAVE_GRACE).await;
-                        if presence.session(id).is_some_and(|s| s.last_seen == seen) {
-                            presence.leave(id);
-                        }
-                    });
-                }
-                // Not on a tokio runtime (another executor): leave at once rather than never.
-                Err(_) => {
-                    presence.leave(id);
-                }
-            }
+    let settings = &state.0;
+    let Some(info) = settings.presence.session(id) else {
+        return no_content();
+    };
+    let elsewhere = match (query.page(), info.page.as_deref()) {
+        (Some(left), Some(current)) => left != current,
+        _ => false,
+    };
+    if elsewhere {
+        return no_content();
+    }
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if !settings.leave_grace.is_zero() => runtime,
+        // No grace, or not on a tokio runtime (another executor): leave at once rather
+        // than never.
+        _ => {
+            settings.presence.leave(id);
+            return no_content();
         }
+    };
+    let pending = PendingLeave {
+        seen: info.last_seen,
+        due: tokio::time::Instant::now() + settings.leave_grace,
+    };
+    let first = settings.pending_leaves.lock().insert(id, pending).is_none();
+    if first {
+        runtime.spawn(settle_leave(state.clone(), id, pending.due));
     }
     no_content()
+}
+
+/// Waits out a session's pending leave, following it when a later leave moved it, then
+/// ends the session unless it showed life since.
+async fn settle_leave(state: RouteState, id: SessionId, mut due: tokio::time::Instant) {
+    let settings = &state.0;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let mut pending = settings.pending_leaves.lock();
+        let Some(leave) = pending.get(&id).copied() else {
+            return;
+        };
+        if leave.due > due {
+            due = leave.due;
+            continue;
+        }
+        pending.remove(&id);
+        drop(pending);
+        // No lock is held here: `leave` sends events.
+        let quiet = settings
+            .presence
+            .session(id)
+            .is_some_and(|s| s.last_seen == leave.seen);
+        if quiet {
+            settings.presence.leave(id);
+        }
+        return;
+    }
 }
 
 async fn script(headers: HeaderMap) -> Response {

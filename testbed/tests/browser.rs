@@ -2,8 +2,9 @@
 //! in-process, two independent browsers, the page script doing the work.
 //!
 //! Needs `chromium` (or `chromium-browser`, `google-chrome`) and `chromedriver` on `PATH`,
-//! or their paths in `CHROME` and `CHROMEDRIVER`. Without them the test is skipped with a
-//! message, unless `CI=true`, where it fails.
+//! or their paths in `CHROME` and `CHROMEDRIVER`. Without them the tests are skipped with
+//! a message, unless `CI=true`, where they fail. The tests run one at a time (two
+//! browsers each), so that timings are not measured against each other's load.
 
 #[allow(dead_code)]
 #[path = "../../examples/whos_online.rs"]
@@ -19,6 +20,51 @@ use presence_tracker::{Presence, SessionId};
 use serde_json::json;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// One test at a time: each starts its own chromedriver and two browsers.
+static BROWSERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// chromium and chromedriver, or `None` (a skip) when missing outside CI.
+fn binaries() -> Option<(PathBuf, PathBuf)> {
+    let chrome = find_binary("CHROME", &["chromium", "chromium-browser", "google-chrome"]);
+    let chromedriver = find_binary("CHROMEDRIVER", &["chromedriver"]);
+    match (chrome, chromedriver) {
+        (Some(chrome), Some(chromedriver)) => Some((chrome, chromedriver)),
+        _ => {
+            let msg = "chromium and chromedriver are needed (on PATH, or CHROME / CHROMEDRIVER)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("browser test: {msg}");
+            }
+            eprintln!("browser test skipped: {msg}");
+            None
+        }
+    }
+}
+
+/// The demo on a free loopback port, with `heartbeat` between the script's beats.
+async fn serve_demo(presence: &Presence, heartbeat: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = demo::app(presence.clone(), Some(heartbeat));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+async fn sign_in(client: &Client, name: &str) {
+    let field = client.find(Locator::Css("#name")).await.unwrap();
+    field.send_keys(name).await.unwrap();
+    click(client, "#login").await;
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
 
 fn find_binary(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
@@ -175,26 +221,17 @@ async fn set_hidden(client: &Client, hidden: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_see_each_other_sign_in_hide_and_leave() {
-    let chrome = find_binary("CHROME", &["chromium", "chromium-browser", "google-chrome"]);
-    let chromedriver = find_binary("CHROMEDRIVER", &["chromedriver"]);
-    let (Some(chrome), Some(chromedriver)) = (chrome, chromedriver) else {
-        let msg = "chromium and chromedriver are needed (on PATH, or CHROME / CHROMEDRIVER)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("browser test: {msg}");
-        }
-        eprintln!("browser test skipped: {msg}");
+    let Some((chrome, chromedriver)) = binaries() else {
         return;
     };
+    let _one_at_a_time = BROWSERS.lock().await;
 
     // A long idle timeout: anything that goes offline here does so through the script.
     let presence = Presence::builder()
         .idle_timeout(Duration::from_secs(60))
         .heartbeat_limit(Duration::from_secs(120))
         .build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = demo::app(presence.clone(), Some(HEARTBEAT));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve_demo(&presence, HEARTBEAT).await;
 
     let driver = Driver::start(&chromedriver);
     let (profile_a, profile_b) = (Profile::new(1), Profile::new(2));
@@ -202,10 +239,14 @@ async fn two_browsers_see_each_other_sign_in_hide_and_leave() {
     let b = browser(&driver, &chrome, &profile_b).await;
     let wait = Duration::from_secs(10);
 
-    // Two independent visitors.
+    // Two independent visitors, each a first visit (no cookie yet): counted from the
+    // script's first report, within a second of the page's load.
     a.goto(&format!("{base}/")).await.unwrap();
+    let took = eventually!(wait, "A is online", presence.counts().online == 1);
+    assert!(took < Duration::from_secs(1), "A counted after {took:?}");
     b.goto(&format!("{base}/")).await.unwrap();
-    assert_eq!(presence.counts().online, 2);
+    let took = eventually!(wait, "B is online", presence.counts().online == 2);
+    assert!(took < Duration::from_secs(1), "B counted after {took:?}");
     assert_eq!(presence.counts().guests, 2);
     // A rendered "1"; the script brings it up to date.
     eventually!(
@@ -224,14 +265,7 @@ async fn two_browsers_see_each_other_sign_in_hide_and_leave() {
     );
 
     // B signs in: one registered, one guest.
-    let name = b.find(Locator::Css("#name")).await.unwrap();
-    name.send_keys("alice").await.unwrap();
-    b.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&b, "alice").await;
     eventually!(wait, "B is signed in", text(&b, "#me").await == "alice");
     let c = presence.counts();
     assert_eq!((c.online, c.members, c.guests), (2, 1, 1));
@@ -312,5 +346,214 @@ async fn two_browsers_see_each_other_sign_in_hide_and_leave() {
 
     a.close().await.unwrap();
     b.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_counts_the_visitor_as_a_guest_again() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+    let base = serve_demo(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(3);
+    let a = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/topic/2")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    sign_in(&a, "bob").await;
+    eventually!(wait, "A is signed in", text(&a, "#me").await == "bob");
+    let id = session_of(&a).await;
+    assert_eq!(
+        presence.session(id).unwrap().kind,
+        presence_tracker::Kind::member("bob")
+    );
+
+    click(&a, "#logout").await;
+    eventually!(
+        wait,
+        "A is signed out",
+        a.find(Locator::Css("#login")).await.is_ok()
+    );
+    eventually!(
+        wait,
+        "A counts as a guest",
+        presence
+            .session(id)
+            .is_some_and(|s| s.kind == presence_tracker::Kind::Guest)
+    );
+    let c = presence.counts();
+    assert_eq!((c.online, c.members, c.guests), (1, 0, 1));
+    assert_eq!(
+        a.current_url().await.unwrap().path(),
+        "/topic/2",
+        "back where it was"
+    );
+    eventually!(
+        wait,
+        "the page shows no registered user",
+        text(&a, "#members").await == "None" && text(&a, "[data-presence=guests]").await == "1"
+    );
+
+    a.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_who_is_online_block_follows_changes_within_3_seconds() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    // Heartbeats every 30 s: anything that shows up within 3 s comes from the page's
+    // reads of the counts, not from a beat.
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .build();
+    let base = serve_demo(&presence, Duration::from_secs(30)).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(4), Profile::new(5));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let live = Duration::from_secs(3);
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    eventually!(
+        wait,
+        "A sees itself",
+        text(&a, "[data-presence=online]").await == "1"
+    );
+    let peak_before = text(&a, "[data-presence=peak-at]").await;
+    // The peak's date is shown to the second: make the next peak's differ.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // B opens a topic: A's counts, the topic's viewers, the peak and its date follow.
+    b.goto(&format!("{base}/topic/1")).await.unwrap();
+    eventually!(wait, "B is online", presence.counts().online == 2);
+    let peak_at = demo::utc(presence.counts().peak.at);
+    assert_ne!(peak_at, peak_before);
+    eventually!(
+        live,
+        "A's block shows B",
+        text(&a, "[data-presence=online]").await == "2"
+            && text(&a, "[data-presence=guests]").await == "2"
+            && text(&a, r#"[data-presence-page="/topic/1"]"#).await == "1"
+            && text(&a, "[data-presence=peak]").await == "2"
+            && text(&a, "[data-presence=peak-at]").await == peak_at
+    );
+
+    // A opens the same topic; B signs in with a name that is markup: A's lists show it,
+    // as text, within 3 s.
+    a.goto(&format!("{base}/topic/1")).await.unwrap();
+    eventually!(
+        wait,
+        "A is on the topic",
+        presence.page_count("/topic/1") == 2
+    );
+    let hostile = "<i>eve</i>";
+    sign_in(&b, hostile).await;
+    eventually!(wait, "B is signed in", presence.counts().members == 1);
+    eventually!(
+        live,
+        "A's lists show B's name",
+        text(&a, "#members").await == hostile
+            && text(&a, "#browsing").await == format!("{hostile} and 1 guest")
+            && text(&a, "[data-presence=members]").await == "1"
+    );
+    assert!(
+        a.find(Locator::Css("#members i, #browsing i"))
+            .await
+            .is_err(),
+        "a name is never markup"
+    );
+
+    // B hides: its name leaves A's lists.
+    click(&b, "#hide").await;
+    eventually!(wait, "B is hidden", presence.counts().hidden == 1);
+    eventually!(
+        live,
+        "A's lists drop B's name",
+        text(&a, "#members").await == "None"
+            && text(&a, "#browsing").await == "2 guests"
+            && text(&a, "[data-presence=hidden]").await == "1"
+    );
+
+    // B leaves: A's numbers follow.
+    b.goto("about:blank").await.unwrap();
+    eventually!(wait, "B is gone", presence.counts().online == 1);
+    eventually!(
+        live,
+        "A shows one online",
+        text(&a, "[data-presence=online]").await == "1"
+            && text(&a, "[data-presence=page]").await == "1"
+    );
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_stay_eligible_for_the_back_forward_cache() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+    let base = serve_demo(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(6);
+    let a = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    // Let a few beats and reads run, as on a page someone has been reading.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.execute("window.stillHere = 42", vec![]).await.unwrap();
+    click(&a, "a[href='/topic/1']").await;
+    eventually!(
+        wait,
+        "A is on the topic",
+        presence.page_count("/topic/1") == 1
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.back().await.unwrap();
+    eventually!(
+        wait,
+        "A is back on the index",
+        a.current_url().await.unwrap().path() == "/"
+    );
+    let restored = a
+        .execute(
+            "const nav = performance.getEntriesByType('navigation')[0];
+             return [window.stillHere === 42, nav.type,
+                     JSON.stringify(nav.notRestoredReasons || null)];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        restored[0],
+        json!(true),
+        "not restored from the back/forward cache: {restored}"
+    );
+    // Restored pages re-join at once.
+    eventually!(
+        wait,
+        "A is back on the index",
+        presence.page_count("/") == 1
+    );
+
+    a.close().await.unwrap();
     drop(driver);
 }

@@ -1,6 +1,13 @@
 //! The HTTP layer and routes through the real tower service: cookies good and bad,
-//! cookie flags, signing, skip, classify, a full tracker, and every presence route.
+//! counting once the cookie comes back, cookie flags, signing, skip, classify, a full
+//! tracker, every presence route with its settings, and the demo's forms.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../examples/whos_online.rs"]
+mod demo;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -12,11 +19,48 @@ use axum::http::header::{
 use axum::http::{HeaderValue, Request, Response, StatusCode};
 use axum::routing::get;
 use http_body_util::BodyExt;
-use presence_tracker::http::{self as presence_http, Key, PresenceLayer, PresenceSession, SCRIPT};
+use presence_tracker::http::{
+    self as presence_http, Key, PresenceLayer, PresenceSession, Routes, SCRIPT,
+};
 use presence_tracker::{Kind, ManualClock, Presence, Reaper, SessionId};
 use tower::{Layer, ServiceExt};
 
 const NAME: &str = "presence_id";
+
+/// Counts the bytes allocated and freed by the current thread, so that a test on a
+/// current-thread runtime can tell what a flood of requests left behind.
+struct ThreadCounting;
+
+thread_local! {
+    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to `System`; the counter is a plain thread-local `Cell`
+// with a const initialiser, which allocates nothing.
+unsafe impl GlobalAlloc for ThreadCounting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = LIVE_BYTES.try_with(|n| n.set(n.get() + layout.size() as isize));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let _ = LIVE_BYTES.try_with(|n| n.set(n.get() - layout.size() as isize));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ =
+            LIVE_BYTES.try_with(|n| n.set(n.get() + new_size as isize - layout.size() as isize));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ThreadCounting = ThreadCounting;
+
+fn live_bytes() -> isize {
+    LIVE_BYTES.with(Cell::get)
+}
 
 fn tracker() -> (Presence, ManualClock) {
     let clock = ManualClock::new();
@@ -81,13 +125,16 @@ fn id_of(set_cookie: &str) -> SessionId {
     pair[pair.len() - 36..].parse().unwrap()
 }
 
-/// A visitor's first request: returns the `Cookie` header value to send next time.
+/// A browser's first two requests (the first gets the cookie, the second returns it and
+/// counts): returns the `Cookie` header value to send next time.
 async fn join(app: &Router) -> (String, SessionId) {
     let res = send(app, get_req("/")).await;
     assert_eq!(res.status(), StatusCode::OK);
     let set = set_cookie(&res).expect("a fresh visitor gets a cookie");
     let echoed: SessionId = body_text(res).await.parse().unwrap();
     assert_eq!(echoed, id_of(&set));
+    let res = send(app, get_req("/").header(COOKIE, pair(&set))).await;
+    assert_eq!(set_cookie(&res), None, "the returned cookie is kept");
     (pair(&set), echoed)
 }
 
@@ -123,9 +170,19 @@ async fn fresh_visitor_gets_a_cookie_with_all_flags() {
         id.to_string(),
         "the handler sees the issued id"
     );
-    let session = presence.session(id).expect("the visit was recorded");
+    assert_eq!(
+        presence.session(id),
+        None,
+        "not counted before the cookie comes back"
+    );
+
+    let res = send(&app, get_req("/topic/1").header(COOKIE, pair(&set))).await;
+    assert_eq!(set_cookie(&res), None);
+    let session = presence
+        .session(id)
+        .expect("counted once the cookie came back");
     assert_eq!(session.kind, Kind::Guest);
-    assert_eq!(session.page.as_deref(), Some("/"));
+    assert_eq!(session.page.as_deref(), Some("/topic/1"));
 }
 
 #[tokio::test]
@@ -174,14 +231,10 @@ async fn every_bad_cookie_gets_a_fresh_id_and_the_request_succeeds() {
             vec![HeaderValue::from_str(&format!("{NAME}={valid}{}", "a".repeat(4000))).unwrap()],
         ),
         (
-            "duplicated in one header",
-            vec![HeaderValue::from_str(&format!("{NAME}={valid}; {NAME}={other}")).unwrap()],
-        ),
-        (
-            "duplicated across headers",
+            "duplicated, none valid",
             vec![
-                HeaderValue::from_str(&format!("{NAME}={valid}")).unwrap(),
-                HeaderValue::from_str(&format!("{NAME}={valid}")).unwrap(),
+                HeaderValue::from_str(&format!("{NAME}=x; {NAME}={valid}0")).unwrap(),
+                HeaderValue::from_str(&format!("{NAME}={{{other}}}")).unwrap(),
             ],
         ),
         (
@@ -217,11 +270,230 @@ async fn every_bad_cookie_gets_a_fresh_id_and_the_request_succeeds() {
             "{what}: the old id was kept"
         );
         assert_eq!(body_text(res).await, fresh.to_string(), "{what}");
+        let back = send(&app, get_req("/").header(COOKIE, pair(&set))).await;
+        assert_eq!(set_cookie(&back), None, "{what}: the fresh id is kept");
         assert!(
             presence.session(fresh).is_some(),
-            "{what}: fresh id not tracked"
+            "{what}: fresh id not counted once returned"
         );
     }
+    assert!(presence.session(valid).is_none() && presence.session(other).is_none());
+}
+
+#[tokio::test]
+async fn cookieless_requests_are_never_counted_and_leave_nothing_allocated() {
+    // 200k requests from clients that never keep cookies (curl, probes, scrapers), to
+    // pages and to the presence routes.
+    const FLOOD: usize = 200_000;
+    let presence = Presence::builder().reaper(Reaper::Manual).build();
+    let app = app(
+        &presence,
+        PresenceLayer::new(presence.clone()).signing_key(Key::generate()),
+    );
+    let paths = [
+        "/",
+        "/topic/1",
+        "/presence/active?page=/",
+        "/presence/heartbeat",
+    ];
+    // Warm up whatever is allocated once (the router's caches, the runtime's buffers).
+    for path in paths {
+        let method = if path.starts_with("/presence/") {
+            "POST"
+        } else {
+            "GET"
+        };
+        send(&app, get_req(path).method(method)).await;
+    }
+    let before = live_bytes();
+    for n in 0..FLOOD {
+        let path = paths[n % paths.len()];
+        let method = if path.starts_with("/presence/") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let res = send(&app, get_req(path).method(method)).await;
+        assert!(set_cookie(&res).is_some(), "each is offered an id");
+    }
+    let grown = live_bytes() - before;
+    let c = presence.counts();
+    assert_eq!((c.sessions, c.online, c.peak.online), (0, 0, 0));
+    assert!(presence.top_pages(10).is_empty());
+    assert!(
+        grown < 64 * 1024,
+        "{FLOOD} cookieless requests left {grown} bytes allocated"
+    );
+
+    let (_, id) = join(&app).await;
+    assert!(presence.session(id).is_some(), "a browser is still counted");
+}
+
+#[tokio::test]
+async fn cookieless_flood_does_not_keep_visitors_out_of_a_full_tracker() {
+    let presence = Presence::builder()
+        .reaper(Reaper::Manual)
+        .max_sessions(10)
+        .build();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    for _ in 0..1000 {
+        send(&app, get_req("/")).await;
+    }
+    for _ in 0..10 {
+        let (_, id) = join(&app).await;
+        assert!(presence.session(id).is_some(), "a real visitor is counted");
+    }
+}
+
+#[tokio::test]
+async fn first_valid_of_duplicated_cookies_wins() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, id) = join(&app).await;
+    let parent = SessionId::new_v4(); // a parent domain's cookie of the same name
+    let headers = [
+        format!("{NAME}=junk; {cookie}; {NAME}={parent}"),
+        format!("{cookie}; {NAME}={parent}"),
+        format!("theme=dark; {NAME}=; {cookie}"),
+    ];
+    for header in &headers {
+        for _ in 0..100 {
+            let res = send(&app, get_req("/").header(COOKIE, header)).await;
+            assert_eq!(set_cookie(&res), None, "{header}: no fresh id");
+            assert_eq!(body_text(res).await, id.to_string(), "{header}");
+        }
+    }
+    // Across two `Cookie` headers too.
+    for _ in 0..100 {
+        let res = send(
+            &app,
+            get_req("/")
+                .header(COOKIE, format!("{NAME}=not-ours"))
+                .header(COOKIE, cookie.clone()),
+        )
+        .await;
+        assert_eq!(set_cookie(&res), None);
+    }
+    assert_eq!(presence.counts().sessions, 1, "one browser, one session");
+    assert!(presence.session(parent).is_none());
+}
+
+#[tokio::test]
+async fn only_the_first_8_cookies_of_our_name_are_checked() {
+    let (presence, _) = tracker();
+    let app = app_with_key(&presence, Key::generate());
+    let (cookie, id) = join(&app).await;
+    // Forged values of the signed length, each of which would cost an HMAC.
+    let forged = |n: usize| -> String {
+        (0..n)
+            .map(|_| format!("{NAME}={}{}; ", "A".repeat(43) + "=", SessionId::new_v4()))
+            .collect()
+    };
+    let res = send(
+        &app,
+        get_req("/").header(COOKIE, format!("{}{cookie}", forged(7))),
+    )
+    .await;
+    assert_eq!(set_cookie(&res), None, "8th: still looked at");
+    assert_eq!(body_text(res).await, id.to_string());
+    let res = send(
+        &app,
+        get_req("/").header(COOKIE, format!("{}{cookie}", forged(8))),
+    )
+    .await;
+    assert!(set_cookie(&res).is_some(), "9th: ignored, a fresh id");
+    let res = send(&app, get_req("/").header(COOKIE, forged(5000))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(set_cookie(&res).is_some());
+}
+
+#[tokio::test]
+async fn duplicated_signed_cookies_keep_the_one_we_signed() {
+    let (presence, _) = tracker();
+    let app = app_with_key(&presence, Key::generate());
+    let (cookie, id) = join(&app).await;
+    // The parent domain's cookie comes first and is a valid UUID, but not signed by us.
+    let header = format!("{NAME}={}; {cookie}", SessionId::new_v4());
+    for _ in 0..100 {
+        let res = send(&app, get_req("/").header(COOKIE, header.clone())).await;
+        assert_eq!(set_cookie(&res), None);
+        assert_eq!(body_text(res).await, id.to_string());
+    }
+    assert_eq!(presence.counts().sessions, 1);
+}
+
+#[tokio::test]
+async fn count_first_request_counts_a_visitor_at_once() {
+    let (presence, _) = tracker();
+    let app = app(
+        &presence,
+        PresenceLayer::new(presence.clone()).count_first_request(true),
+    );
+    let res = send(&app, get_req("/topic/2")).await;
+    let id = id_of(&set_cookie(&res).unwrap());
+    assert_eq!(
+        presence.session(id).unwrap().page.as_deref(),
+        Some("/topic/2")
+    );
+    let res = send(&app, post_req("/presence/active?page=/topic/3")).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(presence.counts().sessions, 2);
+}
+
+#[tokio::test]
+async fn unsigned_ids_are_taken_as_sent_and_signing_refuses_made_up_ones() {
+    // Documented: without a key, made-up UUIDs are visitors; with one, they are not.
+    let (presence, _) = tracker();
+    let unsigned = app(&presence, PresenceLayer::new(presence.clone()));
+    for _ in 0..1000 {
+        let made_up = SessionId::new_v4();
+        send(
+            &unsigned,
+            get_req("/").header(COOKIE, format!("{NAME}={made_up}")),
+        )
+        .await;
+    }
+    assert_eq!(presence.counts().sessions, 1000);
+
+    let (presence, _) = tracker();
+    let signed = app_with_key(&presence, Key::generate());
+    for _ in 0..1000 {
+        let made_up = SessionId::new_v4();
+        send(
+            &signed,
+            get_req("/").header(COOKIE, format!("{NAME}={made_up}")),
+        )
+        .await;
+    }
+    assert_eq!(presence.counts().sessions, 0);
+}
+
+#[test]
+fn signing_key_needs_a_64_byte_secret() {
+    let secret = [42u8; 64];
+    assert!(Key::try_from(&secret[..]).is_ok());
+    let err = Key::try_from(&secret[..63]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a presence signing key needs a secret of at least 64 bytes, got 63"
+    );
+    assert_eq!(
+        format!("{:?}", Key::generate()),
+        "Key(..)",
+        "the secret never shows"
+    );
+}
+
+#[tokio::test]
+async fn one_secret_makes_keys_that_accept_each_others_cookies() {
+    let secret = [9u8; 64];
+    let (presence, _) = tracker();
+    let first = app_with_key(&presence, Key::try_from(&secret[..]).unwrap());
+    let restarted = app_with_key(&presence, Key::try_from(&secret[..]).unwrap());
+    let (cookie, id) = join(&first).await;
+    let res = send(&restarted, get_req("/").header(COOKIE, cookie)).await;
+    assert_eq!(set_cookie(&res), None);
+    assert_eq!(body_text(res).await, id.to_string());
 }
 
 #[tokio::test]
@@ -347,7 +619,7 @@ async fn classify_decides_the_kind() {
             None => Kind::Guest,
         }
     });
-    let app = app(&presence, layer);
+    let app = app(&presence, layer.count_first_request(true));
     let res = send(&app, get_req("/").header("x-user", "alice")).await;
     let alice = id_of(&set_cookie(&res).unwrap());
     let res = send(&app, get_req("/").header("user-agent", "Googlebot")).await;
@@ -381,12 +653,14 @@ async fn full_tracker_still_serves_the_request() {
     let (cookie, first) = join(&app).await;
     for _ in 0..3 {
         let res = send(&app, get_req("/")).await;
+        let set = set_cookie(&res).expect("a new visitor still gets an id");
+        let res = send(&app, get_req("/").header(COOKIE, pair(&set))).await;
         assert_eq!(
             res.status(),
             StatusCode::OK,
             "a refused session is still served"
         );
-        let set = set_cookie(&res).expect("the refused visitor still gets an id");
+        assert_eq!(set_cookie(&res), None, "and keeps its id");
         assert_eq!(body_text(res).await, id_of(&set).to_string());
     }
     // The existing session keeps working.
@@ -491,13 +765,26 @@ async fn active_uses_the_layers_classification() {
     let (presence, _) = tracker();
     let layer = PresenceLayer::new(presence.clone()).classify(|_| Kind::hidden_member("carol"));
     let app = app(&presence, layer);
+    // The page came without a cookie: its script's first report gets 410 and the cookie.
     let res = send(
         &app,
         post_req("/presence/active?page=/topic/3").header(ACCEPT, "application/json"),
     )
     .await;
+    assert_eq!(res.status(), StatusCode::GONE);
+    let set = set_cookie(&res).unwrap();
+    let id = id_of(&set);
+    assert_eq!(presence.counts().sessions, 0, "not counted yet");
+    // Its second report returns the cookie and counts.
+    let res = send(
+        &app,
+        post_req("/presence/active?page=/topic/3")
+            .header(ACCEPT, "application/json")
+            .header(COOKIE, pair(&set)),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let id = id_of(&set_cookie(&res).unwrap());
+    assert_eq!(set_cookie(&res), None);
     let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
     assert_eq!(
         (json["hidden"].as_u64(), json["page"].as_u64()),
@@ -508,7 +795,21 @@ async fn active_uses_the_layers_classification() {
     assert_eq!(session.page.as_deref(), Some("/topic/3"));
 }
 
-#[tokio::test]
+/// The application of [`app`] with the routes built by `routes`.
+fn app_with_routes(presence: &Presence, routes: Routes) -> Router {
+    let echo = |session: Option<PresenceSession>| async move {
+        session.map_or_else(|| "-".to_owned(), |PresenceSession(id)| id.to_string())
+    };
+    Router::new()
+        .route("/", get(echo))
+        .route("/topic/{n}", get(echo))
+        .merge(routes)
+        .layer(PresenceLayer::new(presence.clone()))
+}
+
+// The grace is waited out on tokio's clock, paused here: `sleep` jumps ahead at once
+// when nothing else can run. The tracker's own times move with the `ManualClock`.
+#[tokio::test(start_paused = true)]
 async fn leave_answers_204_and_takes_effect_after_the_grace_period() {
     let (presence, clock) = tracker();
     let app = app(&presence, PresenceLayer::new(presence.clone()));
@@ -523,7 +824,7 @@ async fn leave_answers_204_and_takes_effect_after_the_grace_period() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    // Reloads: the old page says goodbye, the new page beats within the grace period.
+    // Reloads: the old page says goodbye, the new page reports within the grace period.
     let res = send(
         &app,
         post_req("/presence/leave?page=/").header(COOKIE, reloading.clone()),
@@ -540,14 +841,20 @@ async fn leave_answers_204_and_takes_effect_after_the_grace_period() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
     clock.advance(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let res = send(
         &app,
-        post_req("/presence/heartbeat").header(COOKIE, reloading),
+        post_req("/presence/active?page=/").header(COOKIE, reloading),
     )
     .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert!(
+        presence.session(gone_id).is_some(),
+        "not before the grace period ends"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(presence.session(gone_id).is_none(), "left");
     assert!(
         presence.session(reloading_id).is_some(),
@@ -564,11 +871,100 @@ async fn leave_answers_204_and_takes_effect_after_the_grace_period() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_session_has_at_most_one_pending_leave() {
+    let (presence, clock) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, id) = join(&app).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    for _ in 0..1000 {
+        let res = send(
+            &app,
+            post_req("/presence/leave").header(COOKIE, cookie.clone()),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(tasks(), before + 1, "one pending leave for 1000 goodbyes");
+
+    // A later goodbye restarts the grace: the last one, 1.5 s in, ends at 3.5 s.
+    clock.advance(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    send(
+        &app,
+        post_req("/presence/leave").header(COOKIE, cookie.clone()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    assert!(presence.session(id).is_some(), "the grace was restarted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(presence.session(id).is_none());
+    assert_eq!(tasks(), before, "the pending leave is done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn leave_grace_is_a_routes_setting() {
+    let (presence, clock) = tracker();
+    let app = app_with_routes(
+        &presence,
+        Routes::new(presence.clone()).leave_grace(Duration::from_secs(10)),
+    );
+    let (cookie, id) = join(&app).await;
+    send(
+        &app,
+        post_req("/presence/leave").header(COOKIE, cookie.clone()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(9900)).await;
+    assert!(presence.session(id).is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(presence.session(id).is_none());
+
+    // Zero: at once.
+    let app = app_with_routes(
+        &presence,
+        Routes::new(presence.clone()).leave_grace(Duration::ZERO),
+    );
+    clock.advance(Duration::from_secs(1));
+    let (cookie, id) = join(&app).await;
+    send(&app, post_req("/presence/leave").header(COOKIE, cookie)).await;
+    assert!(presence.session(id).is_none());
+}
+
+#[test]
+#[should_panic(expected = "leave_grace must be at most")]
+fn leave_grace_longer_than_a_minute_is_refused() {
+    let _ = Routes::new(Presence::new()).leave_grace(Duration::from_secs(61));
+}
+
+#[tokio::test]
+async fn routes_merge_into_an_application_with_its_own_state() {
+    #[derive(Clone)]
+    struct Greeting(&'static str);
+    let (presence, _) = tracker();
+    let home =
+        |axum::extract::State(Greeting(text)): axum::extract::State<Greeting>| async move { text };
+    let app: Router = Router::new()
+        .route("/", get(home))
+        .merge(Routes::new(presence.clone()))
+        .with_state(Greeting("home"))
+        .layer(PresenceLayer::new(presence.clone()));
+    assert_eq!(body_text(send(&app, get_req("/")).await).await, "home");
+    let res = send(&app, get_req("/presence/counts")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn counts_route_serves_json_with_an_optional_page_count() {
     let (presence, _) = tracker();
-    let layer =
-        PresenceLayer::new(presence.clone()).classify(|req| match req.headers.get("x-user") {
+    let layer = PresenceLayer::new(presence.clone())
+        .count_first_request(true)
+        .classify(|req| match req.headers.get("x-user") {
             Some(u) => Kind::member(u.to_str().unwrap()),
             None => Kind::Guest,
         });
@@ -595,6 +991,30 @@ async fn counts_route_serves_json_with_an_optional_page_count() {
     let res = send(&app, get_req("/presence/counts?page=%2Ftopic%2F1")).await;
     let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
     assert_eq!(json["page"], 2);
+    assert!(json.get("pages").is_none());
+
+    // The viewers of a list of links, in one request; odd entries are ignored.
+    let res = send(
+        &app,
+        get_req("/presence/counts?page=/&pages=/topic/1&pages=/topic/2&pages=nope&pages=/topic/1"),
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+    assert_eq!(json["page"], 1);
+    assert_eq!(
+        json["pages"],
+        serde_json::json!({"/topic/1": 2, "/topic/2": 0})
+    );
+
+    // At most 32 pages are answered, however many are asked.
+    let many: String = (0..1000).map(|n| format!("&pages=/p/{n}")).collect();
+    let res = send(&app, get_req(&format!("/presence/counts?x=1{many}"))).await;
+    let json: serde_json::Value = serde_json::from_str(&body_text(res).await).unwrap();
+    assert_eq!(json["pages"].as_object().unwrap().len(), 32);
+
+    // A malformed query is read as none.
+    let res = send(&app, get_req("/presence/counts?page=%zz&&=")).await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -661,8 +1081,379 @@ async fn layer_works_with_any_tower_service() {
             ))
         },
     ));
-    let res = service.oneshot(Request::new(String::new())).await.unwrap();
+    let res = service
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
     let set = res.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     assert_eq!(res.body(), &id_of(&set).to_string());
+    assert_eq!(presence.counts().sessions, 0);
+    let mut req = Request::new(String::new());
+    req.headers_mut()
+        .insert(COOKIE, HeaderValue::from_str(&pair(&set)).unwrap());
+    let res = service.oneshot(req).await.unwrap();
+    assert!(res.headers().get(SET_COOKIE).is_none());
     assert_eq!(presence.counts().sessions, 1);
+}
+
+/// The demo forum, with a fresh tracker.
+fn demo_app() -> (Router, Presence) {
+    let presence = Presence::builder().reaper(Reaper::Manual).build();
+    (demo::app(presence.clone(), None), presence)
+}
+
+fn form(path: &str, body: &str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri(path)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn location(res: &Response<Body>) -> &str {
+    std::str::from_utf8(res.headers()[axum::http::header::LOCATION].as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn demo_redirects_only_to_a_same_site_path() {
+    let (app, _) = demo_app();
+    for (back, to) in [
+        ("/topic/2", "/topic/2"),
+        ("/%0a", "/"),
+        ("/%0d%0aSet-Cookie:%20x=1", "/"),
+        ("/%01", "/"),
+        ("/%7f", "/"),
+        ("/a%09b", "/"),
+        ("//evil.example/", "/"),
+        ("/%5Cevil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("", "/"),
+        ("/caf%C3%A9", "/café"),
+    ] {
+        for route in ["/login", "/logout", "/hide"] {
+            let res = app
+                .clone()
+                .oneshot(form(route, &format!("name=alice&back={back}")))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::SEE_OTHER, "{route} back={back}");
+            assert_eq!(location(&res), to, "{route} back={back}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn demo_sign_out_clears_both_cookies() {
+    let (app, _) = demo_app();
+    let res = app
+        .clone()
+        .oneshot(form("/logout", "back=/%01"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let cookies: Vec<&str> = res
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for name in ["forum_user=", "forum_hidden="] {
+        let cookie = cookies
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not cleared: {cookies:?}"));
+        assert!(cookie.contains("Max-Age=0"), "{cookie}");
+    }
+}
+
+#[tokio::test]
+async fn demo_counts_a_browser_from_its_second_request() {
+    let (app, presence) = demo_app();
+    let res = send(&app, get_req("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = set_cookie(&res).unwrap();
+    assert_eq!(presence.counts().online, 0);
+    let html = body_text(res).await;
+    assert!(
+        html.contains(r#"data-refresh="2""#),
+        "the page reads counts live"
+    );
+    assert!(html.contains(r#"data-presence-page="/topic/1""#));
+    assert!(html.contains(r#"data-presence="peak-at""#));
+    let res = send(
+        &app,
+        post_req("/presence/active?page=/")
+            .header(COOKIE, format!("{}; forum_user=alice", pair(&set))),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let c = presence.counts();
+    assert_eq!((c.online, c.members), (1, 1));
+}
+
+/// An application whose visitors say who they are in `x-user` (`hidden:` for a hidden
+/// member), counted from their first request.
+fn members_app(presence: &Presence, routes: Routes) -> Router {
+    let layer = PresenceLayer::new(presence.clone())
+        .count_first_request(true)
+        .classify(
+            |req| match req.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+                Some(user) => match user.strip_prefix("hidden:") {
+                    Some(user) => Kind::hidden_member(user),
+                    None => Kind::member(user),
+                },
+                None => Kind::Guest,
+            },
+        );
+    let echo = |session: Option<PresenceSession>| async move {
+        session.map_or_else(|| "-".to_owned(), |PresenceSession(id)| id.to_string())
+    };
+    Router::new()
+        .route("/", get(echo))
+        .route("/topic/{n}", get(echo))
+        .merge(routes)
+        .layer(layer)
+}
+
+async fn json(app: &Router, req: axum::http::request::Builder) -> serde_json::Value {
+    let res = send(app, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    serde_json::from_str(&body_text(res).await).unwrap()
+}
+
+/// A visitor as `user` on `path`; returns its cookie.
+async fn visit_as(app: &Router, user: Option<&str>, path: &str) -> String {
+    let mut req = get_req(path);
+    if let Some(user) = user {
+        req = req.header("x-user", user);
+    }
+    pair(&set_cookie(&send(app, req).await).unwrap())
+}
+
+#[tokio::test]
+async fn counts_carry_member_names_sorted_once_and_never_hidden() {
+    let (presence, _) = tracker();
+    let app = members_app(&presence, Routes::new(presence.clone()));
+    for (user, path) in [
+        (Some("bob"), "/topic/1"),
+        (Some("bob"), "/topic/1"), // a second tab
+        (Some("Alice"), "/"),
+        (Some("hidden:carol"), "/topic/1"),
+        (Some("<script>alert(1)</script>"), "/topic/1"),
+        (None, "/topic/1"),
+    ] {
+        visit_as(&app, user, path).await;
+    }
+    let res = send(&app, get_req("/presence/counts?page=/topic/1")).await;
+    let text = body_text(res).await;
+    assert!(!text.contains("carol"), "a hidden name leaked: {text}");
+    let counts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        counts["names"],
+        serde_json::json!(["<script>alert(1)</script>", "Alice", "bob"])
+    );
+    assert_eq!(
+        counts["page_names"],
+        serde_json::json!(["<script>alert(1)</script>", "bob"])
+    );
+    assert_eq!(
+        (counts["members"].as_u64(), counts["page"].as_u64()),
+        (Some(3), Some(5))
+    );
+
+    // Without ?page=, no page list.
+    let json = json(&app, get_req("/presence/counts")).await;
+    assert!(json.get("page_names").is_none());
+    assert_eq!(json["names"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn heartbeat_and_active_json_carry_the_names_too() {
+    let (presence, _) = tracker();
+    let app = members_app(&presence, Routes::new(presence.clone()));
+    let cookie = visit_as(&app, Some("dave"), "/topic/2").await;
+    for route in ["heartbeat", "active"] {
+        let json = json(
+            &app,
+            post_req(&format!("/presence/{route}?page=/topic/2"))
+                .header(COOKIE, cookie.clone())
+                .header("x-user", "dave")
+                .header(ACCEPT, "application/json"),
+        )
+        .await;
+        assert_eq!(json["names"], serde_json::json!(["dave"]), "{route}");
+        assert_eq!(json["page_names"], serde_json::json!(["dave"]), "{route}");
+    }
+}
+
+#[tokio::test]
+async fn a_member_moving_page_leaves_one_list_and_joins_the_other() {
+    let (presence, _) = tracker();
+    let app = members_app(&presence, Routes::new(presence.clone()));
+    let cookie = visit_as(&app, Some("erin"), "/topic/1").await;
+    let on = |page: &'static str| {
+        let app = app.clone();
+        async move {
+            json(&app, get_req(&format!("/presence/counts?page={page}"))).await["page_names"]
+                .clone()
+        }
+    };
+    assert_eq!(on("/topic/1").await, serde_json::json!(["erin"]));
+    send(
+        &app,
+        get_req("/topic/2")
+            .header(COOKIE, cookie)
+            .header("x-user", "erin"),
+    )
+    .await;
+    assert_eq!(on("/topic/1").await, serde_json::json!([]));
+    assert_eq!(on("/topic/2").await, serde_json::json!(["erin"]));
+}
+
+#[tokio::test]
+async fn names_is_a_routes_setting_with_a_limit() {
+    let (presence, _) = tracker();
+    for n in 0..120 {
+        presence
+            .visit(
+                SessionId::new_v4(),
+                Kind::member(format!("user{n:03}")),
+                "/t",
+            )
+            .unwrap();
+    }
+    let default = members_app(&presence, Routes::new(presence.clone()));
+    let json_default = json(&default, get_req("/presence/counts?page=/t")).await;
+    assert_eq!(json_default["names"].as_array().unwrap().len(), 50);
+    assert_eq!(json_default["names"][0], "user000");
+    assert_eq!(json_default["page_names"].as_array().unwrap().len(), 50);
+
+    let two = members_app(&presence, Routes::new(presence.clone()).names(2));
+    let json_two = json(&two, get_req("/presence/counts?page=/t")).await;
+    assert_eq!(json_two["names"], serde_json::json!(["user000", "user001"]));
+    assert_eq!(
+        json_two["page_names"],
+        serde_json::json!(["user000", "user001"])
+    );
+    assert_eq!(json_two["members"], 120, "the count is all of them");
+
+    let none = members_app(&presence, Routes::new(presence.clone()).names(0));
+    let json_none = json(&none, get_req("/presence/counts?page=/t")).await;
+    assert!(json_none.get("names").is_none() && json_none.get("page_names").is_none());
+}
+
+#[test]
+#[should_panic(expected = "Routes::names must be at most 1000")]
+fn names_over_a_thousand_are_refused() {
+    let _ = Routes::new(Presence::new()).names(1001);
+}
+
+#[tokio::test]
+async fn long_paths_are_recorded_cut_to_the_page_limit() {
+    let (presence, _) = tracker();
+    let app = app(
+        &presence,
+        PresenceLayer::new(presence.clone()).count_first_request(true),
+    );
+    // As sent: percent-encoded, which is also what the script sends back as its page.
+    let long = format!("/topic/{}", "%C3%A9".repeat(1000));
+    let res = send(&app, get_req(&long)).await;
+    let id = id_of(&set_cookie(&res).unwrap());
+    let page = presence.session(id).unwrap().page.unwrap();
+    assert!(
+        page.len() <= presence_tracker::MAX_PAGE_LEN,
+        "{}",
+        page.len()
+    );
+    assert!(page.len() > presence_tracker::MAX_PAGE_LEN - 4);
+    // The script asks with the same long path (encoded once more) and finds it.
+    let query = long.replace('%', "%25");
+    let json = json(&app, get_req(&format!("/presence/counts?page={query}"))).await;
+    assert_eq!(json["page"], 1);
+}
+
+#[tokio::test]
+async fn a_user_name_over_the_limit_is_served_untracked() {
+    let (presence, _) = tracker();
+    let long = "x".repeat(presence_tracker::MAX_USER_LEN + 1);
+    let layer = PresenceLayer::new(presence.clone())
+        .count_first_request(true)
+        .classify(move |_| Kind::member(long.clone()));
+    let app = app(&presence, layer);
+    let res = send(&app, get_req("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(presence.counts().sessions, 0);
+}
+
+#[tokio::test]
+async fn demo_admin_pages_its_session_list() {
+    let (app, presence) = demo_app();
+    for _ in 0..250 {
+        presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    }
+    let rows = |html: &str| html.matches("<tr><td><code>").count();
+    let next = |html: &str| {
+        html.split(r#"<a id="next" href=""#)
+            .nth(1)
+            .map(|rest| rest[..rest.find('"').unwrap()].to_owned())
+    };
+    // Every session once across the pages, 100 a page, following the links.
+    let mut seen = std::collections::HashSet::new();
+    let mut url = Some("/admin".to_owned());
+    let mut pages = 0;
+    while let Some(page) = url {
+        let html = body_text(send(&app, get_req(&page)).await).await;
+        assert!(rows(&html) <= 100);
+        assert_eq!(html.contains(r#"id="first""#), pages > 0, "{page}");
+        for row in html.split("<tr><td><code>").skip(1) {
+            assert!(seen.insert(row[..36].to_owned()), "shown twice");
+        }
+        url = next(&html);
+        pages += 1;
+        assert!(pages <= 3, "more pages than needed");
+    }
+    assert_eq!(seen.len(), 250);
+    assert_eq!(pages, 3);
+
+    // A cursor edited by hand starts over rather than failing.
+    for bad in [
+        "/admin?from=x",
+        "/admin?from=-1",
+        "/admin?from=99999999999999999999999",
+    ] {
+        let res = send(&app, get_req(bad)).await;
+        assert_eq!(res.status(), StatusCode::OK, "{bad}");
+        assert_eq!(rows(&body_text(res).await), 100, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn demo_lists_names_as_text_and_hides_hidden_members() {
+    let (app, presence) = demo_app();
+    presence
+        .visit(SessionId::new_v4(), Kind::member("<b>bold</b>"), "/topic/1")
+        .unwrap();
+    presence
+        .visit(
+            SessionId::new_v4(),
+            Kind::hidden_member("carol"),
+            "/topic/1",
+        )
+        .unwrap();
+    presence
+        .visit(SessionId::new_v4(), Kind::Guest, "/topic/1")
+        .unwrap();
+    let html = body_text(send(&app, get_req("/topic/1")).await).await;
+    assert!(
+        html.contains(r#"data-presence-list="members">&lt;b&gt;bold&lt;/b&gt;</span>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains("&lt;b&gt;bold&lt;/b&gt; and 2 guests</span>"),
+        "{html}"
+    );
+    assert!(!html.contains("carol"));
 }
