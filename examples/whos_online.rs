@@ -18,6 +18,17 @@
 //! `PRESENCE_HEARTBEAT_INTERVAL` (seconds, may be fractional; default: 30 or a third of
 //! the idle timeout).
 //!
+//! Cluster mode (feature `redis`): with `REDIS_URL` set, the node joins the cluster-wide view
+//! on that Redis, and its counts, page counts and names are the cluster's; two processes on
+//! two ports show the same numbers. Give them the same `PRESENCE_SIGNING_KEY` (at least 64
+//! bytes) so that each accepts the other's cookies:
+//!
+//! ```text
+//! export REDIS_URL=redis://127.0.0.1:6379 PRESENCE_SIGNING_KEY=$(head -c 48 /dev/urandom | base64)
+//! PORT=3000 cargo run --example whos_online --features axum,redis &
+//! PORT=3001 cargo run --example whos_online --features axum,redis
+//! ```
+//!
 //! The demo has no authentication at all (anyone may sign in as anyone, and `/admin` is
 //! open): it shows presence, not security.
 
@@ -96,7 +107,20 @@ struct Demo {
 
 /// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
 /// overrides the script's default.
+#[allow(dead_code)] // the end-to-end tests serve the demo through this
 pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> Router {
+    let routes = presence_http::Routes::new(presence.clone());
+    node_app(presence, heartbeat_interval, Key::generate(), routes)
+}
+
+/// The forum with a given cookie key and presence routes (cluster mode attaches its
+/// cluster to them).
+pub(crate) fn node_app(
+    presence: Presence,
+    heartbeat_interval: Option<Duration>,
+    key: Key,
+    routes: presence_http::Routes,
+) -> Router {
     let mut tag = ScriptTag::new(&presence).refresh(REFRESH);
     if let Some(interval) = heartbeat_interval {
         tag = tag.interval(interval);
@@ -108,7 +132,7 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
     // Plain HTTP on loopback: no `Secure`. The key is per process, like the tracker.
     let layer = PresenceLayer::new(presence.clone())
         .secure(false)
-        .signing_key(Key::generate())
+        .signing_key(key)
         .classify(classify)
         // Form posts are not page views; the favicon is not a visit.
         .skip(|req| {
@@ -124,7 +148,7 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(presence_http::Routes::new(presence).names(NAMES))
+        .merge(routes.names(NAMES))
         .layer(layer)
         .with_state(demo)
 }
@@ -508,5 +532,26 @@ async fn main() -> std::io::Result<()> {
     let interval = env_secs("PRESENCE_HEARTBEAT_INTERVAL");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("who's online demo on http://{}/", listener.local_addr()?);
-    axum::serve(listener, app(presence, interval)).await
+    let key = match std::env::var("PRESENCE_SIGNING_KEY") {
+        Ok(secret) => Key::try_from(secret.as_bytes()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("PRESENCE_SIGNING_KEY: {e}"),
+            )
+        })?,
+        Err(_) => Key::generate(),
+    };
+    #[allow(unused_mut)]
+    let mut routes = presence_http::Routes::new(presence.clone());
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        let cluster = presence_tracker::cluster::Cluster::builder(url)
+            .namespace("whos_online")
+            .start(&presence)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        println!("cluster mode: node {} on REDIS_URL", cluster.node_id());
+        routes = routes.cluster(cluster);
+    }
+    axum::serve(listener, node_app(presence, interval, key, routes)).await
 }

@@ -538,6 +538,46 @@ impl Cluster {
         })
     }
 
+    /// The counts of several pages in one round trip (the HTTP routes' `pages=`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) async fn page_counts(&self, pages: &[&str]) -> Result<Vec<usize>, ClusterError> {
+        if pages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<&[u8]> = vec![b"page_counts"];
+        args.extend(pages.iter().map(|p| p.as_bytes()));
+        let counts: Vec<i64> = self.read(&args).await?;
+        Ok(counts
+            .into_iter()
+            .map(|c| usize::try_from(c).unwrap_or(0))
+            .collect())
+    }
+
+    /// A session some node holds in the view, with its kind and page: lets a node that
+    /// does not know it (no sticky sessions) take it up. `None` when no node holds it.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) async fn live_session(
+        &self,
+        id: crate::SessionId,
+    ) -> Result<Option<(crate::Kind, Option<String>)>, ClusterError> {
+        let r: Vec<String> = self
+            .read(&[b"session", id.as_uuid().as_bytes().as_slice()])
+            .await?;
+        let [kind, user, page] = r.as_slice() else {
+            return Ok(None);
+        };
+        let kind = match kind.as_str() {
+            "g" => crate::Kind::Guest,
+            "b" => crate::Kind::Bot,
+            "m" => crate::Kind::member(user.as_str()),
+            "h" => crate::Kind::hidden_member(user.as_str()),
+            other => {
+                return Err(ClusterError::Protocol(format!("session kind {other:?}")));
+            }
+        };
+        Ok(Some((kind, (!page.is_empty()).then(|| page.clone()))))
+    }
+
     /// Listed users online anywhere in the cluster, by name (case-insensitive), at most
     /// `n`; hidden users never appear. Costs what it returns.
     pub async fn online_members(&self, n: usize) -> Result<Vec<UserId>, ClusterError> {

@@ -24,6 +24,21 @@ if what == 'user' then
   return { rec[1], rec[2], rec[4], rec[5], now }
 elseif what == 'page_count' then
   return tonumber(redis.call('ZSCORE', PG, ARGV[2]) or 0)
+elseif what == 'page_counts' then
+  -- the session counts of ARGV[2..]
+  local out = {}
+  for k = 2, #ARGV do
+    out[#out + 1] = tonumber(redis.call('ZSCORE', PG, ARGV[k]) or 0)
+  end
+  return out
+elseif what == 'session' then
+  -- a session by id (16 bytes): {kind, user, page}, or {} when no node holds it
+  local id = ARGV[2]
+  local b = string.byte(id, 1) * 16 + math.floor(string.byte(id, 2) / 16)
+  local v = redis.call('HGET', P .. 's:' .. b, id)
+  if not v then return {} end
+  local s = cmsgpack.unpack(v)
+  return { s[1], s[2], s[3] }
 elseif what == 'members' then
   -- listed users in name order, at most ARGV[2]
   local out = {}
