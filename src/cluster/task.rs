@@ -159,8 +159,10 @@ impl Flusher {
         self.shared.call_timeout
     }
 
+    /// The renewal wheel's slot of `at`: a flush handles only slots wholly past, so each
+    /// entry is looked at once per slot however often `sync` runs (at most one slot late).
     fn bucket(&self, at: Instant) -> u64 {
-        let gran = millis(self.shared.flush_interval).max(1);
+        let gran = millis(self.shared.flush_interval.min(Duration::from_secs(1))).max(1);
         millis(at.saturating_duration_since(self.origin)) / gran
     }
 
@@ -230,7 +232,7 @@ impl Flusher {
             }
         }
         let now = Instant::now();
-        let later = self.wheel.split_off(&(self.bucket(now) + 1));
+        let later = self.wheel.split_off(&self.bucket(now));
         let due = std::mem::replace(&mut self.wheel, later);
         let flush = self.shared.flush_interval;
         for id in due.into_values().flatten() {

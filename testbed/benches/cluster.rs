@@ -281,7 +281,9 @@ fn classic_group(c: &mut Criterion, server: &RedisServer) {
                 pipe = redis::pipe();
             }
         }
-        pipe.exec(&mut con).unwrap();
+        if !pipe.is_empty() {
+            pipe.exec(&mut con).unwrap();
+        }
         let label = format!("{}k_sessions", n / 1000);
 
         // The classic count: KEYS, then every value (pipelined: its best form).
