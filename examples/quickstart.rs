@@ -1,13 +1,17 @@
 //! A simulated forum: visitors arrive, browse, sign in, go idle and leave, while the
-//! "who is online" line updates every second. Ends by itself after about 20 seconds.
+//! "who is online" line updates twice a second. Ends by itself after 10 seconds.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 //!
-//! Timeouts are shortened (5 s offline, 2 s idle) so that a few seconds show a whole life.
+//! Time runs fast: a step is half a second, a session goes idle after 1 s and offline after
+//! 2.5 s without a call, so that a few seconds show a whole life.
 
 use std::time::Duration;
+
+/// One step of the simulation.
+const STEP: Duration = Duration::from_millis(500);
 
 use presence_tracker::{Event, Kind, LeaveReason, Presence, SessionId};
 
@@ -26,7 +30,7 @@ const PAGES: [&str; 5] = [
 struct Visitor {
     id: SessionId,
     kind: Kind,
-    /// Seconds until this visitor stops sending anything (then it expires by itself).
+    /// Steps until this visitor stops sending anything (then it expires by itself).
     stays: u32,
     /// Closes the tab properly (an explicit leave) instead of just going quiet.
     says_goodbye: bool,
@@ -34,18 +38,18 @@ struct Visitor {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let presence = Presence::builder()
-        .idle_timeout(Duration::from_secs(5))
-        .idle_after(Duration::from_secs(2))
-        .heartbeat_limit(Duration::from_secs(12))
-        .reap_interval(Duration::from_millis(250))
+        .idle_timeout(5 * STEP)
+        .idle_after(2 * STEP)
+        .heartbeat_limit(12 * STEP)
+        .reap_interval(STEP / 4)
         .build();
     let mut events = presence.subscribe();
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut visitors: Vec<Visitor> = Vec::new();
 
-    for second in 1..=20u32 {
+    for step in 1..=20u32 {
         // Arrivals: mostly guests, now and then a crawler, until the last few seconds.
-        if second <= 14 {
+        if step <= 14 {
             for _ in 0..rng.below(4) {
                 let kind = if rng.below(10) == 0 {
                     Kind::Bot
@@ -105,24 +109,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let c = presence.counts();
-        let top = presence.top_pages(1);
-        let busiest = top
-            .first()
-            .map(|(page, n)| format!("{page} ({n})"))
-            .unwrap_or_default();
+        let busiest = match presence.top_pages(1).first() {
+            Some((page, n)) => format!("busiest: {page} ({n})"),
+            None => "no pages".to_string(),
+        };
         println!(
-            "[{second:>2}s] In total there are {:>2} users online :: {} registered, {} hidden and {:>2} guests \
-             (+{} bots) | {:>2} active, {:>2} idle | busiest: {busiest:<20} | +{joined} joined, -{left} left, -{expired} expired",
-            c.online, c.members, c.hidden, c.guests, c.bots, c.active, c.idle,
+            "[{:>4.1}s] In total there {} online :: {} registered, {} hidden and {}",
+            (step * STEP).as_secs_f32(),
+            is_are(c.online, "user"),
+            c.members,
+            c.hidden,
+            count(c.guests, "guest"),
         );
-        std::thread::sleep(Duration::from_secs(1));
+        println!(
+            "        (+{}) {} active, {} idle | {busiest} | {joined} joined, {left} left, {expired} expired",
+            count(c.bots, "bot"),
+            c.active,
+            c.idle,
+        );
+        std::thread::sleep(STEP);
     }
     let c = presence.counts();
     println!(
-        "Most users ever online was {} (with {} still here at the end).",
+        "Most users ever online was {} ({} still here at the end).",
         c.peak.online, c.online
     );
     Ok(())
+}
+
+/// "1 guest", "2 guests".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// "is 1 user", "are 2 users".
+fn is_are(n: usize, noun: &str) -> String {
+    let verb = if n == 1 { "is" } else { "are" };
+    format!("{verb} {}", count(n, noun))
 }
 
 /// A tiny deterministic generator, so the demo needs no dependency.

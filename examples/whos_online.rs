@@ -16,7 +16,8 @@
 //! Environment: `PORT` (default 3000, on 127.0.0.1), `PRESENCE_IDLE_TIMEOUT` (seconds,
 //! default 300), `PRESENCE_HEARTBEAT_LIMIT` (seconds, default 1200),
 //! `PRESENCE_HEARTBEAT_INTERVAL` (seconds, may be fractional; default: 30 or a third of
-//! the idle timeout).
+//! the idle timeout), `PRESENCE_DEMO_SEED` (a number of made-up visitors to start with, to
+//! see the pages at scale: 95 % guests, 4 % members, 1 % bots, over the topics).
 //!
 //! Cluster mode (feature `redis`): with `REDIS_URL` set, the node joins the cluster-wide view
 //! on that Redis, and its counts, page counts and names are the cluster's; two processes on
@@ -86,7 +87,31 @@ pub(crate) fn presence_from_env() -> Presence {
     if let Some(secs) = env_secs("PRESENCE_HEARTBEAT_LIMIT") {
         builder = builder.heartbeat_limit(secs);
     }
-    builder.build()
+    let presence = builder.build();
+    if let Some(n) = std::env::var("PRESENCE_DEMO_SEED")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        seed(&presence, n);
+    }
+    presence
+}
+
+/// `n` made-up visitors spread over the topics, to try the pages at scale.
+fn seed(presence: &Presence, n: usize) {
+    for i in 0..n {
+        let kind = match i % 100 {
+            0..=3 => Kind::member(format!("member{:06}", i / 100)),
+            4 => Kind::Bot,
+            _ => Kind::Guest,
+        };
+        let page = format!("/topic/{}", i % TOPICS.len() + 1);
+        if let Err(err) = presence.visit(SessionId::new_v4(), kind, &page) {
+            eprintln!("seeding stopped after {i} visitors: {err}");
+            return;
+        }
+    }
+    println!("seeded {n} made-up visitors");
 }
 
 fn env_secs(name: &str) -> Option<Duration> {

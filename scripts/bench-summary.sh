@@ -9,7 +9,9 @@
 #   --filter F only benchmarks whose id contains F (criterion's filter), e.g. 2_threads
 #   --no-run   only summarise what target/criterion holds from the last run
 #   --rows P   also keep the raw per-run figures (TSV: run, group, benchmark, ns/element) in P
-# Needs jq. The memory bench prints its own table: cargo bench --bench memory
+# Needs jq. The memory and map benches print their own tables:
+#   cargo bench -p presence-tracker-testbed --bench memory
+#   cargo bench -p presence-tracker-testbed --bench map
 set -euo pipefail
 
 runs=1
@@ -53,9 +55,7 @@ for ((i = 1; i <= runs; i++)); do
         # Old results would mix into this run's table.
         rm -rf "$crit"
         for b in "${benches[@]}"; do
-            features=()
-            [ "$b" = layer ] && features=(--features axum)
-            cargo bench --quiet ${features[@]+"${features[@]}"} --bench "$b" -- --noplot ${filter[@]+"${filter[@]}"} >&2
+            cargo bench --quiet -p presence-tracker-testbed --bench "$b" -- --noplot ${filter[@]+"${filter[@]}"} >&2
         done
     fi
     collect "$i"

@@ -143,11 +143,26 @@ mod tests {
 
     #[test]
     fn round_trips_in_either_case() {
-        let id = SessionId::new_v4();
-        let text = id.to_string();
-        assert_eq!(text.len(), 36);
-        assert_eq!(text.parse::<SessionId>().unwrap(), id);
-        assert_eq!(text.to_uppercase().parse::<SessionId>().unwrap(), id);
+        for _ in 0..50 {
+            let id = SessionId::new_v4();
+            let text = id.to_string();
+            assert_eq!(text.len(), 36);
+            assert_eq!(text, text.to_lowercase(), "displays in lower case");
+            assert_eq!(text.parse::<SessionId>().unwrap(), id);
+            assert_eq!(text.to_uppercase().parse::<SessionId>().unwrap(), id);
+            assert_eq!(SessionId::from(*id.as_uuid()), id);
+            assert_eq!(Uuid::from(id), *id.as_uuid());
+            assert_eq!(id.as_uuid().hyphenated().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn parses_a_known_id() {
+        let lower = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        let id: SessionId = lower.parse().unwrap();
+        assert_eq!(id.to_string(), lower);
+        assert_eq!(lower.to_uppercase().parse::<SessionId>().unwrap(), id);
+        assert_eq!(format!("{id:?}"), format!("SessionId({lower})"));
     }
 
     #[test]
@@ -169,8 +184,10 @@ mod tests {
             "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
             "67e55044-10b1-426f-9247-bb680e5fe0c8 ",
             " 67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
             "67e55044-10b1-426f-9247-bb680e5fe0c80",
             "67e55044_10b1-426f-9247-bb680e5fe0c8",
+            "67e5504-410b1-426f-9247-bb680e5fe0c8",
             "67e55044-10b1-426f-9247-bb680e5fe0cg",
             "67e55044-10b1-426f-9247-bb680e5fe0c\u{e9}",
             "+7e55044-10b1-426f-9247-bb680e5fe0c8",

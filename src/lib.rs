@@ -86,6 +86,16 @@ mod id;
 mod info;
 mod kind;
 mod lifecycle;
+#[cfg(feature = "__bench_internals")]
+#[doc(hidden)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::new_without_default,
+    clippy::len_without_is_empty
+)]
+pub mod map;
+#[cfg(not(feature = "__bench_internals"))]
 mod map;
 mod pages;
 mod presence;
@@ -134,6 +144,7 @@ const _: () = {
     handle::<Event>();
 };
 
+// The README's web example needs the `axum` feature, as the README's test command enables.
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "axum"))]
 pub struct ReadmeDoctests;

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HEARTBEAT_LIMIT, IDLE_AFTER, IDLE_TIMEOUT, drain, manual, ms, secs};
+use common::{
+    HEARTBEAT_LIMIT, IDLE_AFTER, IDLE_TIMEOUT, drain, joined, left, manual, ms, secs, user_offline,
+    user_online,
+};
 use presence_tracker::{
     Event, Kind, LeaveReason, Presence, Reaper, SessionId, SessionState, Touch,
 };
@@ -88,15 +91,8 @@ fn reap_evicts_at_exactly_idle_timeout_with_expired_reason() {
     assert_eq!(
         drain(&mut rx),
         vec![
-            Event::Joined {
-                session: id,
-                kind: Kind::Guest
-            },
-            Event::Left {
-                session: id,
-                kind: Kind::Guest,
-                reason: LeaveReason::Expired
-            },
+            joined(id, Kind::Guest),
+            left(id, Kind::Guest, LeaveReason::Expired),
         ]
     );
     assert_eq!(presence.reap(), 0);
@@ -190,19 +186,14 @@ fn heartbeats_keep_a_session_until_heartbeat_limit_after_last_activity() {
     assert_eq!(presence.counts().sessions, 0);
     let events = drain(&mut rx);
     assert!(
-        events.contains(&Event::Left {
-            session: id,
-            kind: Kind::member("alice"),
-            reason: LeaveReason::HeartbeatLimit
-        }),
+        events.contains(&left(
+            id,
+            Kind::member("alice"),
+            LeaveReason::HeartbeatLimit
+        )),
         "{events:?}"
     );
-    assert_eq!(
-        events.last(),
-        Some(&Event::UserOffline {
-            user: "alice".into()
-        })
-    );
+    assert_eq!(events.last(), Some(&user_offline("alice")));
 }
 
 #[test]
@@ -241,11 +232,7 @@ fn heartbeat_on_a_due_session_returns_false_and_does_not_revive_it() {
     let events = drain(&mut rx);
     assert_eq!(
         events.last(),
-        Some(&Event::Left {
-            session: id,
-            kind: Kind::Guest,
-            reason: LeaveReason::Expired
-        })
+        Some(&left(id, Kind::Guest, LeaveReason::Expired))
     );
 }
 
@@ -271,28 +258,12 @@ fn touch_on_a_due_unreaped_session_joins_again_after_its_left() {
     assert_eq!(
         drain(&mut rx),
         vec![
-            Event::Joined {
-                session: id,
-                kind: alice.clone()
-            },
-            Event::UserOnline {
-                user: "alice".into()
-            },
-            Event::Left {
-                session: id,
-                kind: alice.clone(),
-                reason: LeaveReason::Expired
-            },
-            Event::UserOffline {
-                user: "alice".into()
-            },
-            Event::Joined {
-                session: id,
-                kind: alice.clone()
-            },
-            Event::UserOnline {
-                user: "alice".into()
-            },
+            joined(id, alice.clone()),
+            user_online("alice"),
+            left(id, alice.clone(), LeaveReason::Expired),
+            user_offline("alice"),
+            joined(id, alice.clone()),
+            user_online("alice"),
         ]
     );
     let info = presence.session(id).unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{drain, manual, ms};
-use presence_tracker::{Event, Kind, LeaveReason, Presence, Reaper, SessionId};
+use presence_tracker::{Event, Kind, LeaveReason, ManualClock, Presence, Reaper, SessionId};
 
 fn threaded(idle_timeout: Duration) -> Presence {
     Presence::builder()
@@ -141,25 +141,43 @@ fn shutdown_stops_the_reaper_thread() {
     assert_eq!(trackers[0].counts().guests, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokio_reaper_evicts_in_the_background() {
-    let presence = Presence::builder()
-        .idle_timeout(ms(50))
-        .reap_interval(ms(5))
-        .reaper(Reaper::Tokio(tokio::runtime::Handle::current()))
-        .build();
-    assert_tokio_reaper_evicts(presence).await;
+/// A runtime as `#[tokio::test]` builds one (the attribute would cost every build of the
+/// examples a proc-macro), on one thread or on `workers` threads.
+fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
+    let mut builder = match workers {
+        None => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_time().build().expect("a tokio runtime")
 }
 
-#[tokio::test]
-async fn auto_reaper_inside_a_runtime_is_a_task_that_evicts() {
-    let presence = Presence::builder()
-        .idle_timeout(ms(50))
-        .reap_interval(ms(5))
-        .reaper(Reaper::Auto)
-        .build();
+#[test]
+fn tokio_reaper_evicts_in_the_background() {
+    runtime(Some(2)).block_on(async {
+        let presence = Presence::builder()
+            .idle_timeout(ms(50))
+            .reap_interval(ms(5))
+            .reaper(Reaper::Tokio(tokio::runtime::Handle::current()))
+            .build();
+        assert_tokio_reaper_evicts(presence).await;
+    });
+}
+
+#[test]
+fn auto_reaper_inside_a_runtime_is_a_task_that_evicts() {
     // A current-thread runtime: the task only runs while this test awaits.
-    assert_tokio_reaper_evicts(presence).await;
+    runtime(None).block_on(async {
+        let presence = Presence::builder()
+            .idle_timeout(ms(50))
+            .reap_interval(ms(5))
+            .reaper(Reaper::Auto)
+            .build();
+        assert_tokio_reaper_evicts(presence).await;
+    });
 }
 
 async fn assert_tokio_reaper_evicts(presence: Presence) {
@@ -183,27 +201,29 @@ async fn assert_tokio_reaper_evicts(presence: Presence) {
     presence.shutdown();
 }
 
-#[tokio::test]
-async fn dropping_the_last_handle_ends_the_tokio_task() {
-    let presence = Presence::builder()
-        .reap_interval(Duration::from_secs(3600))
-        .reaper(Reaper::Tokio(tokio::runtime::Handle::current()))
-        .build();
-    let metrics = tokio::runtime::Handle::current().metrics();
-    tokio::task::yield_now().await;
-    let alive = metrics.num_alive_tasks();
-    assert!(alive >= 1);
-    drop(presence);
-    let mut ended = false;
-    for _ in 0..100 {
+#[test]
+fn dropping_the_last_handle_ends_the_tokio_task() {
+    runtime(None).block_on(async {
+        let presence = Presence::builder()
+            .reap_interval(Duration::from_secs(3600))
+            .reaper(Reaper::Tokio(tokio::runtime::Handle::current()))
+            .build();
+        let metrics = tokio::runtime::Handle::current().metrics();
         tokio::task::yield_now().await;
-        if metrics.num_alive_tasks() < alive {
-            ended = true;
-            break;
+        let alive = metrics.num_alive_tasks();
+        assert!(alive >= 1);
+        drop(presence);
+        let mut ended = false;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if metrics.num_alive_tasks() < alive {
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(ms(1)).await;
         }
-        tokio::time::sleep(ms(1)).await;
-    }
-    assert!(ended, "the reaper task outlived its tracker");
+        assert!(ended, "the reaper task outlived its tracker");
+    });
 }
 
 #[test]
@@ -229,16 +249,22 @@ fn clones_share_one_tracker() {
 #[test]
 fn manual_reaper_starts_no_thread() {
     // Other tests start reaper threads concurrently, so a manual tracker is checked by its
-    // effect instead: a due session stays until a read or reap() settles it.
-    let (presence, clock) = manual();
+    // effect: with a 5 ms interval, any background reaper would evict a due session within
+    // a few intervals; a manual one leaves it until a read or `reap()` settles it.
+    let clock = ManualClock::new();
+    let presence = common::builder(&clock)
+        .reap_interval(ms(5))
+        .reaper(Reaper::Manual)
+        .build();
     let mut rx = presence.subscribe();
     presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
     clock.advance(common::IDLE_TIMEOUT);
-    std::thread::sleep(ms(30));
+    // Forty intervals; a reaper thread only has to be scheduled once in them.
+    std::thread::sleep(ms(200));
+    let events = drain(&mut rx);
     assert!(
-        !drain(&mut rx)
-            .iter()
-            .any(|e| matches!(e, Event::Left { .. }))
+        !events.iter().any(|e| matches!(e, Event::Left { .. })),
+        "something reaped in the background: {events:?}"
     );
     assert_eq!(presence.reap(), 1);
 }

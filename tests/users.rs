@@ -4,7 +4,10 @@ mod common;
 
 use std::time::SystemTime;
 
-use common::{HEARTBEAT_LIMIT, IDLE_AFTER, IDLE_TIMEOUT, builder, drain, manual, ms, secs};
+use common::{
+    HEARTBEAT_LIMIT, IDLE_AFTER, IDLE_TIMEOUT, builder, drain, kind_changed, manual, ms, secs,
+    user_offline, user_online,
+};
 use presence_tracker::{Event, Kind, LeaveReason, ManualClock, SessionId, UserStatus};
 
 fn online(status: UserStatus) -> (usize, SystemTime, bool, bool) {
@@ -42,20 +45,10 @@ fn user_offline_fires_only_when_the_last_tab_goes() {
     presence.touch(tab1, Kind::member("alice")).unwrap();
     presence.touch(tab2, Kind::member("alice")).unwrap();
     presence.leave(tab1);
-    assert_eq!(
-        user_events(&drain(&mut rx)),
-        vec![Event::UserOnline {
-            user: "alice".into()
-        }]
-    );
+    assert_eq!(user_events(&drain(&mut rx)), vec![user_online("alice")]);
     assert_eq!(online(presence.user("alice")).0, 1);
     presence.leave(tab2);
-    assert_eq!(
-        user_events(&drain(&mut rx)),
-        vec![Event::UserOffline {
-            user: "alice".into()
-        }]
-    );
+    assert_eq!(user_events(&drain(&mut rx)), vec![user_offline("alice")]);
 }
 
 #[test]
@@ -86,13 +79,9 @@ fn user_online_and_offline_alternate() {
     assert_eq!(events.len(), 8, "{events:?}");
     for (i, e) in events.iter().enumerate() {
         let expected = if i % 2 == 0 {
-            Event::UserOnline {
-                user: "alice".into(),
-            }
+            user_online("alice")
         } else {
-            Event::UserOffline {
-                user: "alice".into(),
-            }
+            user_offline("alice")
         };
         assert_eq!(e, &expected);
     }
@@ -208,10 +197,7 @@ fn hidden_member_events_are_emitted_too() {
     presence.leave(tab);
     assert_eq!(
         user_events(&drain(&mut rx)),
-        vec![
-            Event::UserOnline { user: "bob".into() },
-            Event::UserOffline { user: "bob".into() }
-        ]
+        vec![user_online("bob"), user_offline("bob")]
     );
 }
 
@@ -225,11 +211,11 @@ fn hiding_a_session_does_not_take_the_user_offline() {
     presence.touch(tab, Kind::hidden_member("carol")).unwrap();
     assert_eq!(
         drain(&mut rx),
-        vec![Event::KindChanged {
-            session: tab,
-            from: Kind::member("carol"),
-            to: Kind::hidden_member("carol")
-        }]
+        vec![kind_changed(
+            tab,
+            Kind::member("carol"),
+            Kind::hidden_member("carol")
+        )]
     );
 }
 
@@ -268,12 +254,7 @@ fn user_goes_offline_at_heartbeat_limit_with_two_beating_tabs() {
         })
         .count();
     assert_eq!(lefts, 2);
-    assert_eq!(
-        events.last(),
-        Some(&Event::UserOffline {
-            user: "alice".into()
-        })
-    );
+    assert_eq!(events.last(), Some(&user_offline("alice")));
 }
 
 #[test]

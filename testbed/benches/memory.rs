@@ -7,10 +7,13 @@
 //! for ours that is everything it owns (session map, expiry index, counters, user and page
 //! tables).
 //!
-//! - `cargo bench --bench memory`: one million sessions per structure.
-//! - `cargo test --benches` (no `--bench` flag): a quick smoke run at 20k sessions.
+//! - `cargo bench -p presence-tracker-testbed --bench memory`: one million sessions per
+//!   structure.
+//! - `cargo test -p presence-tracker-testbed --benches` (no `--bench` flag): a quick smoke
+//!   run at 20k sessions.
 //! - A positional argument filters structures by name, as criterion does
-//!   (`cargo bench --bench memory -- presence`); `PRESENCE_MEMORY_SESSIONS=N` sets the size.
+//!   (`cargo bench -p presence-tracker-testbed --bench memory -- presence`);
+//!   `PRESENCE_MEMORY_SESSIONS=N` sets the size.
 //!
 //! Linux only (it reads `/proc`); elsewhere it says so and exits successfully.
 

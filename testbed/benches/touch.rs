@@ -4,8 +4,8 @@
 //! (a raw `DashMap`, a `moka` cache, a `Mutex<HashMap>`), fed the *same* pregenerated key
 //! stream, so the ratios come from one run on one machine state.
 //!
-//! Groups (sizes shown for `cargo bench`; `cargo test --benches` runs each routine once on
-//! small sizes):
+//! Groups (sizes shown for `cargo bench -p presence-tracker-testbed --bench touch`;
+//! `cargo test -p presence-tracker-testbed --benches` runs each routine once on small sizes):
 //! - `touch_existing/1M_sessions/1_thread`: `touch` of a known guest vs the baselines.
 //! - `touch_existing/10k_sessions/1_thread`: the same on the two-thread group's set size.
 //! - `touch_existing/10k_sessions/2_threads`: the same under two threads (wall time).

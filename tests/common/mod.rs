@@ -1,10 +1,13 @@
-//! Helpers shared by the integration tests: a tracker on a manual clock, event draining.
+//! What the integration tests share: a tracker on a manual clock, event draining,
+//! and short constructors of the events a test expects.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
-use presence_tracker::{Event, ManualClock, Presence, PresenceBuilder, Reaper};
+use presence_tracker::{
+    Event, Kind, LeaveReason, ManualClock, Presence, PresenceBuilder, Reaper, SessionId,
+};
 use tokio::sync::broadcast;
 
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,4 +48,33 @@ pub fn drain(rx: &mut broadcast::Receiver<Event>) -> Vec<Event> {
             Err(err) => panic!("event receiver failed: {err:?}"),
         }
     }
+}
+
+/// `Event::Joined` of `session` as `kind`.
+pub fn joined(session: SessionId, kind: Kind) -> Event {
+    Event::Joined { session, kind }
+}
+
+/// `Event::Left` of `session`, last seen as `kind`, for `reason`.
+pub fn left(session: SessionId, kind: Kind, reason: LeaveReason) -> Event {
+    Event::Left {
+        session,
+        kind,
+        reason,
+    }
+}
+
+/// `Event::KindChanged` of `session`.
+pub fn kind_changed(session: SessionId, from: Kind, to: Kind) -> Event {
+    Event::KindChanged { session, from, to }
+}
+
+/// `Event::UserOnline` of `user`.
+pub fn user_online(user: &str) -> Event {
+    Event::UserOnline { user: user.into() }
+}
+
+/// `Event::UserOffline` of `user`.
+pub fn user_offline(user: &str) -> Event {
+    Event::UserOffline { user: user.into() }
 }
