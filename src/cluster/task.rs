@@ -79,6 +79,7 @@ pub(super) struct Flusher {
     presence: Presence,
     client: redis::Client,
     events: broadcast::Receiver<Event>,
+    events_open: bool,
     script: Script,
     pending: HashMap<SessionId, Pending>,
     leaves: usize,
@@ -116,6 +117,7 @@ impl Flusher {
             presence,
             client,
             events,
+            events_open: true,
             script: Script::new(include_str!("flush.lua")),
             pending,
             leaves: 0,
@@ -131,6 +133,9 @@ impl Flusher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Leaves are read as they happen, not only at a flush, so that a burst of
+                // events between two flushes does not overflow the channel.
+                event = self.events.recv(), if self.events_open => self.note(event),
                 _ = tick.tick() => {
                     if let Err(e) = self.flush().await {
                         tracing::debug!(error = %e, "presence cluster: flush failed");
@@ -205,21 +210,32 @@ impl Flusher {
         }
     }
 
+    fn note(&mut self, event: Result<Event, broadcast::error::RecvError>) {
+        match event {
+            Ok(Event::Left {
+                session,
+                reason: LeaveReason::Left,
+                ..
+            }) => self.add_pending(session, Pending::Leave),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(
+                    missed = n,
+                    "presence cluster: missed events; those leaves end in Redis when their holds expire"
+                );
+            }
+            // Cannot happen while this task holds the tracker; never spin on it.
+            Err(broadcast::error::RecvError::Closed) => self.events_open = false,
+        }
+    }
+
     /// Gathers what changed: explicit leaves (events), the change log, renewals due.
     fn collect(&mut self) {
         loop {
             match self.events.try_recv() {
-                Ok(Event::Left {
-                    session,
-                    reason: LeaveReason::Left,
-                    ..
-                }) => self.add_pending(session, Pending::Leave),
-                Ok(_) => {}
+                Ok(event) => self.note(Ok(event)),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    tracing::debug!(
-                        missed = n,
-                        "presence cluster: missed events; those leaves end in Redis when their holds expire"
-                    );
+                    self.note(Err(broadcast::error::RecvError::Lagged(n)));
                 }
                 Err(_) => break,
             }
@@ -483,6 +499,7 @@ impl Flusher {
         self.sent.clear();
         self.wheel.clear();
         self.pending.clear();
+        self.leaves = 0;
         self.shared.view.lock().stale = true;
     }
 }
