@@ -558,7 +558,6 @@ async fn pages_stay_eligible_for_the_back_forward_cache() {
     drop(driver);
 }
 
-#[allow(dead_code)]
 #[path = "../../tests/common/redis.rs"]
 mod redis_server;
 
