@@ -438,7 +438,12 @@ fn a_node_that_dies_without_shutdown_leaves_the_view_within_node_timeout() {
     println!(
         "a dead node's sessions left the view {took:?} after it died (node_timeout {NODE_TIMEOUT:?})"
     );
-    assert!(took < NODE_TIMEOUT + FLUSH * 3, "took {took:?}");
+    // node_timeout after its last flush, plus at most one flush of a live node to notice
+    // (and slack for a loaded machine).
+    assert!(
+        took < NODE_TIMEOUT + FLUSH * 3 + Duration::from_millis(500),
+        "took {took:?}"
+    );
     let c = ca.counts();
     assert_eq!(c.members, 1, "the session node a also holds stays: {c:?}");
     assert_eq!(rt.block_on(ca.page_count("/b")).unwrap(), 0);
