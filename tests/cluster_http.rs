@@ -133,6 +133,26 @@ async fn two_nodes_answer_the_same_counts_and_take_up_each_others_sessions() {
         );
     }
 
+    // Visitor three, known only on a, says goodbye through b: gone from the cluster.
+    let three = SessionId::new_v4();
+    assert_eq!(
+        request(a.addr, "POST", "/presence/active", three).await.0,
+        200
+    );
+    a.cluster.sync().await.unwrap();
+    assert_eq!(b.cluster.sync().await.unwrap().sessions, 2);
+    assert_eq!(
+        request(b.addr, "POST", "/presence/leave", three).await.0,
+        204
+    );
+    b.cluster.sync().await.unwrap();
+    a.cluster.sync().await.unwrap();
+    let c = counts(&a, "/").await;
+    assert_eq!(
+        c["sessions"], 1,
+        "a leave on any node ends the session: {c}"
+    );
+
     // Redis killed: the answers keep the last view, marked stale; pages fall back to local.
     drop(server);
     let c = counts(&a, "/").await;

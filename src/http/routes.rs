@@ -218,7 +218,9 @@ impl Routes {
     ///
     /// Without sticky sessions a heartbeat can reach a node that does not know the
     /// session: this node then asks the cluster, and a session another node holds is taken
-    /// up here (as a touch with its kind and page) and answered `204`, not `410`.
+    /// up here (as a touch with its kind and page) and answered `204`, not `410`. A leave
+    /// reaching such a node takes the session up the same way, then ends it (after the
+    /// grace) for the whole cluster.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
@@ -529,19 +531,8 @@ async fn heartbeat(
     if state.0.presence.heartbeat(id) {
         return beat_answer(&state.0, &query, &headers).await;
     }
-    #[cfg(feature = "redis")]
-    if let Some(cluster) = &state.0.cluster {
-        // No sticky sessions: the session may be live on another node. Take it up here.
-        if let Ok(Some((kind, page))) = cluster.live_session(id).await {
-            let presence = &state.0.presence;
-            let taken = match page {
-                Some(page) => presence.visit(id, kind, &page),
-                None => presence.touch(id, kind),
-            };
-            if taken.is_ok() {
-                return beat_answer(&state.0, &query, &headers).await;
-            }
-        }
+    if take_up(&state.0, id).await.is_some() {
+        return beat_answer(&state.0, &query, &headers).await;
     }
     gone()
 }
@@ -578,14 +569,41 @@ async fn active(
     beat_answer(&state.0, &query, &headers).await
 }
 
+/// Without sticky sessions a request may reach a node that does not know its session:
+/// with a cluster attached, a session another node holds is taken up here (a touch with
+/// its kind and page). `None` when no node holds it (or without a cluster).
+async fn take_up(settings: &Settings, id: SessionId) -> Option<crate::SessionInfo> {
+    #[cfg(feature = "redis")]
+    if let Some(cluster) = &settings.cluster {
+        if let Ok(Some((kind, page))) = cluster.live_session(id).await {
+            let presence = &settings.presence;
+            let taken = match page {
+                Some(page) => presence.visit(id, kind, &page),
+                None => presence.touch(id, kind),
+            };
+            if taken.is_ok() {
+                return presence.session(id);
+            }
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = (settings, id);
+    None
+}
+
 async fn leave(
     State(state): State<RouteState>,
     PresenceSession(id): PresenceSession,
     query: PageQuery,
 ) -> Response {
     let settings = &state.0;
-    let Some(info) = settings.presence.session(id) else {
-        return no_content();
+    let info = match settings.presence.session(id) {
+        Some(info) => info,
+        // Live on another node: taken up here, so that this leave ends it for the cluster.
+        None => match take_up(settings, id).await {
+            Some(info) => info,
+            None => return no_content(),
+        },
     };
     let elsewhere = match (query.page(), info.page.as_deref()) {
         (Some(left), Some(current)) => left != current,
