@@ -80,9 +80,10 @@
 //!   call is bounded by a timeout (`flush_interval`, between 250 and 750 ms); a failed flush
 //!   keeps the last view with [`ClusterCounts::stale`] set, and keeps what changed meanwhile
 //!   as one entry per session (bounded by the local sessions plus those already sent, and at
-//!   most 100 000 explicit leaves), never a queue of requests. [`Cluster::sync`] fails within
-//!   2 s. Operations are idempotent, so a call that timed out and still ran later counts
-//!   nothing twice.
+//!   most 100 000 explicit leaves), never a queue of requests: a call that times out drops
+//!   its connection (and whatever was queued on it), and the next flush connects anew.
+//!   [`Cluster::sync`] fails within 2 s. Operations are idempotent, so a call that timed out
+//!   and still ran later counts nothing twice.
 //! - Redis restarted empty: the script creates a new epoch; each node sees it at its next
 //!   flush and sends all its live sessions again, so the view is whole again within two
 //!   flush intervals after Redis answers.

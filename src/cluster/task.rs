@@ -390,6 +390,12 @@ impl Flusher {
 
     fn fail(&self, e: ClusterError) -> Result<ClusterCounts, ClusterError> {
         self.shared.view.lock().stale = true;
+        if matches!(e, ClusterError::Timeout(_)) {
+            // A stalled server: drop the connection, and with it the calls queued on it,
+            // rather than pile one more on it every flush. The next flush connects anew
+            // (bounded by the same timeout), so nothing waits in memory but `pending`.
+            *self.shared.conn.lock() = None;
+        }
         Err(e)
     }
 
