@@ -681,3 +681,72 @@ async fn shutdown_removes_this_nodes_sessions_but_not_those_another_node_holds()
     tokio::time::sleep(FLUSH * 3).await;
     assert_eq!(cb.sync().await.unwrap().sessions, 1);
 }
+
+/// All commands Redis ran since the last `CONFIG RESETSTAT` (script-internal ones included).
+fn redis_commands(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_costs_what_changed_not_what_is_stored() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, _) = tracker();
+    let ids: Vec<SessionId> = (0..2_000).map(|_| id()).collect();
+    for (i, s) in ids.iter().enumerate() {
+        a.visit(*s, Kind::member(format!("u{i}")), "/").unwrap();
+    }
+    let ca = node(&server.url(), "a", &a).await;
+    assert_eq!(ca.sync().await.unwrap().sessions, 2_000);
+
+    // Every session touched again (requests, heartbeats): nothing to send.
+    for (i, s) in ids.iter().enumerate() {
+        a.touch(*s, Kind::member(format!("u{i}"))).unwrap();
+        assert!(a.heartbeat(*s));
+    }
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    ca.sync().await.unwrap();
+    let idle = redis_commands(&server);
+    assert!(
+        idle < 30,
+        "a flush with nothing changed ran {idle} commands"
+    );
+
+    // Ten sessions change page: the flush grows by about ten sessions' worth, not 2000.
+    for (i, s) in ids[..10].iter().enumerate() {
+        a.visit(*s, Kind::member(format!("u{i}")), "/elsewhere")
+            .unwrap();
+    }
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    ca.sync().await.unwrap();
+    let ten = redis_commands(&server);
+    assert!(
+        ten > idle && ten < idle + 10 * 40,
+        "ten changes ran {ten} commands"
+    );
+    println!("flush commands: {idle} with nothing changed, {ten} with ten page changes");
+    assert_eq!(ca.page_count("/elsewhere").await.unwrap(), 10);
+    assert_eq!(ca.page_count("/").await.unwrap(), 1_990);
+    assert_eq!(ca.page_members("/elsewhere", 100).await.unwrap().len(), 10);
+    assert_eq!(ca.page_members("/", 5).await.unwrap().len(), 5);
+    assert!(!names(ca.page_members("/", 2_000).await.unwrap()).contains(&"u3".to_owned()));
+    let c = ca.counts();
+    assert_eq!(
+        (c.members, c.sessions),
+        (2_000, 2_000),
+        "a page change moves no user: {c:?}"
+    );
+}

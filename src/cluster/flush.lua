@@ -202,7 +202,21 @@ local function upsert(id, kind, user, sortkey, page, ttl, seen, active)
     if added == 1 then s[4] = s[4] + 1 end
     -- A node that saw only touches knows no page: it does not erase another node's.
     if page == '' then page = s[3] end
-    if s[1] ~= kind or s[2] ~= user or s[3] ~= page then
+    if s[1] == kind and s[2] == user and s[3] ~= page then
+      -- a page change: the user's counts stay as they are
+      local rec = nil
+      if user ~= '' then
+        rec = user_get(user) or { 0, 0, sortkey, 0, 0 }
+        page_apply(s[3], user, rec, -1)
+        page_apply(page, user, rec, 1)
+        user_seen(user, seen, active)
+      else
+        page_apply(s[3], '', nil, -1)
+        page_apply(page, '', nil, 1)
+      end
+      s[3] = page
+      redis.call('HSET', S, id, cmsgpack.pack(s))
+    elseif s[1] ~= kind or s[2] ~= user or s[3] ~= page then
       session_apply(s, -1)
       s[1], s[2], s[3] = kind, user, page
       session_apply(s, 1, sortkey, seen, active)
