@@ -112,7 +112,7 @@
 //! | --- | --- |
 //! | `touch` with a cluster attached vs without (100k sessions) | 83.2 µs vs 82.2 µs per 1000: 0.99× (a touch records nothing; a more loaded run measured 87 vs 153 µs) |
 //! | a flush with nothing changed, 1M local sessions vs 1k | 74 µs vs 161 µs (one `EVALSHA`, 12 Redis commands: no scan) |
-//! | a flush of 10k changed sessions (page changes) | 157 to 533 ms; 3 `EVALSHA` round trips, ~118k commands inside the script |
+//! | a flush of 10k changed sessions (page changes) | 157 to 533 ms; 3 `EVALSHA` round trips, 92k to 118k commands inside the script |
 //! | Redis memory per session at 100k (`INFO memory`, 65% guests, 30% signed in) | 181 B |
 //! | counting: classic `KEYS presence_*` + `GET` each, 10k / 100k sessions | 20 ms / 428 ms |
 //! | counting: ours, `counts()` cached / a fresh `sync()` | 17 ns / 61 µs, at any size |
@@ -120,10 +120,10 @@
 //!
 //! # Scale
 //! One hash tag puts every key on one Redis shard. Its ceiling, measured by the same bench:
-//! a renewal (a busy session's re-send) costs the script 5.6 to 8.5 µs of `redis-server`
-//! CPU, so one core absorbs 117k to 180k session updates per second. Each live session is
+//! a renewal (a busy session's re-send) costs the script 5.6 to 9.3 µs of `redis-server`
+//! CPU over several runs, so one core absorbs 108k to 180k session updates per second. Each live session is
 //! re-sent about once per `idle_timeout / 2` (150 s by default), so one tag carries about
-//! 17 to 27 million busy live sessions (fewer with many joins, leaves and page changes,
+//! 16 to 27 million busy live sessions (fewer with many joins, leaves and page changes,
 //! which cost about twice a renewal). That is above the 10 million where splitting the
 //! keys into several tags would pay, so the view keeps one tag; the layout splits by id
 //! and by user name if that ever changes.
