@@ -96,9 +96,12 @@
 //!
 //! # Limits
 //! - One [`Cluster`] per [`Presence`]: the flush drains the tracker's change log.
-//! - An explicit leave ends the session for every node only if its event reached the flush
-//!   task (a subscriber lagging past the tracker's `event_capacity` between two flushes misses
-//!   some); otherwise the session leaves when the other nodes' holds expire.
+//! - An explicit leave ends the session for every node through its `Left` event, which the
+//!   task reads as it comes; a burst of more than the tracker's `event_capacity` events
+//!   before the task runs loses some, and those sessions leave when the other nodes' holds
+//!   expire.
+//! - Redis 6.2 or later (the script uses `ZADD ... LT`), or a compatible server with Lua and
+//!   `cmsgpack`.
 //! - [`Cluster::user`]'s `last_seen` and `idle` come from the last upserts (up to half an
 //!   `idle_timeout` old), merged with this node's own view of the user.
 //! - A session seen by two nodes with different kinds shows the kind the last flush sent.
@@ -121,12 +124,14 @@
 //! # Scale
 //! One hash tag puts every key on one Redis shard. Its ceiling, measured by the same bench:
 //! a renewal (a busy session's re-send) costs the script 5.6 to 9.3 µs of `redis-server`
-//! CPU over several runs, so one core absorbs 108k to 180k session updates per second. Each live session is
-//! re-sent about once per `idle_timeout / 2` (150 s by default), so one tag carries about
+//! CPU over several runs, so one core absorbs 108k to 180k session updates per second. Each
+//! live session is re-sent about once per `idle_timeout / 2` (150 s by default), so one tag
+//! carries about
 //! 16 to 27 million busy live sessions (fewer with many joins, leaves and page changes,
 //! which cost about twice a renewal). That is above the 10 million where splitting the
-//! keys into several tags would pay, so the view keeps one tag; the layout splits by id
-//! and by user name if that ever changes.
+//! keys into several tags would pay, so the view keeps one tag. Should that change, the
+//! layout splits: sessions and holds are already keyed by id bucket, and users and pages
+//! would go by a hash of their name, the counts being sums over the tags.
 
 mod conn;
 mod task;
