@@ -750,3 +750,36 @@ async fn a_flush_costs_what_changed_not_what_is_stored() {
         "a page change moves no user: {c:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_leaves_between_two_flushes_ends_every_one_everywhere() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    // A tiny event channel: the leaves must not depend on it.
+    let a = Presence::builder()
+        .clock(clock.clone())
+        .reaper(Reaper::Manual)
+        .idle_timeout(IDLE)
+        .event_capacity(4)
+        .build();
+    let (b, _) = tracker();
+    let _events = a.subscribe(); // a subscriber that never reads
+    let ca = node(&server.url(), "a", &a).await;
+    let cb = node(&server.url(), "b", &b).await;
+    let ids: Vec<SessionId> = (0..300).map(|_| id()).collect();
+    for s in &ids {
+        a.touch(*s, Kind::Guest).unwrap();
+        b.touch(*s, Kind::Guest).unwrap();
+    }
+    assert_eq!(settle(&[&ca, &cb]).await.sessions, 300);
+    for s in &ids {
+        assert!(a.leave(*s).is_some());
+    }
+    let c = settle(&[&ca, &cb]).await;
+    assert_eq!(
+        c.sessions, 0,
+        "every leave ends the session for node b too: {c:?}"
+    );
+}

@@ -96,10 +96,6 @@
 //!
 //! # Limits
 //! - One [`Cluster`] per [`Presence`]: the flush drains the tracker's change log.
-//! - An explicit leave ends the session for every node through its `Left` event, which the
-//!   task reads as it comes; a burst of more than the tracker's `event_capacity` events
-//!   before the task runs loses some, and those sessions leave when the other nodes' holds
-//!   expire.
 //! - Redis 6.2 or later (the script uses `ZADD ... LT`), or a compatible server with Lua and
 //!   `cmsgpack`.
 //! - [`Cluster::user`]'s `last_seen` and `idle` come from the last upserts (up to half an

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{self, Conn};
 use super::{ClusterCounts, ClusterError, Shared};
-use crate::{Event, Kind, LeaveReason, Peak, Presence, SessionId, SessionInfo};
+use crate::{Kind, Peak, Presence, SessionId, SessionInfo};
 
 /// Operations per script call: a re-send of a million sessions is 250 calls, each short
 /// enough not to hold Redis for long.
@@ -78,8 +78,6 @@ pub(super) struct Flusher {
     shared: Arc<Shared>,
     presence: Presence,
     client: redis::Client,
-    events: broadcast::Receiver<Event>,
-    events_open: bool,
     script: Script,
     pending: HashMap<SessionId, Pending>,
     leaves: usize,
@@ -103,9 +101,8 @@ pub(super) fn system_time(ms: i64) -> SystemTime {
 
 impl Flusher {
     pub(super) fn new(shared: Arc<Shared>, presence: Presence, client: redis::Client) -> Self {
-        // Subscribe before enabling the log, and read the sessions after: a change in
-        // between is seen twice, which the pending map absorbs; none is missed.
-        let events = presence.subscribe();
+        // Enable the log before reading the sessions: a change in between is seen twice,
+        // which the pending map absorbs; none is missed.
         presence.changes().enable();
         let pending = presence
             .sessions()
@@ -116,8 +113,6 @@ impl Flusher {
             shared,
             presence,
             client,
-            events,
-            events_open: true,
             script: Script::new(include_str!("flush.lua")),
             pending,
             leaves: 0,
@@ -133,9 +128,6 @@ impl Flusher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                // Leaves are read as they happen, not only at a flush, so that a burst of
-                // events between two flushes does not overflow the channel.
-                event = self.events.recv(), if self.events_open => self.note(event),
                 _ = tick.tick() => {
                     if let Err(e) = self.flush().await {
                         tracing::debug!(error = %e, "presence cluster: flush failed");
@@ -210,35 +202,10 @@ impl Flusher {
         }
     }
 
-    fn note(&mut self, event: Result<Event, broadcast::error::RecvError>) {
-        match event {
-            Ok(Event::Left {
-                session,
-                reason: LeaveReason::Left,
-                ..
-            }) => self.add_pending(session, Pending::Leave),
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!(
-                    missed = n,
-                    "presence cluster: missed events; those leaves end in Redis when their holds expire"
-                );
-            }
-            // Cannot happen while this task holds the tracker; never spin on it.
-            Err(broadcast::error::RecvError::Closed) => self.events_open = false,
-        }
-    }
-
-    /// Gathers what changed: explicit leaves (events), the change log, renewals due.
+    /// Gathers what changed: explicit leaves, the change log, renewals due.
     fn collect(&mut self) {
-        loop {
-            match self.events.try_recv() {
-                Ok(event) => self.note(Ok(event)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    self.note(Err(broadcast::error::RecvError::Lagged(n)));
-                }
-                Err(_) => break,
-            }
+        for id in self.presence.changes().drain_left() {
+            self.add_pending(id, Pending::Leave);
         }
         for id in self.presence.changes().drain() {
             // A session that started and ended while Redis was out of reach was never sent:
