@@ -70,19 +70,21 @@ impl Clock for SystemClock {
 /// use presence_tracker::{Kind, ManualClock, Presence, Reaper, SessionId};
 /// use std::time::Duration;
 ///
-/// let clock = ManualClock::new();
-/// let presence = Presence::builder()
-///     .clock(clock.clone())
-///     .reaper(Reaper::Manual)
-///     .idle_timeout(Duration::from_secs(60))
-///     .build();
-/// let id = SessionId::new_v4();
-/// presence.touch(id, Kind::Guest)?;
-/// clock.advance(Duration::from_secs(59));
-/// assert_eq!(presence.counts().guests, 1);
-/// clock.advance(Duration::from_secs(1));
-/// assert_eq!(presence.counts().guests, 0); // due at exactly 60 s
-/// # Ok::<(), presence_tracker::PresenceError>(())
+/// fn main() -> Result<(), presence_tracker::PresenceError> {
+///     let clock = ManualClock::new();
+///     let presence = Presence::builder()
+///         .clock(clock.clone())
+///         .reaper(Reaper::Manual)
+///         .idle_timeout(Duration::from_secs(60))
+///         .build();
+///     let id = SessionId::new_v4();
+///     presence.touch(id, Kind::Guest)?;
+///     clock.advance(Duration::from_secs(59));
+///     assert_eq!(presence.counts().guests, 1);
+///     clock.advance(Duration::from_secs(1));
+///     assert_eq!(presence.counts().guests, 0); // due at exactly 60 s
+///     Ok(())
+/// }
 /// ```
 #[derive(Clone, Default)]
 pub struct ManualClock {

@@ -17,10 +17,12 @@ use uuid::Uuid;
 /// ```
 /// use presence_tracker::SessionId;
 ///
-/// let id: SessionId = "67E55044-10B1-426F-9247-BB680E5FE0C8".parse()?;
-/// assert_eq!(id.to_string(), "67e55044-10b1-426f-9247-bb680e5fe0c8");
-/// assert!("67e5504410b1426f9247bb680e5fe0c8".parse::<SessionId>().is_err()); // simple form: refused
-/// # Ok::<(), presence_tracker::ParseSessionIdError>(())
+/// fn main() -> Result<(), presence_tracker::ParseSessionIdError> {
+///     let id: SessionId = "67E55044-10B1-426F-9247-BB680E5FE0C8".parse()?;
+///     assert_eq!(id.to_string(), "67e55044-10b1-426f-9247-bb680e5fe0c8");
+///     assert!("67e5504410b1426f9247bb680e5fe0c8".parse::<SessionId>().is_err()); // simple form: refused
+///     Ok(())
+/// }
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(Uuid);

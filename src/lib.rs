@@ -12,26 +12,28 @@
 //! ```
 //! use presence_tracker::{Kind, Presence, SessionId};
 //!
-//! let presence = Presence::new();
-//! let (guest, alice_tab1, alice_tab2, bob) =
-//!     (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
+//! fn main() -> Result<(), presence_tracker::PresenceError> {
+//!     let presence = Presence::new();
+//!     let (guest, alice_tab1, alice_tab2, bob) =
+//!         (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
 //!
-//! presence.visit(guest, Kind::Guest, "/")?;
-//! presence.visit(alice_tab1, Kind::member("alice"), "/forum/42")?;
-//! presence.visit(alice_tab2, Kind::member("alice"), "/forum/7")?; // one user, two tabs
-//! presence.touch(bob, Kind::hidden_member("bob"))?;              // signed in, not listed
+//!     presence.visit(guest, Kind::Guest, "/")?;
+//!     presence.visit(alice_tab1, Kind::member("alice"), "/forum/42")?;
+//!     presence.visit(alice_tab2, Kind::member("alice"), "/forum/7")?; // one user, two tabs
+//!     presence.touch(bob, Kind::hidden_member("bob"))?;              // signed in, not listed
 //!
-//! let c = presence.counts();
-//! println!(
-//!     "In total there are {} users online :: {} registered, {} hidden and {} guests",
-//!     c.online, c.members, c.hidden, c.guests
-//! );
-//! assert_eq!((c.online, c.members, c.hidden, c.guests), (3, 1, 1, 1));
-//! assert_eq!(presence.page_count("/forum/42"), 1);
+//!     let c = presence.counts();
+//!     println!(
+//!         "In total there are {} users online :: {} registered, {} hidden and {} guests",
+//!         c.online, c.members, c.hidden, c.guests
+//!     );
+//!     assert_eq!((c.online, c.members, c.hidden, c.guests), (3, 1, 1, 1));
+//!     assert_eq!(presence.page_count("/forum/42"), 1);
 //!
-//! presence.leave(alice_tab1);                    // one tab closed: alice is still online
-//! assert_eq!(presence.counts().members, 1);
-//! # Ok::<(), presence_tracker::PresenceError>(())
+//!     presence.leave(alice_tab1);                    // one tab closed: alice is still online
+//!     assert_eq!(presence.counts().members, 1);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # A tour
@@ -41,6 +43,12 @@
 //!   with [`UserId`] a cheap-clone user name.
 //! - [`Counts`] with its [`Peak`] ("most users ever online"), [`SessionInfo`] with its
 //!   [`SessionState`] (active or idle), [`UserStatus`].
+//! - Names: [`Presence::online_members`] and [`Presence::page_members`] list listed users by
+//!   name ("Registered users: alice, bob"), each costing what it returns;
+//!   [`Presence::sessions_page`] pages the admin list with a [`SessionCursor`].
+//! - Bounds: names and pages longer than [`MAX_USER_LEN`] and [`MAX_PAGE_LEN`] are refused
+//!   ([`PresenceError`]); offline users are remembered for last-seen up to
+//!   [`PresenceBuilder::max_remembered_users`].
 //! - [`Event`] and [`LeaveReason`] from [`Presence::subscribe`].
 //! - [`Clock`], [`SystemClock`] and [`ManualClock`] for tests that move time by hand.
 //!
@@ -52,9 +60,10 @@
 //!   beating goes offline `heartbeat_limit` after its last activity.
 //! - A due session is gone at once for every read, even before the reaper evicts it:
 //!   [`heartbeat`](Presence::heartbeat) returns `false` and does not revive it; a touch starts
-//!   a new session (`Joined`, after its `Left`). Reads settle what is due first, so
-//!   [`counts`](Presence::counts) always equals a recount of [`sessions`](Presence::sessions)
-//!   when no call is in flight.
+//!   a new session (`Joined`, after its `Left`). Reads settle what is due first (a bounded
+//!   batch, so no request waits on a mass expiry: the reaper does the rest within a reap
+//!   interval), so [`counts`](Presence::counts) equals a recount of
+//!   [`sessions`](Presence::sessions) when no call is in flight.
 //! - A user with several live sessions counts once. A user is *hidden* while all their live
 //!   sessions are hidden; one listed session makes them a member. [`Presence::user`] is the
 //!   server's truth: hiding a user from other visitors is the application's job.
@@ -74,7 +83,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
 
-// The API on top, plain data at the bottom; each module imports only from those below it.
+// Modules, the API on top and plain data at the bottom; each imports only from the layers
+// below it:
+//   presence (the API) > lifecycle (the write path) > tracker (state, reads, reaping)
+//   > builder, reaper > users, pages, expiry, changes, map > session, counters, info, error,
+//   events > clock, kind, id.
 mod builder;
 mod changes;
 mod clock;

@@ -21,16 +21,18 @@ use crate::{Kind, SessionId, UserId};
 /// ```
 /// use presence_tracker::{Kind, Presence, SessionId, Touch};
 ///
-/// let presence = Presence::new();
-/// let (alice_tab1, alice_tab2, guest) = (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
-/// assert_eq!(presence.touch(alice_tab1, Kind::member("alice"))?, Touch::Joined);
-/// presence.visit(alice_tab2, Kind::member("alice"), "/forum/42")?;
-/// presence.visit(guest, Kind::Guest, "/forum/42")?;
+/// fn main() -> Result<(), presence_tracker::PresenceError> {
+///     let presence = Presence::new();
+///     let (alice_tab1, alice_tab2, guest) = (SessionId::new_v4(), SessionId::new_v4(), SessionId::new_v4());
+///     assert_eq!(presence.touch(alice_tab1, Kind::member("alice"))?, Touch::Joined);
+///     presence.visit(alice_tab2, Kind::member("alice"), "/forum/42")?;
+///     presence.visit(guest, Kind::Guest, "/forum/42")?;
 ///
-/// let c = presence.counts();
-/// assert_eq!((c.online, c.members, c.guests, c.sessions), (2, 1, 1, 3));
-/// assert_eq!(presence.page_count("/forum/42"), 2);
-/// # Ok::<(), presence_tracker::PresenceError>(())
+///     let c = presence.counts();
+///     assert_eq!((c.online, c.members, c.guests, c.sessions), (2, 1, 1, 3));
+///     assert_eq!(presence.page_count("/forum/42"), 2);
+///     Ok(())
+/// }
 /// ```
 #[derive(Clone)]
 pub struct Presence {

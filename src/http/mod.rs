@@ -31,37 +31,37 @@
 //! use presence_tracker::{Kind, Presence};
 //! use presence_tracker::http::{self, PresenceLayer, PresenceSession, ScriptTag};
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let presence = Presence::new();
+//! async fn run() -> std::io::Result<()> {
+//!     let presence = Presence::new();
 //!
-//! let tag = ScriptTag::new(&presence).to_string();
-//! let counts = presence.clone();
-//! let page = move |PresenceSession(_id): PresenceSession| {
-//!     let c = counts.counts();
-//!     let tag = tag.clone();
-//!     async move {
-//!         Html(format!(
-//!             "<p><span data-presence=\"online\">{}</span> users online</p>{tag}",
-//!             c.online
-//!         ))
-//!     }
-//! };
+//!     let tag = ScriptTag::new(&presence).to_string();
+//!     let counts = presence.clone();
+//!     let page = move |PresenceSession(_id): PresenceSession| {
+//!         let c = counts.counts();
+//!         let tag = tag.clone();
+//!         async move {
+//!             Html(format!(
+//!                 "<p><span data-presence=\"online\">{}</span> users online</p>{tag}",
+//!                 c.online
+//!             ))
+//!         }
+//!     };
 //!
-//! let app = Router::new()
-//!     .route("/", get(page))
-//!     .merge(http::routes(presence.clone()))
-//!     .layer(
-//!         PresenceLayer::new(presence)
-//!             .signing_key(http::Key::generate())
-//!             .classify(|req| match req.headers.get("x-user") {
-//!                 Some(user) => Kind::member(user.to_str().unwrap_or("?")),
-//!                 None => Kind::Guest,
-//!             }),
-//!     );
+//!     let app = Router::new()
+//!         .route("/", get(page))
+//!         .merge(http::routes(presence.clone()))
+//!         .layer(
+//!             PresenceLayer::new(presence)
+//!                 .signing_key(http::Key::generate())
+//!                 .classify(|req| match req.headers.get("x-user") {
+//!                     Some(user) => Kind::member(user.to_str().unwrap_or("?")),
+//!                     None => Kind::Guest,
+//!                 }),
+//!         );
 //!
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await
-//! # }
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await
+//! }
 //! ```
 //!
 //! # Failure behaviour
