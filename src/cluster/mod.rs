@@ -630,3 +630,10 @@ impl Cluster {
         Ok(names.into_iter().map(UserId::from).collect())
     }
 }
+
+const _: () = {
+    const fn handle<T: Send + Sync + Clone + fmt::Debug + 'static>() {}
+    handle::<Cluster>();
+    handle::<ClusterCounts>();
+    handle::<ClusterBuilder>();
+};
