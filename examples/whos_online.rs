@@ -29,6 +29,17 @@
 //! `metrics` feature and an exporter), `/metrics` serves the tracker's metrics in the
 //! Prometheus text format.
 //!
+//! Cluster mode (feature `redis`): with `REDIS_URL` set, the node joins the cluster-wide view
+//! on that Redis, and its counts, page counts and names are the cluster's; two processes on
+//! two ports show the same numbers. Give them the same `PRESENCE_SIGNING_KEY` (at least 64
+//! bytes) so that each accepts the other's cookies:
+//!
+//! ```text
+//! export REDIS_URL=redis://127.0.0.1:6379 PRESENCE_SIGNING_KEY=$(head -c 48 /dev/urandom | base64)
+//! PORT=3000 cargo run --example whos_online --features axum,redis &
+//! PORT=3001 cargo run --example whos_online --features axum,redis
+//! ```
+//!
 //! The demo has no authentication at all (anyone may sign in as anyone, and `/admin` is
 //! open): it shows presence, not security.
 
@@ -180,17 +191,30 @@ struct Demo {
 
 /// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
 /// overrides the script's default. Cookies are signed with a key of this process only.
-#[allow(dead_code)] // the browser test's entry point
+#[allow(dead_code)] // the end-to-end tests serve the demo through this
 pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> Router {
     app_with_key(presence, heartbeat_interval, Key::generate())
 }
 
 /// [`app`] with the cookie signing key `key` (one that outlives the process keeps the
 /// visitors' sessions across a restart).
+#[allow(dead_code)] // the browser test's restart serves the demo through this
 pub(crate) fn app_with_key(
     presence: Presence,
     heartbeat_interval: Option<Duration>,
     key: Key,
+) -> Router {
+    let routes = presence_http::Routes::new(presence.clone());
+    node_app(presence, heartbeat_interval, key, routes)
+}
+
+/// The forum with a given cookie key and presence routes (cluster mode attaches its
+/// cluster to them).
+pub(crate) fn node_app(
+    presence: Presence,
+    heartbeat_interval: Option<Duration>,
+    key: Key,
+    routes: presence_http::Routes,
 ) -> Router {
     let mut tag = ScriptTag::new(&presence).refresh(REFRESH);
     if let Some(interval) = heartbeat_interval {
@@ -219,7 +243,7 @@ pub(crate) fn app_with_key(
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(presence_http::Routes::new(presence).names(NAMES))
+        .merge(routes.names(NAMES))
         .layer(layer)
         .with_state(demo)
 }
@@ -780,7 +804,30 @@ async fn main() -> std::io::Result<()> {
         );
     }
     let interval = env_secs("PRESENCE_HEARTBEAT_INTERVAL");
-    let app = app_with_key(presence.clone(), interval, signing_key(snapshot.as_deref()));
+    // Cluster nodes share one key from the environment, so each accepts the others' cookies;
+    // a single node keeps its own beside the snapshot.
+    let key = match std::env::var("PRESENCE_SIGNING_KEY") {
+        Ok(secret) => Key::try_from(secret.as_bytes()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("PRESENCE_SIGNING_KEY: {e}"),
+            )
+        })?,
+        Err(_) => signing_key(snapshot.as_deref()),
+    };
+    #[allow(unused_mut)]
+    let mut routes = presence_http::Routes::new(presence.clone());
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        let cluster = presence_tracker::cluster::Cluster::builder(url)
+            .namespace("whos_online")
+            .start(&presence)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        println!("cluster mode: node {} on REDIS_URL", cluster.node_id());
+        routes = routes.cluster(cluster);
+    }
+    let app = node_app(presence.clone(), interval, key, routes);
     #[cfg(feature = "__demo_prometheus")]
     let app = app.route("/metrics", get(move || async move { metrics.render() }));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

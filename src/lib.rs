@@ -80,6 +80,8 @@
 //!   types they hold. Times serialize as integer milliseconds since the Unix epoch.
 //! - `axum`: the `http` module: a tower layer issuing a UUID cookie, heartbeat / leave /
 //!   counts routes, and the page script.
+//! - `redis`: the `cluster` module: several server nodes share one cluster-wide view on
+//!   Redis (or Redis Cluster), each keeping its local tracker and hot path.
 //! - `metrics`: gauges (`presence_online`, `presence_members`, `presence_hidden`,
 //!   `presence_guests`, `presence_bots`, `presence_sessions`, set on each reap pass),
 //!   counters (`presence_joined_total`, `presence_left_total{reason}`,
@@ -133,6 +135,10 @@ mod users;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod cluster;
+
 pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use counters::{Counts, Peak};
@@ -144,6 +150,9 @@ pub use kind::{Kind, UserId};
 pub use lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
 pub use presence::Presence;
 pub use reaper::Reaper;
+
+#[cfg(feature = "redis")]
+pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};
 
 #[cfg(feature = "serde")]
 fn unix_millis<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {

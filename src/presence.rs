@@ -178,10 +178,24 @@ impl Presence {
         self.tracker.session_lease(id)
     }
 
+    /// Whether a snapshot file is set: shutdown saves the sessions for the next start.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn has_snapshot_file(&self) -> bool {
+        self.tracker.snapshot.is_some()
+    }
+
     /// The log of sessions changed on a write path, for the cluster view.
     #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn changes(&self) -> &ChangeLog {
         &self.tracker.changes
+    }
+
+    /// The tracker's own "now" as wall-clock time, on the scale of [`SessionInfo`]'s times:
+    /// the cluster view sends ages (now minus `last_seen`), never timestamps.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn now_wall(&self) -> std::time::SystemTime {
+        let tracker = &*self.tracker;
+        tracker.wall.at(tracker.clock.now())
     }
 
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),

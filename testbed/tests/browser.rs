@@ -700,3 +700,84 @@ async fn a_restart_between_two_heartbeats_keeps_the_visitor_and_the_peak() {
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     second.shutdown();
 }
+
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+
+/// One demo node of a cluster: its own tracker, the shared cookie key, the cluster view.
+async fn serve_node(
+    url: &str,
+    key: &presence_tracker::http::Key,
+) -> (String, presence_tracker::cluster::Cluster) {
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .heartbeat_limit(Duration::from_secs(120))
+        .build();
+    let cluster = presence_tracker::cluster::Cluster::builder(url)
+        .namespace("browser")
+        .flush_interval(Duration::from_millis(200))
+        .start(&presence)
+        .await
+        .unwrap();
+    let routes = presence_tracker::http::Routes::new(presence.clone()).cluster(cluster.clone());
+    let app = demo::node_app(presence, Some(HEARTBEAT), key.clone(), routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_one_visitor_each_both_pages_show_the_cluster() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let Some(server) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let key = presence_tracker::http::Key::generate();
+    let (base_a, cluster_a) = serve_node(&server.url(), &key).await;
+    let (base_b, _cluster_b) = serve_node(&server.url(), &key).await;
+
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(1), Profile::new(2));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    // One visitor on each node: both pages show 2 online once the script refreshes.
+    a.goto(&format!("{base_a}/")).await.unwrap();
+    b.goto(&format!("{base_b}/")).await.unwrap();
+    for (name, client) in [("A", &a), ("B", &b)] {
+        eventually!(
+            wait,
+            format!("{name}'s node shows 2 online"),
+            text(client, "[data-presence=online]").await == "2"
+        );
+    }
+    assert_eq!(cluster_a.counts().nodes, 2);
+
+    // B leaves: both pages show 1.
+    b.goto("about:blank").await.unwrap();
+    eventually!(
+        wait,
+        "A's node shows 1 online",
+        text(&a, "[data-presence=online]").await == "1"
+    );
+    eventually!(
+        wait,
+        "the view has one session",
+        cluster_a.counts().sessions == 1
+    );
+    b.goto(&format!("{base_b}/")).await.unwrap();
+    eventually!(
+        wait,
+        "B, back, shows 2 online",
+        text(&b, "[data-presence=online]").await == "2"
+    );
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
