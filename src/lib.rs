@@ -171,7 +171,8 @@ const _: () = {
     handle::<Event>();
 };
 
-// The README's web example needs the `axum` feature, as the README's test command enables.
+// The README's web and cluster examples need the `axum` and `redis` features, which the
+// README's test command enables.
 #[doc = include_str!("../README.md")]
-#[cfg(all(doctest, feature = "axum"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis"))]
 pub struct ReadmeDoctests;
