@@ -19,10 +19,32 @@
 //! the idle timeout), `PRESENCE_DEMO_SEED` (a number of made-up visitors to start with, to
 //! see the pages at scale: 95 % guests, 4 % members, 1 % bots, over the topics).
 //!
+//! Restarts keep the visitors: the tracker is saved to `PRESENCE_SNAPSHOT` (default
+//! `whos_online.snapshot` in the temporary directory; empty: no snapshot) on Ctrl-C or
+//! SIGTERM, after a graceful shutdown, and restored at start, with the cookie signing key
+//! kept beside it (`<snapshot>.key`) so that returning browsers keep their sessions.
+//! `/admin` charts "users online, last 24 hours" from `Presence::history`;
+//! `PRESENCE_HISTORY_INTERVAL` (seconds, may be fractional; default 60) samples faster to
+//! see the chart fill within a minute. With `--features axum,__demo_prometheus` (the
+//! `metrics` feature and an exporter), `/metrics` serves the tracker's metrics in the
+//! Prometheus text format.
+//!
+//! Cluster mode (feature `redis`): with `REDIS_URL` set, the node joins the cluster-wide view
+//! on that Redis, and its counts, page counts and names are the cluster's; two processes on
+//! two ports show the same numbers. Give them the same `PRESENCE_SIGNING_KEY` (at least 64
+//! bytes) so that each accepts the other's cookies:
+//!
+//! ```text
+//! export REDIS_URL=redis://127.0.0.1:6379 PRESENCE_SIGNING_KEY=$(head -c 48 /dev/urandom | base64)
+//! PORT=3000 cargo run --example whos_online --features axum,redis &
+//! PORT=3001 cargo run --example whos_online --features axum,redis
+//! ```
+//!
 //! The demo has no authentication at all (anyone may sign in as anyone, and `/admin` is
 //! open): it shows presence, not security.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +92,12 @@ const TOPICS: [(&str, &str); 3] = [
 /// The tracker with the settings taken from the environment (see the module docs).
 pub(crate) fn presence_from_env() -> Presence {
     let mut builder = Presence::builder();
+    if let Some(path) = snapshot_path() {
+        builder = builder.snapshot_file(path);
+    }
+    if let Some(interval) = env_secs("PRESENCE_HISTORY_INTERVAL") {
+        builder = builder.history_interval(interval.max(Duration::from_millis(1)));
+    }
     if let Some(secs) = env_secs("PRESENCE_IDLE_TIMEOUT") {
         builder = builder.idle_timeout(secs).idle_after(secs);
     }
@@ -103,6 +131,48 @@ fn seed(presence: &Presence, n: usize) {
     println!("seeded {n} made-up visitors");
 }
 
+/// Where the tracker is saved across restarts: `PRESENCE_SNAPSHOT`, by default a file in
+/// the temporary directory; `None` when set empty.
+fn snapshot_path() -> Option<PathBuf> {
+    match std::env::var_os("PRESENCE_SNAPSHOT") {
+        Some(path) if path.is_empty() => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(std::env::temp_dir().join("whos_online.snapshot")),
+    }
+}
+
+/// The cookie signing key, kept beside the snapshot (`<snapshot>.key`, created on the first
+/// start) so that a restarted server accepts the cookies it issued; without a snapshot, a
+/// key for this process only.
+fn signing_key(snapshot: Option<&std::path::Path>) -> Key {
+    let Some(snapshot) = snapshot else {
+        return Key::generate();
+    };
+    let path = PathBuf::from(format!("{}.key", snapshot.display()));
+    if let Ok(secret) = std::fs::read(&path) {
+        match Key::try_from(&secret[..]) {
+            Ok(key) => return key,
+            Err(err) => eprintln!("ignoring {}: {err}", path.display()),
+        }
+    }
+    // 64 random bytes from the operating system, through four v4 UUIDs.
+    let secret: Vec<u8> = (0..4)
+        .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
+        .collect();
+    let written = {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path).and_then(|mut f| f.write_all(&secret))
+    };
+    if let Err(err) = written {
+        eprintln!("cannot keep the signing key in {}: {err}", path.display());
+    }
+    Key::try_from(&secret[..]).unwrap_or_else(|_| Key::generate())
+}
+
 fn env_secs(name: &str) -> Option<Duration> {
     let value = std::env::var(name).ok()?;
     match value.trim().parse::<f64>() {
@@ -120,8 +190,32 @@ struct Demo {
 }
 
 /// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
-/// overrides the script's default.
+/// overrides the script's default. Cookies are signed with a key of this process only.
+#[allow(dead_code)] // the end-to-end tests serve the demo through this
 pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> Router {
+    app_with_key(presence, heartbeat_interval, Key::generate())
+}
+
+/// [`app`] with the cookie signing key `key` (one that outlives the process keeps the
+/// visitors' sessions across a restart).
+#[allow(dead_code)] // the browser test's restart serves the demo through this
+pub(crate) fn app_with_key(
+    presence: Presence,
+    heartbeat_interval: Option<Duration>,
+    key: Key,
+) -> Router {
+    let routes = presence_http::Routes::new(presence.clone());
+    node_app(presence, heartbeat_interval, key, routes)
+}
+
+/// The forum with a given cookie key and presence routes (cluster mode attaches its
+/// cluster to them).
+pub(crate) fn node_app(
+    presence: Presence,
+    heartbeat_interval: Option<Duration>,
+    key: Key,
+    routes: presence_http::Routes,
+) -> Router {
     let mut tag = ScriptTag::new(&presence).refresh(REFRESH);
     if let Some(interval) = heartbeat_interval {
         tag = tag.interval(interval);
@@ -130,10 +224,10 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
         presence: presence.clone(),
         script_tag: tag.to_string(),
     });
-    // Plain HTTP on loopback: no `Secure`. The key is per process, like the tracker.
+    // Plain HTTP on loopback: no `Secure`.
     let layer = PresenceLayer::new(presence.clone())
         .secure(false)
-        .signing_key(Key::generate())
+        .signing_key(key)
         .classify(classify)
         // Form posts are not page views; the favicon is not a visit.
         .skip(|req| {
@@ -149,7 +243,7 @@ pub(crate) fn app(presence: Presence, heartbeat_interval: Option<Duration>) -> R
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(presence_http::Routes::new(presence).names(NAMES))
+        .merge(routes.names(NAMES))
         .layer(layer)
         .with_state(demo)
 }
@@ -252,6 +346,167 @@ pub(crate) fn utc(time: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// `HH:MM` (UTC) of `time`.
+fn hh_mm(time: SystemTime) -> String {
+    utc(time)[11..16].to_owned()
+}
+
+/// "Users online, last 24 hours": a server-rendered SVG chart of `history` (one sample a
+/// minute) with its highest point and the all-time `peak` marked. A minute without a
+/// sample (the server was down) is a gap, not a line drawn across it.
+pub(crate) fn history_chart(
+    history: &[(SystemTime, usize)],
+    peak: presence_tracker::Peak,
+    now: SystemTime,
+) -> String {
+    const W: f64 = 760.0;
+    const H: f64 = 240.0;
+    const LEFT: f64 = 44.0;
+    const RIGHT: f64 = 16.0;
+    const TOP: f64 = 34.0;
+    const BOTTOM: f64 = 28.0;
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let mut svg = format!(
+        r##"<figure id="history" style="margin:0 0 1.5em 0">
+<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="Users online, last 24 hours" style="background:#fff;border:1px solid #d8dee9;border-radius:6px;font:12px sans-serif">
+<text x="{LEFT}" y="20" font-size="14" font-weight="bold" fill="#1a202c">Users online, last 24 hours</text>"##
+    );
+    let (plot_w, plot_h) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    if history.is_empty() {
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#718096">No samples yet: the first comes within a minute.</text></svg></figure>"##,
+            LEFT + plot_w / 2.0,
+            TOP + plot_h / 2.0
+        );
+        return svg;
+    }
+    // The window: 24 hours back from now, or from the first sample when sampling faster.
+    let end = secs(now).max(secs(history[history.len() - 1].0));
+    let start = secs(history[0].0).max(end - 86_400.0).min(end - 5.0);
+    let highest = history.iter().map(|&(_, n)| n).max().unwrap_or(0);
+    // A round top a little above both the chart's highest point and the all-time peak.
+    let top_value = highest.max(peak.online).max(4) as f64 * 1.1;
+    let step = [
+        1.0, 2.0, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 250.0, 500.0, 1000.0,
+    ]
+    .into_iter()
+    .chain((4..12).map(|e| 10f64.powi(e)))
+    .find(|s| top_value / s <= 5.0)
+    .unwrap_or(1e12);
+    let y_max = (top_value / step).ceil() * step;
+    let x = |t: f64| LEFT + (t - start) / (end - start) * plot_w;
+    // Seconds matter only on a chart of a few minutes (a demo sampling fast).
+    let clock = |at: SystemTime| {
+        if end - start < 600.0 {
+            utc(at)[11..19].to_owned()
+        } else {
+            hh_mm(at)
+        }
+    };
+    let y = |n: f64| TOP + plot_h - n / y_max * plot_h;
+    // Grid and value labels.
+    let mut v = 0.0;
+    while v <= y_max + 0.5 {
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#edf2f7"/><text x="{}" y="{:.1}" text-anchor="end" fill="#718096">{v}</text>"##,
+            W - RIGHT,
+            LEFT - 6.0,
+            y(v) + 4.0,
+            y = y(v),
+        );
+        v += step;
+    }
+    // Time labels: five, evenly spaced.
+    for i in 0..=4 {
+        let t = start + (end - start) * f64::from(i) / 4.0;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let label = clock(UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)));
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{}" text-anchor="{anchor}" fill="#718096">{label}</text>"##,
+            x(t),
+            H - 8.0
+        );
+    }
+    // The samples, split where several are missing (the server was down); one missed now
+    // and then (sampling faster than the reaper runs) is not a gap.
+    let mut gaps: Vec<f64> = history
+        .windows(2)
+        .map(|w| secs(w[1].0) - secs(w[0].0))
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let spacing = gaps.get(gaps.len() / 2).copied().unwrap_or(60.0);
+    let mut runs: Vec<&[(SystemTime, usize)]> = Vec::new();
+    let mut from = 0;
+    for i in 1..history.len() {
+        if secs(history[i].0) - secs(history[i - 1].0) > spacing * 2.5 {
+            runs.push(&history[from..i]);
+            from = i;
+        }
+    }
+    runs.push(&history[from..]);
+    let base = y(0.0);
+    for run in runs {
+        let points: Vec<String> = run
+            .iter()
+            .map(|&(t, n)| format!("{:.1},{:.1}", x(secs(t)), y(n as f64)))
+            .collect();
+        let (first, last) = (x(secs(run[0].0)), x(secs(run[run.len() - 1].0)));
+        let _ = write!(
+            svg,
+            r##"<polygon points="{first:.1},{base:.1} {} {last:.1},{base:.1}" fill="#bee3f8" fill-opacity="0.7"/><polyline points="{}" fill="none" stroke="#2b6cb0" stroke-width="2" stroke-linejoin="round"/>"##,
+            points.join(" "),
+            points.join(" ")
+        );
+    }
+    // The all-time peak, as a dashed line with its date.
+    let peak_y = y(peak.online as f64);
+    let _ = write!(
+        svg,
+        r##"<line x1="{LEFT}" x2="{}" y1="{peak_y:.1}" y2="{peak_y:.1}" stroke="#c53030" stroke-dasharray="5 4"/><text id="peak-line" x="{}" y="{:.1}" text-anchor="end" fill="#c53030">most ever: {} on {}</text>"##,
+        W - RIGHT,
+        W - RIGHT,
+        peak_y - 5.0,
+        peak.online,
+        utc(peak.at)
+    );
+    // The highest point of the day, marked and labelled.
+    if let Some(&(at, n)) = history.iter().rev().find(|&&(_, n)| n == highest) {
+        let (px, py) = (x(secs(at)), y(n as f64));
+        let anchor = if px > LEFT + plot_w * 0.75 {
+            "end"
+        } else {
+            "start"
+        };
+        let dx = if anchor == "end" { -8.0 } else { 8.0 };
+        let _ = write!(
+            svg,
+            r##"<circle id="peak" cx="{px:.1}" cy="{py:.1}" r="4.5" fill="#c53030" stroke="#fff" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-weight="bold" fill="#c53030">peak {n} at {}</text>"##,
+            px + dx,
+            (py + 16.0).min(TOP + plot_h - 4.0),
+            clock(at)
+        );
+    }
+    // Now, at the right end.
+    let &(_, current) = &history[history.len() - 1];
+    let _ = write!(
+        svg,
+        r##"<text x="{}" y="20" text-anchor="end" fill="#2b6cb0">now: <tspan font-weight="bold">{current}</tspan> online · {} samples</text></svg></figure>"##,
+        W - RIGHT,
+        history.len()
+    );
+    svg
 }
 
 fn ago(time: SystemTime) -> String {
@@ -383,9 +638,12 @@ async fn admin(
         .presence
         .sessions_page(from.unwrap_or(SessionCursor::START), ADMIN_PAGE);
     sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-    let mut body = format!(
+    let counts = demo.presence.counts();
+    let mut body = history_chart(&demo.presence.history(), counts.peak, SystemTime::now());
+    let _ = write!(
+        body,
         "<p id=\"showing\">{} sessions online; {} on this page.",
-        demo.presence.counts().sessions,
+        counts.sessions,
         sessions.len()
     );
     if from.is_some() {
@@ -521,6 +779,8 @@ async fn toggle_hidden(headers: HeaderMap, Form(form): Form<BackForm>) -> Respon
     ([set], back_to(&form.back, &headers)).into_response()
 }
 
+// The browser test compiles this file into a crate without the `__demo_prometheus` feature.
+#[allow(unexpected_cfgs)]
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let port: u16 = match std::env::var("PORT") {
@@ -529,9 +789,81 @@ async fn main() -> std::io::Result<()> {
         })?,
         Err(_) => 3000,
     };
+    // The recorder first, so that it sees every session from the start.
+    #[cfg(feature = "__demo_prometheus")]
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no other metrics recorder is installed");
     let presence = presence_from_env();
+    let snapshot = snapshot_path();
+    if let Some(path) = &snapshot {
+        println!(
+            "snapshot {}: {} sessions online at start",
+            path.display(),
+            presence.counts().sessions
+        );
+    }
     let interval = env_secs("PRESENCE_HEARTBEAT_INTERVAL");
+    // Cluster nodes share one key from the environment, so each accepts the others' cookies;
+    // a single node keeps its own beside the snapshot.
+    let key = match std::env::var("PRESENCE_SIGNING_KEY") {
+        Ok(secret) => Key::try_from(secret.as_bytes()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("PRESENCE_SIGNING_KEY: {e}"),
+            )
+        })?,
+        Err(_) => signing_key(snapshot.as_deref()),
+    };
+    #[allow(unused_mut)]
+    let mut routes = presence_http::Routes::new(presence.clone());
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        let cluster = presence_tracker::cluster::Cluster::builder(url)
+            .namespace("whos_online")
+            .start(&presence)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        println!("cluster mode: node {} on REDIS_URL", cluster.node_id());
+        routes = routes.cluster(cluster);
+    }
+    let app = node_app(presence.clone(), interval, key, routes);
+    #[cfg(feature = "__demo_prometheus")]
+    let app = app.route("/metrics", get(move || async move { metrics.render() }));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("who's online demo on http://{}/", listener.local_addr()?);
-    axum::serve(listener, app(presence, interval)).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // Requests are done: save who is online for the next start.
+    match presence.save_snapshot() {
+        Ok(()) => println!("saved {} sessions", presence.counts().sessions),
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {}
+        Err(err) => eprintln!("snapshot not saved: {err}"),
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what a service manager or a container runtime sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    println!("shutting down");
 }

@@ -1,6 +1,7 @@
 //! [`PresenceBuilder`](crate::PresenceBuilder): the settings of a tracker, validated where they are set.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct PresenceBuilder {
     pub(crate) event_capacity: usize,
     pub(crate) clock: TimeSource,
     pub(crate) reaper: Reaper,
+    pub(crate) snapshot_file: Option<PathBuf>,
+    pub(crate) history_interval: Duration,
 }
 
 impl Default for PresenceBuilder {
@@ -61,6 +64,8 @@ impl Default for PresenceBuilder {
             event_capacity: 1024,
             clock: TimeSource::System(SystemClock::new()),
             reaper: Reaper::Auto,
+            snapshot_file: None,
+            history_interval: Duration::from_secs(60),
         }
     }
 }
@@ -205,6 +210,61 @@ impl PresenceBuilder {
         self.reaper = reaper;
         self
     }
+
+    /// Keeps who is online across restarts in the file at `path`. Default: none.
+    ///
+    /// [`build`](Self::build) restores what the file holds: the sessions still live by the
+    /// wall clock (with their kind, page and times, and without a `Joined` event: a deploy
+    /// that takes 20 s keeps everyone online and subscribers see no storm), the last-seen
+    /// time of offline users, the peak and the [`history`](crate::Presence::history).
+    /// [`Presence::save_snapshot`](crate::Presence::save_snapshot),
+    /// [`Presence::shutdown`](crate::Presence::shutdown) and the drop of the last handle
+    /// write it.
+    ///
+    /// A missing file is an empty start. A file that cannot be read as a snapshot (cut
+    /// short, corrupt, from another format version, a directory, not readable) is moved aside
+    /// to `<path>.corrupt-<unix seconds>` with a warning through `tracing`, and the tracker
+    /// starts empty; if it cannot be moved aside either, the tracker starts empty and refuses
+    /// to overwrite it (saves fail with an error) until someone removes it. Never a panic,
+    /// never a deleted file.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, Reaper, SessionId};
+    ///
+    /// let path = std::env::temp_dir().join(format!("presence-doc-{}.snapshot", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let presence = Presence::builder().snapshot_file(&path).reaper(Reaper::Manual).build();
+    /// presence.visit(SessionId::new_v4(), Kind::member("alice"), "/forum")?;
+    /// presence.save_snapshot()?;
+    ///
+    /// let restarted = Presence::builder().snapshot_file(&path).reaper(Reaper::Manual).build();
+    /// assert_eq!(restarted.counts().members, 1);
+    /// assert_eq!(restarted.page_count("/forum"), 1);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.snapshot_file = Some(path.into());
+        self
+    }
+
+    /// How often [`Presence::history`](crate::Presence::history) samples `online`. Default
+    /// 1 minute, which with its 1440 samples covers 24 hours; a shorter interval covers
+    /// 1440 of them (a demo or a browser test that wants a chart with several points within
+    /// seconds).
+    ///
+    /// # Panics
+    /// Below 1 ms or above [`MAX_REAP_INTERVAL`].
+    pub fn history_interval(mut self, interval: Duration) -> Self {
+        check(
+            "history_interval",
+            interval,
+            Duration::from_millis(1),
+            MAX_REAP_INTERVAL,
+        );
+        self.history_interval = interval;
+        self
+    }
 }
 
 impl fmt::Debug for PresenceBuilder {
@@ -220,6 +280,8 @@ impl fmt::Debug for PresenceBuilder {
             .field("event_capacity", &self.event_capacity)
             .field("clock", &self.clock)
             .field("reaper", &self.reaper)
+            .field("snapshot_file", &self.snapshot_file)
+            .field("history_interval", &self.history_interval)
             .finish()
     }
 }

@@ -142,6 +142,21 @@ impl Counters {
         *self.peak.lock()
     }
 
+    /// People online now, in one load (for the history and the gauges).
+    pub(crate) fn online(&self) -> usize {
+        self.people.load(Ordering::Relaxed)
+    }
+
+    /// Takes a peak restored from a snapshot if it is higher than the current one, or as
+    /// high and reached earlier (the restored sessions themselves count as reaching it now).
+    pub(crate) fn restore_peak(&self, online: usize, at: Tick) {
+        let mut peak = self.peak.lock();
+        if online > peak.0 || (online == peak.0 && at < peak.1) {
+            *peak = (online, at);
+            self.peak_online.store(online, Ordering::Relaxed);
+        }
+    }
+
     /// Reads every counter once; see [`Counts`] for what a concurrent reader can see.
     pub(crate) fn read(&self, wall: &WallClock) -> Counts {
         let members = self.members.load(Ordering::Relaxed);

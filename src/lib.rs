@@ -51,6 +51,9 @@
 //!   [`PresenceBuilder::max_remembered_users`].
 //! - [`Event`] and [`LeaveReason`] from [`Presence::subscribe`].
 //! - [`Clock`], [`SystemClock`] and [`ManualClock`] for tests that move time by hand.
+//! - Restarts and operations: [`PresenceBuilder::snapshot_file`] keeps who is online (and
+//!   last-seen times, the peak, the history) across a restart, [`Presence::save_snapshot`]
+//!   writes it; [`Presence::history`] is `online` once a minute over the last 24 hours.
 //!
 //! # Semantics
 //! - A session is live while `now < deadline` and due from `now >= deadline`, where
@@ -77,6 +80,16 @@
 //!   types they hold. Times serialize as integer milliseconds since the Unix epoch.
 //! - `axum`: the `http` module: a tower layer issuing a UUID cookie, heartbeat / leave /
 //!   counts routes, and the page script.
+//! - `redis`: the `cluster` module: several server nodes share one cluster-wide view on
+//!   Redis (or Redis Cluster), each keeping its local tracker and hot path.
+//! - `metrics`: gauges (`presence_online`, `presence_members`, `presence_hidden`,
+//!   `presence_guests`, `presence_bots`, `presence_sessions`, set on each reap pass),
+//!   counters (`presence_joined_total`, `presence_left_total{reason}`,
+//!   `presence_refused_total`) and a histogram (`presence_reap_seconds`) through the
+//!   [`metrics`](https://docs.rs/metrics) facade; install the exporter you like.
+//!
+//! Warnings (an unusable snapshot, refused sessions, a slow reap pass) and each snapshot
+//! save and restore are reported through [`tracing`](https://docs.rs/tracing).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
@@ -93,6 +106,7 @@ mod counters;
 mod error;
 mod events;
 mod expiry;
+mod history;
 mod id;
 mod info;
 mod kind;
@@ -108,10 +122,12 @@ mod lifecycle;
 pub mod map;
 #[cfg(not(feature = "__bench_internals"))]
 mod map;
+mod metrics;
 mod pages;
 mod presence;
 mod reaper;
 mod session;
+mod snapshot;
 mod sync;
 mod tracker;
 mod users;
@@ -119,6 +135,10 @@ mod users;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod cluster;
 
 /// Internal structures for the fuzz targets and the model-checking tests; not part of the
 /// API.
@@ -139,6 +159,9 @@ pub use lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
 pub use presence::Presence;
 pub use reaper::Reaper;
 
+#[cfg(feature = "redis")]
+pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};
+
 #[cfg(feature = "serde")]
 fn unix_millis<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
     let ms = t
@@ -156,7 +179,8 @@ const _: () = {
     handle::<Event>();
 };
 
-// The README's web example needs the `axum` feature, as the README's test command enables.
+// The README's web and cluster examples need the `axum` and `redis` features, which the
+// README's test command enables.
 #[doc = include_str!("../README.md")]
-#[cfg(all(doctest, feature = "axum"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis"))]
 pub struct ReadmeDoctests;

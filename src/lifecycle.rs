@@ -29,6 +29,17 @@ pub const MAX_USER_LEN: usize = 256;
 /// calling.
 pub const MAX_PAGE_LEN: usize = 1024;
 
+/// A session as a snapshot saved it, for [`Tracker::restore_all`].
+#[derive(Debug)]
+pub(crate) struct Saved {
+    pub(crate) id: SessionId,
+    pub(crate) kind: Kind,
+    /// Its page, as an index into the snapshot's strings.
+    pub(crate) page: Option<u32>,
+    /// Last seen, last active, first seen.
+    pub(crate) times: (Tick, Tick, Tick),
+}
+
 /// What an operation does to the session counters.
 enum Step {
     Add,
@@ -88,6 +99,7 @@ impl Tracker {
                     let reason = session.leave_reason(&self.cfg, now);
                     self.end(id, session, details, reason, now);
                     let (fresh, fresh_details, check) = self.start(id, kind, page, now);
+                    crate::metrics::joined();
                     (*session, *details) = (fresh, fresh_details);
                     self.expiry.schedule(check, slot);
                     return Ok(Touch::Joined);
@@ -97,6 +109,7 @@ impl Tracker {
                         drop(entry);
                         if settled {
                             let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
                         }
                         // Full: evict everything already due, then try once more.
@@ -105,6 +118,7 @@ impl Tracker {
                         continue;
                     }
                     let (fresh, details, check) = self.start(id, kind, page, now);
+                    crate::metrics::joined();
                     match entry.insert(fresh, details) {
                         Ok(slot) => self.expiry.schedule(check, slot),
                         Err((fresh, details)) => {
@@ -112,6 +126,7 @@ impl Tracker {
                             self.end(id, &fresh, &details, LeaveReason::Left, now);
                             self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
                             let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
                         }
                     }
@@ -249,6 +264,7 @@ impl Tracker {
         now: Tick,
     ) {
         self.changes.record(id);
+        crate::metrics::left(reason);
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Left {
@@ -279,6 +295,114 @@ impl Tracker {
         if let Some(page) = &details.page {
             self.pages.leave(page, listed(session.tag, &details.user));
         }
+    }
+
+    /// Sessions restored from a snapshot at build, in bulk: each table (users, pages,
+    /// counters, expiry) is updated once for all of them, not once a session, so that a
+    /// million sessions restore in about the time it takes to read them. Sessions are
+    /// counted as [`start`](Self::start) counts a new one, with their saved times (idle if
+    /// they are), and announced to no one: nobody can have subscribed yet, and a restart is
+    /// not a join. `pages` holds the page names `Saved::page` refers to. Past
+    /// `max_sessions` the rest are not restored. Returns how many were.
+    pub(crate) fn restore_all(&self, mut saved: Vec<Saved>, pages: &[String], now: Tick) -> usize {
+        if let Some(max) = self.cfg.max_sessions {
+            let room = max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed));
+            saved.truncate(room);
+        }
+        self.counters
+            .occupied
+            .fetch_add(saved.len(), Ordering::Relaxed);
+
+        // Pages: each page's sessions and listed users, counted in at once.
+        let mut per_page: Vec<Option<(usize, Vec<UserId>)>> = Vec::new();
+        per_page.resize_with(pages.len(), || None);
+        for s in &saved {
+            if let Some(p) = s.page {
+                let (sessions, members) = per_page[p as usize].get_or_insert_default();
+                *sessions += 1;
+                if let Kind::Member(user) = &s.kind {
+                    members.push(user.clone());
+                }
+            }
+        }
+        let used: Vec<usize> = (0..pages.len())
+            .filter(|&p| per_page[p].is_some())
+            .collect();
+        let interned = self.pages.restore(
+            used.iter()
+                .filter_map(|&p| {
+                    let (sessions, members) = per_page[p].take()?;
+                    Some((pages[p].as_str(), sessions, members))
+                })
+                .collect(),
+        );
+        let mut page_names: Vec<Option<SharedStr>> = vec![None; pages.len()];
+        for (p, name) in used.into_iter().zip(interned) {
+            page_names[p] = Some(name);
+        }
+
+        // Users, then the counters, all before the sessions are visible.
+        let members: Vec<(UserId, bool, SessionId, Tick)> = saved
+            .iter()
+            .filter_map(|s| {
+                let user = s.kind.user()?.clone();
+                Some((user, s.kind.is_hidden(), s.id, s.times.0))
+            })
+            .collect();
+        let mut people = self
+            .counters
+            .apply_users(self.users.restore_sessions(&members));
+        let (mut guests, mut bots, mut idle) = (0, 0, 0);
+        for s in &saved {
+            match KindTag::of(&s.kind) {
+                KindTag::Guest => guests += 1,
+                KindTag::Bot => bots += 1,
+                KindTag::Member | KindTag::Hidden => {}
+            }
+            if s.times.1 + self.cfg.idle_after <= now {
+                idle += 1;
+            }
+        }
+        let c = &self.counters;
+        c.guests.fetch_add(guests, Ordering::Relaxed);
+        c.bots.fetch_add(bots, Ordering::Relaxed);
+        c.idle.fetch_add(idle, Ordering::Relaxed);
+        c.active.fetch_add(saved.len() - idle, Ordering::Relaxed);
+        people += isize::try_from(guests).unwrap_or(isize::MAX);
+        c.add_people(people, now);
+
+        // The sessions themselves, and their first checks in one go.
+        let restored = saved.len();
+        let mut checks = Vec::with_capacity(restored);
+        let mut lost = 0;
+        for s in saved {
+            let (seen, active, first_seen) = s.times;
+            let page = s.page.and_then(|p| page_names[p as usize].clone());
+            let (mut session, mut details) = Session::new(s.kind, page, seen);
+            session.set_times(seen, active);
+            details.first_seen = first_seen;
+            session.idle = active + self.cfg.idle_after <= now;
+            let check = session.next_change(&self.cfg, now);
+            session.next_check = narrow(check);
+            self.changes.record(s.id);
+            let failed = match self.sessions.entry(s.id) {
+                MapEntry::Vacant(entry) => match entry.insert(session, details) {
+                    Ok(slot) => {
+                        checks.push((check, slot));
+                        continue;
+                    }
+                    Err(failed) => failed,
+                },
+                // Ids in a snapshot are distinct, and the map is empty at build.
+                MapEntry::Occupied(_) => (session, details),
+            };
+            // Counted above: uncount it.
+            self.end(s.id, &failed.0, &failed.1, LeaveReason::Left, now);
+            self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+            lost += 1;
+        }
+        self.expiry.schedule_all(checks);
+        restored - lost
     }
 
     /// Counts a guest or bot session in or out; returns the guests it adds to `people`.

@@ -58,6 +58,35 @@ impl PageTable {
         name
     }
 
+    /// Counts sessions restored from a snapshot in at once, under one hold of the lock:
+    /// for each page, its sessions and the users of its listed sessions (one entry a
+    /// session). Returns the interned pages, in order.
+    pub(crate) fn restore(&self, pages: Vec<(&str, usize, Vec<UserId>)>) -> Vec<SharedStr> {
+        let mut table = self.pages.lock();
+        pages
+            .into_iter()
+            .map(|(to, sessions, mut members)| {
+                let name = match table.get_key_value(to) {
+                    Some((name, _)) => name.clone(),
+                    None => SharedStr::new(to),
+                };
+                let page = table.entry(name.clone()).or_default();
+                page.sessions += sessions;
+                // One entry per user with its number of sessions here.
+                members.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+                let mut members = members.into_iter().peekable();
+                while let Some(user) = members.next() {
+                    let mut n = 1;
+                    while members.next_if(|u| u == &user).is_some() {
+                        n += 1;
+                    }
+                    *page.members.entry(ByName::new(user)).or_insert(0) += n;
+                }
+                name
+            })
+            .collect()
+    }
+
     /// A session on `page` changes listing (signs in or out, hides or shows itself).
     pub(crate) fn relist(&self, page: &SharedStr, from: Option<&UserId>, to: Option<&UserId>) {
         if from == to {

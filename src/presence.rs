@@ -1,8 +1,9 @@
 //! [`Presence`]: the public operations, each a few lines over the tracker's parts.
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
@@ -177,10 +178,24 @@ impl Presence {
         self.tracker.session_lease(id)
     }
 
+    /// Whether a snapshot file is set: shutdown saves the sessions for the next start.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn has_snapshot_file(&self) -> bool {
+        self.tracker.snapshot.is_some()
+    }
+
     /// The log of sessions changed on a write path, for the cluster view.
     #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn changes(&self) -> &ChangeLog {
         &self.tracker.changes
+    }
+
+    /// The tracker's own "now" as wall-clock time, on the scale of [`SessionInfo`]'s times:
+    /// the cluster view sends ages (now minus `last_seen`), never timestamps.
+    #[allow(dead_code)] // used by the optional cluster view
+    pub(crate) fn now_wall(&self) -> std::time::SystemTime {
+        let tracker = &*self.tracker;
+        tracker.wall.at(tracker.clock.now())
     }
 
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
@@ -244,11 +259,60 @@ impl Presence {
         self.tracker.events.subscribe()
     }
 
-    /// Stops the background reaper (for every clone of this handle). The tracker keeps
-    /// working: reads still settle what is due, and [`reap`](Self::reap) still works.
-    /// Dropping the last handle does this too.
+    /// Stops the background reaper (for every clone of this handle) and, with a
+    /// [`snapshot_file`](PresenceBuilder::snapshot_file), saves the snapshot (a failure is
+    /// logged through `tracing`; call [`save_snapshot`](Self::save_snapshot) to handle it).
+    /// The tracker keeps working: reads still settle what is due, and [`reap`](Self::reap)
+    /// still works. Dropping the last handle does this too.
+    ///
+    /// The save is blocking file I/O in the calling thread (see
+    /// [`save_snapshot`](Self::save_snapshot) for its cost); in an async server, call it
+    /// once the server has stopped, or from `spawn_blocking`.
     pub fn shutdown(&self) {
         self.tracker.reaper.stop();
+        self.tracker.save_on_exit();
+    }
+
+    /// Writes the snapshot file now (see
+    /// [`PresenceBuilder::snapshot_file`](PresenceBuilder::snapshot_file)): atomically, so
+    /// a crash leaves the previous snapshot or this one, whole. Touches go on meanwhile; each
+    /// live session is saved exactly once.
+    ///
+    /// Costs in proportion to the sessions: about a third of a second of CPU for a million,
+    /// in about 28 bytes each on disk (the benchmarks document has the figures).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] when no snapshot file is set; the I/O error when the
+    /// file cannot be written; an error when the file found at build was unusable and could
+    /// not be moved aside (it is never overwritten until someone removes it).
+    pub fn save_snapshot(&self) -> io::Result<()> {
+        self.tracker.save_snapshot()
+    }
+
+    /// `online` over the last 24 hours, oldest first: one sample a minute (the
+    /// [`history_interval`](PresenceBuilder::history_interval)), at most 1440 of them, in
+    /// fixed memory, for a chart of "users online today". Each sample's time is the start
+    /// of its minute. A minute in which nothing ran (no reaper, no read) has no sample.
+    ///
+    /// Samples are taken by the reaper and by reads, never by a scan; restored from the
+    /// snapshot across a restart.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionId};
+    ///
+    /// let presence = Presence::new();
+    /// presence.touch(SessionId::new_v4(), Kind::Guest)?;
+    /// let history = presence.history();
+    /// assert_eq!(history.last().map(|&(_, online)| online), Some(1));
+    /// # Ok::<(), presence_tracker::PresenceError>(())
+    /// ```
+    pub fn history(&self) -> Vec<(SystemTime, usize)> {
+        let tracker = &*self.tracker;
+        let now = tracker.settle();
+        tracker
+            .history
+            .sample(now, &tracker.wall, || tracker.counters.online());
+        tracker.history.read(tracker.wall.at(now))
     }
 
     /// The configured `idle_timeout`.
@@ -289,10 +353,11 @@ impl fmt::Debug for Presence {
 }
 
 impl PresenceBuilder {
-    /// Builds the tracker and starts its reaper.
+    /// Builds the tracker, restores its [`snapshot_file`](Self::snapshot_file) if one is
+    /// set, and starts its reaper.
     pub fn build(self) -> Presence {
-        Presence {
-            tracker: Tracker::new(self),
-        }
+        let tracker = Tracker::new(self);
+        tracker.restore_snapshot();
+        Presence { tracker }
     }
 }

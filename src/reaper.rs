@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
@@ -16,6 +16,10 @@ pub(crate) trait Reap: Send + Sync + 'static {
     /// Evicts one bounded batch of what is due now; returns whether more is due. Between
     /// batches the reaper lets other work run, so no caller waits on a large reap.
     fn reap_step(&self) -> bool;
+
+    /// A pass (the steps of one interval) is over after `took`: for the history, the gauges
+    /// and a word about a slow pass.
+    fn pass_done(&self, took: Duration);
 }
 
 /// Who evicts sessions that went quiet.
@@ -117,12 +121,14 @@ fn run_thread(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) 
         let Some(tracker) = tracker.upgrade() else {
             return;
         };
+        let started = Instant::now();
         while tracker.reap_step() {
             if signal.stopped.load(Ordering::Acquire) {
                 return;
             }
             std::thread::yield_now();
         }
+        tracker.pass_done(started.elapsed());
     }
 }
 
@@ -136,11 +142,13 @@ async fn run_task(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Durati
         let Some(tracker) = tracker.upgrade() else {
             return;
         };
+        let started = Instant::now();
         while tracker.reap_step() {
             if signal.stopped.load(Ordering::Acquire) {
                 return;
             }
             tokio::task::yield_now().await;
         }
+        tracker.pass_done(started.elapsed());
     }
 }

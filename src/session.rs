@@ -118,6 +118,11 @@ impl Session {
         (session, details)
     }
 
+    /// Sets last seen and last active, as a restored session had them.
+    pub(crate) fn set_times(&mut self, seen: Tick, active: Tick) {
+        *self.times.get_mut() = Times::new(narrow(seen), narrow(active)).0;
+    }
+
     pub(crate) fn kind(&self, details: &Details) -> Kind {
         match (self.tag, &details.user) {
             (KindTag::Member, Some(u)) => Kind::Member(u.clone()),

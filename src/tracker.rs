@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -27,11 +27,14 @@ use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::counters::{Counters, Counts};
 use crate::events::{EventQueue, LeaveReason};
 use crate::expiry::ExpiryIndex;
+use crate::history::History;
 use crate::info::{SessionCursor, SessionInfo, SessionState, UserStatus};
 use crate::map::{Cold, Entry as MapEntry, SessionMap};
+use crate::metrics::Refusals;
 use crate::pages::PageTable;
 use crate::reaper::{Reap, ReaperControl};
 use crate::session::{Config, Details, Session, narrow};
+use crate::snapshot::SnapshotFile;
 use crate::users::{UserSnapshot, UserTable};
 
 /// Due sessions a read or a write settles itself at most; the reaper does the rest.
@@ -54,6 +57,11 @@ pub(crate) struct Tracker {
     /// Sessions changed on a write path, for the cluster view (off unless one is attached).
     pub(crate) changes: ChangeLog,
     pub(crate) reaper: ReaperControl,
+    /// `online` once a minute over the last day.
+    pub(crate) history: History,
+    /// Where the tracker is saved across restarts, if anywhere.
+    pub(crate) snapshot: Option<SnapshotFile>,
+    pub(crate) refusals: Refusals,
 }
 
 impl Tracker {
@@ -69,7 +77,7 @@ impl Tracker {
                 max_sessions: b.max_sessions,
                 remember_users_for: millis(b.remember_users_for),
             },
-            wall: WallClock::new(now),
+            wall: WallClock::new(now, b.clock.wall_now()),
             clock: b.clock,
             sessions: SessionMap::new(),
             counters: Counters::new(now),
@@ -80,6 +88,9 @@ impl Tracker {
             events: EventQueue::new(b.event_capacity),
             changes: ChangeLog::default(),
             reaper: ReaperControl::default(),
+            history: History::new(b.history_interval),
+            snapshot: b.snapshot_file.map(SnapshotFile::new),
+            refusals: Refusals::default(),
         });
         let weak = Arc::downgrade(&tracker);
         tracker
@@ -134,9 +145,18 @@ impl Tracker {
 
     /// [`Presence::reap`](crate::Presence::reap): everything due now, then its events.
     pub(crate) fn reap(&self) -> usize {
+        let started = Instant::now();
         let evicted = self.reap_all(self.clock.now());
         self.events.deliver();
+        self.after_pass(self.clock.now(), started.elapsed());
         evicted
+    }
+
+    /// After a reap pass: a history sample if one is due, the gauges, a word if it was slow.
+    fn after_pass(&self, now: Tick, took: Duration) {
+        self.history
+            .sample(now, &self.wall, || self.counters.online());
+        crate::metrics::reap_pass(|| self.counters.read(&self.wall), took);
     }
 
     /// Evicts up to `limit` due items; returns how many sessions it evicted and whether more
@@ -180,7 +200,9 @@ impl Tracker {
     }
 
     pub(crate) fn counts(&self) -> Counts {
-        self.settle();
+        let now = self.settle();
+        self.history
+            .sample(now, &self.wall, || self.counters.online());
         self.counters.read(&self.wall)
     }
 
@@ -340,5 +362,16 @@ impl Reap for Tracker {
         };
         self.events.deliver();
         more
+    }
+
+    fn pass_done(&self, took: Duration) {
+        self.after_pass(self.clock.now(), took);
+    }
+}
+
+impl Drop for Tracker {
+    /// The last handle is gone: a best-effort save (a failure is logged).
+    fn drop(&mut self) {
+        self.save_on_exit();
     }
 }

@@ -235,6 +235,93 @@ impl UserTable {
         }
     }
 
+    /// Counts sessions restored from a snapshot in at once, under one hold of the lock:
+    /// (user, hidden, session, last seen) each. Returns the change in distinct users. No
+    /// events: a restart is not a user coming online.
+    pub(crate) fn restore_sessions(
+        &self,
+        sessions: &[(UserId, bool, SessionId, Tick)],
+    ) -> UserDelta {
+        let mut delta = UserDelta::default();
+        if sessions.is_empty() {
+            return delta;
+        }
+        let mut guard = self.users.lock();
+        let users = &mut *guard;
+        let mut before: HashMap<UserId, Standing, Hasher> = HashMap::default();
+        for (user, hidden, session, seen) in sessions {
+            if !before.contains_key(user) {
+                before.insert(user.clone(), users.standing(user));
+            }
+            let rec = users.map.entry(user.clone()).or_insert_with(|| UserRecord {
+                listed: 0,
+                hidden: 0,
+                sessions: HashSet::default(),
+                last_seen: *seen,
+                offline_since: *seen,
+                offline_key: None,
+            });
+            if *hidden {
+                rec.hidden += 1;
+            } else {
+                rec.listed += 1;
+            }
+            rec.sessions.insert(*session);
+        }
+        for (user, was) in before {
+            let now = users.standing(&user);
+            users.moved(&user, was, now, &mut delta);
+        }
+        delta
+    }
+
+    /// The offline users remembered, oldest first: (user, last seen, offline since). For the
+    /// snapshot.
+    pub(crate) fn export_offline(&self) -> Vec<(UserId, Tick, Tick)> {
+        let users = self.users.lock();
+        users
+            .offline
+            .values()
+            .filter_map(|user| {
+                let rec = users.map.get(user)?;
+                Some((user.clone(), rec.last_seen, rec.offline_since))
+            })
+            .collect()
+    }
+
+    /// Remembers `user` as offline since `since`, last seen at `last_seen` (from a snapshot),
+    /// unless the user is online; a user already remembered keeps the later times.
+    pub(crate) fn remember_offline(&self, user: &UserId, last_seen: Tick, since: Tick) {
+        let mut guard = self.users.lock();
+        let users = &mut *guard;
+        if let Some(rec) = users.map.get_mut(user) {
+            if rec.standing() != Standing::Offline {
+                return;
+            }
+            rec.last_seen = rec.last_seen.max(last_seen);
+            if since <= rec.offline_since {
+                return;
+            }
+            rec.offline_since = since;
+            if let Some(key) = rec.offline_key.take() {
+                users.offline.remove(&key);
+            }
+        } else {
+            users.map.insert(
+                user.clone(),
+                UserRecord {
+                    listed: 0,
+                    hidden: 0,
+                    sessions: HashSet::default(),
+                    last_seen,
+                    offline_since: since,
+                    offline_key: None,
+                },
+            );
+        }
+        users.remember(user, self.max_offline);
+    }
+
     /// Offline users remembered now (for tests and memory figures).
     #[cfg(test)]
     pub(crate) fn remembered(&self) -> usize {

@@ -192,6 +192,8 @@ pub struct Routes {
     presence: Presence,
     leave_grace: Duration,
     names: usize,
+    #[cfg(feature = "redis")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Routes {
@@ -201,7 +203,29 @@ impl Routes {
             presence,
             leave_grace: LEAVE_GRACE,
             names: 50,
+            #[cfg(feature = "redis")]
+            cluster: None,
         }
+    }
+
+    /// Answers with the cluster-wide view (feature `redis`): the JSON counts (of
+    /// `GET /presence/counts` and of the heartbeat and activity answers) are
+    /// [`ClusterCounts`](crate::cluster::ClusterCounts) (`online`, `members`, `hidden`,
+    /// `guests`, `bots`, `sessions`, `peak` as before; `nodes`, `as_of` and `stale` added;
+    /// `active` and `idle` are this node's only and left out), and page counts and names
+    /// come from every node. When Redis does not answer, page counts and names fall back
+    /// to this node's and the counts are the last view, with `"stale": true`.
+    ///
+    /// Without sticky sessions a heartbeat can reach a node that does not know the
+    /// session: this node then asks the cluster, and a session another node holds is taken
+    /// up here (as a touch with its kind and page) and answered `204`, not `410`. A leave
+    /// reaching such a node takes the session up the same way, then ends it (after the
+    /// grace) for the whole cluster.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// How many member names the JSON carries: the first `n` of
@@ -253,6 +277,8 @@ impl Routes {
             leave_grace: self.leave_grace,
             names: self.names,
             pending_leaves: Mutex::new(HashMap::default()),
+            #[cfg(feature = "redis")]
+            cluster: self.cluster,
         }));
         Router::new()
             .route(&format!("{ROUTES_PREFIX}/heartbeat"), post(heartbeat))
@@ -294,6 +320,8 @@ struct Settings {
     /// One entry (and one task) per session however many leaves arrive, so its size is
     /// bounded by the live sessions.
     pending_leaves: Mutex<HashMap<SessionId, PendingLeave, foldhash::fast::RandomState>>,
+    #[cfg(feature = "redis")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 #[derive(Clone, Copy)]
@@ -350,9 +378,9 @@ impl PageQuery {
 
 /// [`Counts`] plus the asked pages' counts and the member names.
 #[derive(Serialize)]
-struct CountsBody<'a> {
+struct CountsBody<'a, C: Serialize = Counts> {
     #[serde(flatten)]
-    counts: Counts,
+    counts: C,
     #[serde(skip_serializing_if = "Option::is_none")]
     page: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
@@ -367,7 +395,11 @@ fn as_map<S: serde::Serializer>(pages: &[(&str, usize)], s: S) -> Result<S::Ok, 
     s.collect_map(pages.iter().map(|(k, v)| (k, v)))
 }
 
-fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
+async fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
+    #[cfg(feature = "redis")]
+    if let Some(cluster) = &settings.cluster {
+        return cluster_json(settings, cluster, query).await;
+    }
     let presence = &settings.presence;
     let n = settings.names;
     let page = query.page();
@@ -382,7 +414,64 @@ fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
             .map(|p| (p.as_str(), presence.page_count(p)))
             .collect(),
     };
-    match serde_json::to_vec(&body) {
+    json_response(&body)
+}
+
+/// The counts from the cluster-wide view; page counts and names fall back to this node's
+/// when Redis does not answer (the counts then say `"stale": true`).
+#[cfg(feature = "redis")]
+async fn cluster_json(
+    settings: &Settings,
+    cluster: &crate::cluster::Cluster,
+    query: &PageQuery,
+) -> Response {
+    let presence = &settings.presence;
+    let n = settings.names;
+    let page = query.page();
+    let mut counts = cluster.counts();
+    let mut degraded = false;
+    let page_count = match page {
+        Some(p) => Some(cluster.page_count(p).await.unwrap_or_else(|_| {
+            degraded = true;
+            presence.page_count(p)
+        })),
+        None => None,
+    };
+    let names = if n > 0 {
+        Some(cluster.online_members(n).await.unwrap_or_else(|_| {
+            degraded = true;
+            presence.online_members(n)
+        }))
+    } else {
+        None
+    };
+    let page_names = match page.filter(|_| n > 0) {
+        Some(p) => Some(cluster.page_members(p, n).await.unwrap_or_else(|_| {
+            degraded = true;
+            presence.page_members(p, n)
+        })),
+        None => None,
+    };
+    let asked: Vec<&str> = query.pages.iter().map(String::as_str).collect();
+    let pages = match cluster.page_counts(&asked).await {
+        Ok(c) => asked.iter().copied().zip(c).collect(),
+        Err(_) => {
+            degraded |= !asked.is_empty();
+            asked.iter().map(|p| (*p, presence.page_count(p))).collect()
+        }
+    };
+    counts.stale |= degraded;
+    json_response(&CountsBody {
+        counts,
+        page: page_count,
+        names,
+        page_names,
+        pages,
+    })
+}
+
+fn json_response(body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
         Ok(json) => (
             [
                 (CONTENT_TYPE, HeaderValue::from_static("application/json")),
@@ -421,16 +510,16 @@ fn gone() -> Response {
         .into_response()
 }
 
-fn beat_answer(settings: &Settings, query: &PageQuery, headers: &HeaderMap) -> Response {
+async fn beat_answer(settings: &Settings, query: &PageQuery, headers: &HeaderMap) -> Response {
     if wants_json(headers) {
-        counts_json(settings, query)
+        counts_json(settings, query).await
     } else {
         no_content()
     }
 }
 
 async fn counts(State(state): State<RouteState>, query: PageQuery) -> Response {
-    counts_json(&state.0, &query)
+    counts_json(&state.0, &query).await
 }
 
 async fn heartbeat(
@@ -440,10 +529,12 @@ async fn heartbeat(
     headers: HeaderMap,
 ) -> Response {
     if state.0.presence.heartbeat(id) {
-        beat_answer(&state.0, &query, &headers)
-    } else {
-        gone()
+        return beat_answer(&state.0, &query, &headers).await;
     }
+    if take_up(&state.0, id).await.is_some() {
+        return beat_answer(&state.0, &query, &headers).await;
+    }
+    gone()
 }
 
 async fn active(
@@ -475,7 +566,29 @@ async fn active(
         // it is rare enough to log at debug level.
         tracing::debug!(error = %err, "presence activity not recorded");
     }
-    beat_answer(&state.0, &query, &headers)
+    beat_answer(&state.0, &query, &headers).await
+}
+
+/// Without sticky sessions a request may reach a node that does not know its session:
+/// with a cluster attached, a session another node holds is taken up here (a touch with
+/// its kind and page). `None` when no node holds it (or without a cluster).
+async fn take_up(settings: &Settings, id: SessionId) -> Option<crate::SessionInfo> {
+    #[cfg(feature = "redis")]
+    if let Some(cluster) = &settings.cluster {
+        if let Ok(Some((kind, page))) = cluster.live_session(id).await {
+            let presence = &settings.presence;
+            let taken = match page {
+                Some(page) => presence.visit(id, kind, &page),
+                None => presence.touch(id, kind),
+            };
+            if taken.is_ok() {
+                return presence.session(id);
+            }
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = (settings, id);
+    None
 }
 
 async fn leave(
@@ -484,8 +597,13 @@ async fn leave(
     query: PageQuery,
 ) -> Response {
     let settings = &state.0;
-    let Some(info) = settings.presence.session(id) else {
-        return no_content();
+    let info = match settings.presence.session(id) {
+        Some(info) => info,
+        // Live on another node: taken up here, so that this leave ends it for the cluster.
+        None => match take_up(settings, id).await {
+            Some(info) => info,
+            None => return no_content(),
+        },
     };
     let elsewhere = match (query.page(), info.page.as_deref()) {
         (Some(left), Some(current)) => left != current,

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use presence_tracker::http as presence_http;
 use presence_tracker::{Presence, SessionId};
 use serde_json::json;
 
@@ -555,5 +556,228 @@ async fn pages_stay_eligible_for_the_back_forward_cache() {
     );
 
     a.close().await.unwrap();
+    drop(driver);
+}
+
+/// The demo with signing key `key` on `listener`, until `stop` fires; then it finishes the
+/// requests in flight, like the demo's own graceful shutdown.
+fn serve_until(
+    presence: &Presence,
+    key: presence_tracker::http::Key,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let app = demo::app_with_key(presence.clone(), Some(HEARTBEAT), key);
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await
+            .unwrap();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_two_heartbeats_keeps_the_visitor_and_the_peak() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let files = Profile::new(40); // the snapshot's directory, removed at the end
+    let path = files.0.join("whos_online.snapshot");
+    let build = || {
+        Presence::builder()
+            .idle_timeout(Duration::from_secs(60))
+            .heartbeat_limit(Duration::from_secs(120))
+            .history_interval(Duration::from_millis(250))
+            .reap_interval(Duration::from_millis(100)) // the reaper samples the history
+            .snapshot_file(&path)
+            .build()
+    };
+    // The key outlives the process in the demo (kept beside the snapshot): the same here.
+    let key = presence_http::Key::generate();
+
+    let first = build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let (stop_first, stopped) = tokio::sync::oneshot::channel();
+    let server = serve_until(&first, key.clone(), listener, stopped);
+
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(41);
+    let ada = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+    ada.goto(&format!("{base}/topic/2")).await.unwrap();
+    sign_in(&ada, "ada").await;
+    eventually!(wait, "ada is online", first.counts().members == 1);
+    let id = session_of(&ada).await;
+    // A few heartbeats, so the chart has points from before the restart.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let peak = first.counts().peak;
+    assert_eq!(peak.online, 1);
+
+    // The restart: graceful stop, save, a new tracker from the file, the same address.
+    stop_first.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the first server stops gracefully")
+        .unwrap();
+    first.shutdown(); // saves
+    drop(first);
+    let restarted_at = std::time::SystemTime::now();
+    let second = build();
+    assert!(second.session(id).is_some(), "restored from the snapshot");
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(e) if restarted_at.elapsed().unwrap() < Duration::from_secs(5) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot listen on {addr} again: {e}"),
+        }
+    };
+    let (stop_second, stopped) = tokio::sync::oneshot::channel();
+    let server = serve_until(&second, key, listener, stopped);
+
+    // The next heartbeat reaches the restarted server and is answered as for a live session:
+    // the visitor is still counted, under the same id, and nobody joined twice.
+    eventually!(
+        wait,
+        "a heartbeat reached the restarted server",
+        second
+            .session(id)
+            .is_some_and(|s| s.last_seen > restarted_at)
+    );
+    assert_eq!(session_of(&ada).await, id, "the same cookie, accepted");
+    let c = second.counts();
+    assert_eq!((c.online, c.members, c.sessions), (1, 1, 1));
+    assert_eq!(c.peak.online, peak.online, "the peak is kept");
+    // Times are kept to the millisecond, the tracker's resolution.
+    let drift = match c.peak.at.duration_since(peak.at) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    assert!(
+        drift < Duration::from_millis(1),
+        "the peak's time is kept: {drift:?}"
+    );
+    assert_eq!(second.online_members(10), ["ada"]);
+    assert_eq!(second.page_members("/topic/2", 10), ["ada"]);
+    eventually!(
+        wait,
+        "the page, refreshed from the restarted server, shows ada",
+        text(&ada, "#members").await.contains("ada")
+    );
+
+    // The admin chart: samples from before and after the restart, the peak marked.
+    ada.goto(&format!("{base}/admin")).await.unwrap();
+    let mut points = 0;
+    // One line per run of samples: the restart may leave a gap between two.
+    for line in ada
+        .find_all(Locator::Css("#history polyline"))
+        .await
+        .unwrap()
+    {
+        let attr = line.attr("points").await.unwrap().unwrap_or_default();
+        points += attr.split_whitespace().count();
+    }
+    assert!(points >= 5, "several points: {points}");
+    assert!(ada.find(Locator::Css("#history #peak")).await.is_ok());
+    assert!(
+        text(&ada, "#history #peak-line")
+            .await
+            .contains("most ever: 1 on")
+    );
+    if let Some(out) = std::env::var_os("PRESENCE_SCREENSHOT") {
+        std::fs::write(out, ada.screenshot().await.unwrap()).unwrap();
+    }
+
+    ada.close().await.unwrap();
+    stop_second.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    second.shutdown();
+}
+
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+
+/// One demo node of a cluster: its own tracker, the shared cookie key, the cluster view.
+async fn serve_node(
+    url: &str,
+    key: &presence_tracker::http::Key,
+) -> (String, presence_tracker::cluster::Cluster) {
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .heartbeat_limit(Duration::from_secs(120))
+        .build();
+    let cluster = presence_tracker::cluster::Cluster::builder(url)
+        .namespace("browser")
+        .flush_interval(Duration::from_millis(200))
+        .start(&presence)
+        .await
+        .unwrap();
+    let routes = presence_tracker::http::Routes::new(presence.clone()).cluster(cluster.clone());
+    let app = demo::node_app(presence, Some(HEARTBEAT), key.clone(), routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_one_visitor_each_both_pages_show_the_cluster() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let Some(server) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let key = presence_tracker::http::Key::generate();
+    let (base_a, cluster_a) = serve_node(&server.url(), &key).await;
+    let (base_b, _cluster_b) = serve_node(&server.url(), &key).await;
+
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(1), Profile::new(2));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    // One visitor on each node: both pages show 2 online once the script refreshes.
+    a.goto(&format!("{base_a}/")).await.unwrap();
+    b.goto(&format!("{base_b}/")).await.unwrap();
+    for (name, client) in [("A", &a), ("B", &b)] {
+        eventually!(
+            wait,
+            format!("{name}'s node shows 2 online"),
+            text(client, "[data-presence=online]").await == "2"
+        );
+    }
+    assert_eq!(cluster_a.counts().nodes, 2);
+
+    // B leaves: both pages show 1.
+    b.goto("about:blank").await.unwrap();
+    eventually!(
+        wait,
+        "A's node shows 1 online",
+        text(&a, "[data-presence=online]").await == "1"
+    );
+    eventually!(
+        wait,
+        "the view has one session",
+        cluster_a.counts().sessions == 1
+    );
+    b.goto(&format!("{base_b}/")).await.unwrap();
+    eventually!(
+        wait,
+        "B, back, shows 2 online",
+        text(&b, "[data-presence=online]").await == "2"
+    );
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
     drop(driver);
 }
