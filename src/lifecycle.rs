@@ -47,6 +47,7 @@ enum Step {
 }
 
 impl Tracker {
+    #[inline]
     pub(crate) fn activity(
         &self,
         id: SessionId,

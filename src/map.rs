@@ -126,6 +126,7 @@ impl<H, C, T: SlotIndex> Shard<H, C, T> {
     }
 
     /// The slot's hot part, and its cold part found only when asked for.
+    #[inline]
     fn parts(&self, idx: u32) -> (Option<&Slot<H>>, Cold<'_, C>) {
         let idx = idx as usize;
         let chunk = &self.chunks[idx / CHUNK];
@@ -142,6 +143,7 @@ impl<H, C, T: SlotIndex> Shard<H, C, T> {
         (&mut chunk.hot[idx % CHUNK], &mut chunk.cold[idx % CHUNK])
     }
 
+    #[inline]
     fn find(&self, hash: u64, id: &SessionId) -> Option<(Position, u32)> {
         let chunks = &self.chunks;
         self.table.find(hash, |idx| {
@@ -152,6 +154,7 @@ impl<H, C, T: SlotIndex> Shard<H, C, T> {
 
 /// The hot part of slot `idx`, if in use. A free function, so that it borrows only the
 /// chunks while the table is borrowed beside them.
+#[inline]
 fn hot_slot<H, C>(chunks: &[Chunk<H, C>], idx: u32) -> Option<&Slot<H>> {
     let idx = idx as usize;
     chunks[idx / CHUNK].hot[idx % CHUNK].as_ref()

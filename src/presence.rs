@@ -71,6 +71,7 @@ impl Presence {
     /// # Locks
     /// Takes internal locks only for the duration of the call; safe to call from any
     /// context, including while iterating [`sessions`](Self::sessions)' result.
+    #[inline]
     pub fn touch(&self, id: SessionId, kind: Kind) -> Result<Touch, PresenceError> {
         self.tracker.activity(id, kind, None)
     }
