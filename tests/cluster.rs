@@ -42,6 +42,17 @@ async fn node(url: &str, name: &str, presence: &Presence) -> Cluster {
         .expect("valid settings")
 }
 
+/// A Redis server and two nodes on it, `a` and `b`, each with its tracker; `None` when no
+/// `redis-server` can be started (a failure under `CI=true`).
+async fn two_nodes() -> Option<(RedisServer, Presence, Presence, Cluster, Cluster)> {
+    let server = RedisServer::start()?;
+    let (a, _) = tracker();
+    let (b, _) = tracker();
+    let ca = node(&server.url(), "a", &a).await;
+    let cb = node(&server.url(), "b", &b).await;
+    Some((server, a, b, ca, cb))
+}
+
 /// Syncs each node in turn, then the first again: every node has sent and read.
 async fn settle(nodes: &[&Cluster]) -> ClusterCounts {
     for n in nodes {
@@ -141,13 +152,9 @@ async fn redis_cluster_of_three_masters_runs_the_two_node_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hidden_on_one_node_and_listed_on_the_other_is_listed() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b, ca, cb)) = two_nodes().await else {
         return;
     };
-    let (a, _) = tracker();
-    let (b, _) = tracker();
-    let ca = node(&server.url(), "a", &a).await;
-    let cb = node(&server.url(), "b", &b).await;
     a.touch(id(), Kind::hidden_member("bob")).unwrap();
     let listed = id();
     b.touch(listed, Kind::member("bob")).unwrap();
@@ -212,13 +219,9 @@ async fn the_same_session_on_two_nodes_counts_once_until_both_let_it_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_on_one_node_ends_the_session_in_every_view() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b, ca, cb)) = two_nodes().await else {
         return;
     };
-    let (a, _) = tracker();
-    let (b, _) = tracker();
-    let ca = node(&server.url(), "a", &a).await;
-    let cb = node(&server.url(), "b", &b).await;
     let s = id();
     a.touch(s, Kind::Guest).unwrap();
     b.touch(s, Kind::Guest).unwrap();
@@ -593,13 +596,9 @@ async fn start_refuses_a_bad_url_or_setting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_pages_and_users_read_across_nodes() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b, ca, cb)) = two_nodes().await else {
         return;
     };
-    let (a, _) = tracker();
-    let (b, _) = tracker();
-    let ca = node(&server.url(), "a", &a).await;
-    let cb = node(&server.url(), "b", &b).await;
     a.visit(id(), Kind::member("Bob"), "/t/1").unwrap();
     a.visit(id(), Kind::member("carol"), "/t/2").unwrap();
     b.visit(id(), Kind::member("alice"), "/t/1").unwrap();
@@ -654,13 +653,9 @@ async fn names_pages_and_users_read_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_removes_this_nodes_sessions_but_not_those_another_node_holds() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b, ca, cb)) = two_nodes().await else {
         return;
     };
-    let (a, _) = tracker();
-    let (b, _) = tracker();
-    let ca = node(&server.url(), "a", &a).await;
-    let cb = node(&server.url(), "b", &b).await;
     let both = id();
     a.touch(both, Kind::Guest).unwrap();
     b.touch(both, Kind::Guest).unwrap();
