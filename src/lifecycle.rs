@@ -196,8 +196,8 @@ impl Tracker {
             if let Some(page) = &details.page {
                 self.pages.relist(
                     page,
-                    listed(session.tag, &details.user),
-                    listed(new_tag, &kind_user(&kind)),
+                    listed(session.tag, details.user.as_ref()),
+                    listed(new_tag, kind.user()),
                 );
             }
             (session.tag, details.user) = KindTag::split(kind);
@@ -205,7 +205,7 @@ impl Tracker {
         if let Some(page) = page {
             if details.page.as_ref().map(SharedStr::as_str) != Some(page) {
                 self.changes.record(id);
-                let member = listed(session.tag, &details.user);
+                let member = listed(session.tag, details.user.as_ref());
                 let from = details.page.as_ref().map(|p| (p, member));
                 details.page = Some(self.pages.change(from, page, member));
             }
@@ -247,7 +247,7 @@ impl Tracker {
             events,
         ));
         self.counters.add_people(people, now);
-        let page = page.map(|p| self.pages.change(None, p, listed(tag, &kind_user(&kind))));
+        let page = page.map(|p| self.pages.change(None, p, listed(tag, kind.user())));
         let (mut session, details) = Session::new(kind, page, now);
         let check = session.next_change(&self.cfg, now);
         session.next_check = narrow(check);
@@ -294,7 +294,8 @@ impl Tracker {
         );
         self.counters.add_people(people, now);
         if let Some(page) = &details.page {
-            self.pages.leave(page, listed(session.tag, &details.user));
+            self.pages
+                .leave(page, listed(session.tag, details.user.as_ref()));
         }
     }
 
@@ -447,10 +448,6 @@ fn user_session(id: SessionId, tag: KindTag, user: Option<&UserId>) -> Option<Us
 }
 
 /// The user a page lists a session under: its user if it is a listed member's session.
-fn listed(tag: KindTag, user: &Option<UserId>) -> Option<&UserId> {
-    user.as_ref().filter(|_| tag == KindTag::Member)
-}
-
-fn kind_user(kind: &Kind) -> Option<UserId> {
-    kind.user().cloned()
+fn listed(tag: KindTag, user: Option<&UserId>) -> Option<&UserId> {
+    user.filter(|_| tag == KindTag::Member)
 }
