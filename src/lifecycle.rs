@@ -72,8 +72,8 @@ impl Tracker {
         // a newcomer is not counted alongside it (peak) and its user's `UserOffline` /
         // `UserOnline` are not lost. A bounded batch: during an expiry storm the reaper does
         // the rest, and no request waits on it.
-        self.settle_at(now);
         check_lengths(&kind, page)?;
+        self.settle_at(now);
         let result = self.activity_slow(id, kind, page, now);
         self.events.deliver();
         result

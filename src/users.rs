@@ -44,6 +44,18 @@ enum Standing {
 }
 
 impl UserRecord {
+    /// A user with no session yet, last seen at `last_seen`, offline since `since`.
+    fn new(last_seen: Tick, since: Tick) -> Self {
+        UserRecord {
+            listed: 0,
+            hidden: 0,
+            sessions: HashSet::default(),
+            last_seen,
+            offline_since: since,
+            offline_key: None,
+        }
+    }
+
     fn standing(&self) -> Standing {
         if self.listed > 0 {
             Standing::Listed
@@ -142,14 +154,7 @@ impl UserTable {
             let rec = users
                 .map
                 .entry(s.user.clone())
-                .or_insert_with(|| UserRecord {
-                    listed: 0,
-                    hidden: 0,
-                    sessions: HashSet::default(),
-                    last_seen: now,
-                    offline_since: now,
-                    offline_key: None,
-                });
+                .or_insert_with(|| UserRecord::new(now, now));
             if s.hidden {
                 rec.hidden += 1;
             } else {
@@ -253,14 +258,10 @@ impl UserTable {
             if !before.contains_key(user) {
                 before.insert(user.clone(), users.standing(user));
             }
-            let rec = users.map.entry(user.clone()).or_insert_with(|| UserRecord {
-                listed: 0,
-                hidden: 0,
-                sessions: HashSet::default(),
-                last_seen: *seen,
-                offline_since: *seen,
-                offline_key: None,
-            });
+            let rec = users
+                .map
+                .entry(user.clone())
+                .or_insert_with(|| UserRecord::new(*seen, *seen));
             if *hidden {
                 rec.hidden += 1;
             } else {
@@ -307,17 +308,9 @@ impl UserTable {
                 users.offline.remove(&key);
             }
         } else {
-            users.map.insert(
-                user.clone(),
-                UserRecord {
-                    listed: 0,
-                    hidden: 0,
-                    sessions: HashSet::default(),
-                    last_seen,
-                    offline_since: since,
-                    offline_key: None,
-                },
-            );
+            users
+                .map
+                .insert(user.clone(), UserRecord::new(last_seen, since));
         }
         users.remember(user, self.max_offline);
     }
