@@ -392,7 +392,12 @@ async fn redis_stalled_three_seconds_then_resumed_counts_nothing_twice() {
     while let Err(e) = ca.sync().await {
         assert!(Instant::now() < deadline, "no flush after resume: {e}");
     }
-    cb.sync().await.unwrap();
+    // Both nodes were silent past the node timeout: declared dead, they register anew and
+    // send everything again; the view says stale until that is done.
+    eventually(FLUSH * 4, "the view is complete again", || {
+        !ca.counts().stale
+    })
+    .await;
     let c = ca.sync().await.unwrap();
     let local = a.counts();
     assert_eq!(
@@ -716,7 +721,7 @@ async fn a_flush_costs_what_changed_not_what_is_stored() {
     ca.sync().await.unwrap();
     let idle = redis_commands(&server);
     assert!(
-        idle < 30,
+        idle < 60,
         "a flush with nothing changed ran {idle} commands"
     );
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, Pipeline, RedisFuture, Value};
+use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::ClusterError;
 
@@ -95,4 +95,94 @@ pub(super) async fn connect(
             ConnectionManager::new_with_config(client.clone(), config).await?,
         ))
     }
+}
+
+/// Runs `script` once per argument list in `calls`, pipelined in one round trip, each call
+/// its own `EVALSHA` (so Redis serves other clients between them). A script Redis does not
+/// know (restarted, `SCRIPT FLUSH`) is loaded and the round trip sent again: the calls are
+/// idempotent. Returns one answer per call; an error answer does not fail the others.
+pub(super) async fn eval_many(
+    conn: &mut Conn,
+    script: &Lua,
+    key: &str,
+    calls: &[Vec<Vec<u8>>],
+) -> Result<Vec<Result<Value, redis::RedisError>>, ClusterError> {
+    let mut loaded = false;
+    loop {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for args in calls {
+            let cmd = pipe.cmd("EVALSHA").arg(&script.hash).arg(1).arg(key);
+            for a in args {
+                cmd.arg(a.as_slice());
+            }
+        }
+        let answers: Vec<Value> = pipe.query_async(conn).await?;
+        let mut out = Vec::with_capacity(answers.len());
+        let mut unknown = false;
+        for v in answers {
+            match v.extract_error() {
+                Ok(v) => out.push(Ok(v)),
+                Err(e) => {
+                    unknown |=
+                        e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+                    out.push(Err(e));
+                }
+            }
+        }
+        if !unknown || loaded {
+            return Ok(out);
+        }
+        loaded = true;
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script.code)
+            .query_async(conn)
+            .await?;
+    }
+}
+
+/// A Lua script and its SHA1, sent with `EVALSHA`.
+#[derive(Debug)]
+pub(super) struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    pub(super) fn new(code: &'static str) -> Lua {
+        Lua {
+            code,
+            hash: Script::new(code).get_hash().to_owned(),
+        }
+    }
+}
+
+/// Warns when Redis may evict keys: an evicted bucket would make the counts drift for good.
+/// A managed Redis that refuses `CONFIG` says nothing worth a warning.
+pub(super) async fn check_eviction_policy(conn: &mut Conn, node: &str) {
+    let answer: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    match answer {
+        Ok(pair) => match pair.get(1).map(String::as_str) {
+            Some("noeviction") | None => {}
+            Some(policy) => tracing::warn!(
+                node,
+                policy,
+                "presence cluster: Redis may evict keys (maxmemory-policy {policy}); an \
+                 evicted key makes the cluster counts drift until the nodes re-send: use \
+                 noeviction, or a Redis of its own"
+            ),
+        },
+        Err(e) => tracing::debug!(node, error = %e, "presence cluster: CONFIG GET refused"),
+    }
+}
+
+/// Whether Redis refused us for a wrong or missing password.
+pub(super) fn is_auth_error(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }

@@ -33,106 +33,103 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # What a flush sends
-//! The tracker records, on its write paths only, the sessions that started, ended, or changed
-//! kind or page; a plain touch or heartbeat records nothing. A flush reads each recorded
-//! session once and sends an *upsert* (kind, user, page, the time left until its deadline, and
-//! the ages of its last touch and activity), a *release* (it ended here) or a *leave* (it left
-//! explicitly: it ends for every node). A session sent with `t` left is looked at again after
-//! `t / 2` and re-sent only if it was touched since, so a busy session costs Redis about one
-//! write per half `idle_timeout` however many requests it makes, and an idle one nothing. A
-//! flush costs what changed, not what is stored.
+//! # On a shared Redis
+//! The Redis a site gives this crate also holds its caches, queues and sessions, so the view
+//! is a quiet tenant:
+//! - **Short calls.** A flush sends its operations in chunks of bounded work (a few
+//!   milliseconds of Redis time each), pipelined in one round trip; Redis serves its other
+//!   clients between them. Sweeps (a dead node's sessions, a bye) go the same way.
+//! - **Cheap.** A plain touch or heartbeat sends nothing; a page change rewrites one session
+//!   record, and the page counts, page member lists, users and counters it moves are written
+//!   once per call, however many sessions changed them. A busy session's claim is renewed
+//!   once per half `idle_timeout`. `BENCHMARKS.md` compares the Redis CPU with the classic
+//!   `SET presence_<uuid> ... EX 300` per request, measured in the same run.
+//! - **Reads from a cache.** [`page_count`](Cluster::page_count),
+//!   [`top_pages`](Cluster::top_pages), [`user`](Cluster::user),
+//!   [`online_members`](Cluster::online_members) and [`page_members`](Cluster::page_members)
+//!   answer from this node's cache: a key's first read waits for Redis, then the flush task
+//!   refreshes it at most once per `flush_interval` while it is asked, so requests and page
+//!   polls cost Redis nothing. The cache holds at most 4096 keys and lists of at most
+//!   [`MAX_LIST`] names.
+//! - **Everything expires.** Every key has a TTL the flushes refresh (at least an hour; the
+//!   peak 30 days), so a namespace whose nodes all stopped disappears on its own. Redis must
+//!   not evict keys (`maxmemory-policy noeviction`, the default): an evicted key would make
+//!   the counts drift, and [`ClusterBuilder::start`] warns about any other policy.
 //!
-//! The operations go to a Lua script (`EVALSHA`, loaded again after `NOSCRIPT`) that applies
-//! them, scores everything with Redis `TIME` (nodes send ages and time left, never their own
-//! timestamps, so a node whose clock is off changes nothing), sweeps a bounded batch of
-//! expired holds and dead nodes, records this node's flush time and returns the counts.
+//! # Nothing lost
+//! A change stays on the node until Redis acknowledged the call that carried it; a flush that
+//! failed or timed out is sent again, whole, at the next one. Every call carries a sequence
+//! number: Redis ignores an older call that reaches it late (it waited in a stalled server),
+//! so nothing is applied twice or out of order. What waits is one entry per local session
+//! (and at most 100 000 explicit leaves), never a queue of requests.
+//!
+//! Redis restarted empty, or restored from an older dump (a failover to a lagging replica, a
+//! backup): each node notices at its next flush (Redis no longer has the last call it
+//! acknowledged) and sends all its live sessions again. Until every node has, the view is
+//! [`stale`](ClusterCounts::stale) and every read answers the last complete view; the cluster
+//! peak comes back with the nodes, which send the last one they saw.
 //!
 //! # Key layout
 //! Every key starts with the hash tag `{ns}` (the namespace, default `presence`), so a Redis
-//! Cluster keeps them on one slot and the script can touch them all. Sessions and holds sit
-//! in 4096 buckets by id so that each bucket stays within Redis's compact encoding
-//! (listpack) up to about 500k sessions per node: ~181 bytes of Redis memory per session at
-//! 100k (measured, see below), where one hash and one sorted set over all sessions took 335.
-//! Past that, raise `hash-max-listpack-entries` and `zset-max-listpack-entries` (e.g. to
-//! 512) to keep the figure.
+//! Cluster keeps them on one slot and the script can touch them all. Sessions sit in 4096
+//! buckets by id, so that each bucket stays within Redis's compact encoding (listpack) up to
+//! about 500k sessions; past that, raise `hash-max-listpack-entries` and
+//! `zset-max-listpack-entries` (e.g. to 512).
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `{ns}:s:<bucket>` | hash | session id (16 bytes) → kind, user, page, number of nodes holding it |
-//! | `{ns}:h:<node>:<bucket>` | zset | the sessions a node holds, scored by their expiry (ms, Redis time) |
-//! | `{ns}:hm:<node>` | zset | a node's hold buckets by (a lower bound of) their earliest expiry: sweeps visit only buckets with something due |
+//! | `{ns}:s:<bucket>` | hash | session id (16 bytes) → kind, user, page, the nodes that claim it |
+//! | `{ns}:h:<node>:<bucket>`, `{ns}:hb:<node>` | zset | a node's claims, scored by their expiry (Redis time), and its buckets |
 //! | `{ns}:c` | hash | `sessions`, `guests`, `bots`, `members`, `hidden` |
 //! | `{ns}:u` | hash | user → listed and hidden session counts, sort key, last seen, last active |
 //! | `{ns}:m` | zset | listed users, by lower-cased name (`online_members`) |
 //! | `{ns}:p` | zset | page → live sessions (`page_count`, `top_pages`) |
-//! | `{ns}:pu:<page>`, `{ns}:pm:<page>` | hash, zset | signed-in users on a page, their sessions there, in name order (`page_members`) |
+//! | `{ns}:pm:<page>` | zset | the page's listed sessions, in name order (`page_members`) |
 //! | `{ns}:peak` | hash | the cluster's peak `online` and when (Redis time) |
-//! | `{ns}:n`, `{ns}:nn`, `{ns}:nid`, `{ns}:nseq`, `{ns}:dead` | | the node registry: live nodes by last flush, names, numbers, nodes being cleared |
-//! | `{ns}:epoch` | string | names the data set: a Redis that lost it gets a new one |
+//! | `{ns}:n`, `{ns}:nn`, `{ns}:nd`, `{ns}:nseq` | | the node registry: live nodes by last flush, names, tokens and sequences |
+//! | `{ns}:dead`, `{ns}:parked`, `{ns}:fill`, `{ns}:since` | | nodes being swept, parked nodes, nodes refilling, the last loss |
 //!
 //! A session is one entry however many nodes see it (no sticky sessions needed): each node
-//! holding it has its own hold, and it leaves the view when the last hold goes (released,
-//! expired, or its node declared dead), or at once on an explicit leave anywhere.
+//! that sees it claims it, and it leaves the view when the last claim goes (released,
+//! or its node declared dead), or at once on an explicit leave anywhere. Only a listed
+//! (not hidden) session puts its user on a page's member list.
 //!
 //! # Failures
-//! - Redis unreachable or stalled: `touch` and every local read are unaffected. Each script
-//!   call is bounded by a timeout (`flush_interval`, between 250 and 750 ms); a failed flush
-//!   keeps the last view with [`ClusterCounts::stale`] set, and keeps what changed meanwhile
-//!   as one entry per session (bounded by the local sessions plus those already sent, and at
-//!   most 100 000 explicit leaves), never a queue of requests: a call that times out drops
-//!   its connection (and whatever was queued on it), and the next flush connects anew.
-//!   [`Cluster::sync`] fails within 2 s. Operations are idempotent, so a call that timed out
-//!   and still ran later counts nothing twice.
-//! - Redis restarted empty: the script creates a new epoch; each node sees it at its next
-//!   flush and sends all its live sessions again, so the view is whole again within two
-//!   flush intervals after Redis answers.
+//! - Redis unreachable or stalled: `touch` and every local read are unaffected. Each round
+//!   trip is bounded by a timeout (`flush_interval`, between 250 and 750 ms, per pipelined
+//!   call); the view keeps its last value with [`ClusterCounts::stale`] set; errors go to
+//!   `tracing` (the first of each kind at once, then once a minute). [`Cluster::sync`] fails
+//!   within 2 s.
 //! - A node that stops flushing (crash, runtime dropped, partition) for `node_timeout` is
-//!   declared dead by the next flush of any node; its holds are released (up to 10 000 per
-//!   flush), so the sessions no live node holds leave the view. If it comes back, it is a new
-//!   node and sends everything again.
+//!   declared dead by the next flush of any node; its claims are released in batches, so the
+//!   sessions no live node claims leave the view. If it comes back, it registers anew and
+//!   sends everything again.
+//! - Two live processes under one `node_id`: the second is refused
+//!   ([`ClusterError::NodeIdInUse`], logged as an error) and touches nothing of the first;
+//!   once the first has been silent for `node_timeout`, the second takes over.
 //! - A node shut down for a restart (its tracker has a snapshot file): its sessions stay in
-//!   the view, parked under `{ns}:parked`, until their own expiry; the restarted node sends
-//!   them again, so a deploy shows no dip and counts nothing twice.
-//! - `start` fails only for an invalid URL or setting: Redis down at start is a stale, empty
-//!   view that fills once Redis answers.
+//!   the view, parked, until their own expiry; the restarted node sends them again, so a
+//!   deploy shows no dip and counts nothing twice.
+//! - `start` fails only for an invalid URL or setting, or a password Redis refuses: Redis
+//!   down at start is a stale, empty view that fills once Redis answers.
 //!
 //! # Limits
 //! - One [`Cluster`] per [`Presence`]: the flush drains the tracker's change log.
-//! - Redis 6.2 or later (the script uses `ZADD ... LT`), or a compatible server with Lua and
-//!   `cmsgpack`.
-//! - [`Cluster::user`]'s `last_seen` and `idle` come from the last upserts (up to half an
+//! - Redis 6.2 or later, or a compatible server with Lua and `cmsgpack`.
+//! - [`Cluster::user`]'s `last_seen` and `idle` come from the last renewals (up to half an
 //!   `idle_timeout` old), merged with this node's own view of the user.
 //! - A session seen by two nodes with different kinds shows the kind the last flush sent.
 //!
-//! # Measured
-//! `cargo bench -p presence-tracker-testbed --bench cluster -- --warm-up-time 1
-//! --measurement-time 3` (a `redis-server` 7.0 it starts on loopback; a shared 2-core
-//! machine under a load average of 6 to 11, so times are pessimistic and noisy):
-//!
-//! | what | figure |
-//! | --- | --- |
-//! | `touch` with a cluster attached vs without (100k sessions) | 83.2 µs vs 82.2 µs per 1000: 0.99× (a touch records nothing; a more loaded run measured 87 vs 153 µs) |
-//! | a flush with nothing changed, 1M local sessions vs 1k | 74 µs vs 161 µs (one `EVALSHA`, 12 Redis commands: no scan) |
-//! | a flush of 10k changed sessions (page changes) | 157 to 533 ms; 3 `EVALSHA` round trips, 92k to 118k commands inside the script |
-//! | Redis memory per session at 100k (`INFO memory`, 65% guests, 30% signed in) | 181 B |
-//! | counting: classic `KEYS presence_*` + `GET` each, 10k / 100k sessions | 20 ms / 428 ms |
-//! | counting: ours, `counts()` cached / a fresh `sync()` | 17 ns / 61 µs, at any size |
-//! | a page view: classic `SET presence_<uuid> <kind> EX 300` / ours (`touch`) | 21 µs and one Redis command / 0.1 to 0.6 µs and none |
-//!
 //! # Scale
-//! One hash tag puts every key on one Redis shard. Its ceiling, measured by the same bench:
-//! a renewal (a busy session's re-send) costs the script 5.6 to 9.3 µs of `redis-server`
-//! CPU over several runs, so one core absorbs 108k to 180k session updates per second. Each
-//! live session is re-sent about once per `idle_timeout / 2` (150 s by default), so one tag
-//! carries about
-//! 16 to 27 million busy live sessions (fewer with many joins, leaves and page changes,
-//! which cost about twice a renewal). That is above the 10 million where splitting the
-//! keys into several tags would pay, so the view keeps one tag. Should that change, the
-//! layout splits: sessions and holds are already keyed by id bucket, and users and pages
-//! would go by a hash of their name, the counts being sums over the tags.
+//! One hash tag puts every key on one Redis shard; `BENCHMARKS.md` gives the session updates
+//! per second one `redis-server` core absorbs through the flush script, and the live sessions
+//! that carries (each re-sent once per half `idle_timeout`, plus joins, leaves and page
+//! changes). The layout splits into several tags by design: sessions are keyed by id bucket,
+//! and users and pages can go by a hash of their name, the counts being sums over the tags.
 
+mod cache;
 mod conn;
+mod log;
 mod task;
 
 use std::fmt;
@@ -140,12 +137,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Peak, Presence, UserId, UserStatus};
+use cache::{Answer, Read, ReadCache};
 use conn::Conn;
 use task::{Command, Flusher};
+
+pub use cache::MAX_LIST;
 
 /// How long the reads wait for Redis at most.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -186,7 +185,9 @@ pub struct ClusterCounts {
 pub enum ClusterError {
     /// A setting or the Redis URL is invalid (from [`ClusterBuilder::start`] only).
     InvalidSetting(String),
-    /// Not connected to Redis yet (it was unreachable since the start).
+    /// Not connected to Redis yet, or the view is stale (Redis unreachable, or refilling
+    /// after it lost data) and this key was never read before: reads never wait on a Redis
+    /// that is down, nor answer from a partial one.
     Unavailable,
     /// Redis did not answer within this time.
     Timeout(Duration),
@@ -196,6 +197,13 @@ pub enum ClusterError {
     Protocol(String),
     /// The cluster view was shut down.
     Stopped,
+    /// Another live process uses this node id (two processes started with one name): this
+    /// one sends nothing, and touches nothing of the other's, until the other has been
+    /// silent for `node_timeout`. Give each process its own `node_id`.
+    NodeIdInUse(String),
+    /// Redis refused the password in the URL (from [`ClusterBuilder::start`], when Redis
+    /// answered at start).
+    Authentication(redis::RedisError),
 }
 
 impl fmt::Display for ClusterError {
@@ -212,6 +220,13 @@ impl fmt::Display for ClusterError {
             ClusterError::Redis(e) => write!(f, "Redis error: {e}"),
             ClusterError::Protocol(s) => write!(f, "unexpected answer from Redis: {s}"),
             ClusterError::Stopped => f.write_str("the cluster view was shut down"),
+            ClusterError::NodeIdInUse(id) => write!(
+                f,
+                "node id {id:?} is in use by another live process; give each process its own node_id"
+            ),
+            ClusterError::Authentication(e) => {
+                write!(f, "Redis refused the credentials in the URL: {e}")
+            }
         }
     }
 }
@@ -219,7 +234,7 @@ impl fmt::Display for ClusterError {
 impl std::error::Error for ClusterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ClusterError::Redis(e) => Some(e),
+            ClusterError::Redis(e) | ClusterError::Authentication(e) => Some(e),
             _ => None,
         }
     }
@@ -321,18 +336,26 @@ impl ClusterBuilder {
         let call_timeout = self
             .flush_interval
             .clamp(Duration::from_millis(250), Duration::from_millis(750));
+        // Long enough that the flushes refresh every key well before it expires, and that a
+        // parked session outlives its own expiry; short enough that an abandoned namespace
+        // goes away.
+        let key_ttl = Duration::from_secs(3600)
+            .max(self.node_timeout * 4)
+            .max(presence.idle_timeout() * 2)
+            .max(self.flush_interval * 16);
         let now = SystemTime::now();
         Shared {
             url: self.url,
-            epoch_key: format!("{{{}}}:epoch", self.namespace),
             prefix: format!("{{{}}}:", self.namespace),
             node_id,
             flush_interval: self.flush_interval,
             node_timeout: self.node_timeout,
             call_timeout,
-            read_script: Script::new(include_str!("read.lua")),
+            key_ttl,
+            read_script: conn::Lua::new(include_str!("read.lua")),
             presence: presence.clone(),
             conn: Mutex::new(None),
+            cache: ReadCache::default(),
             view: Mutex::new(ClusterCounts {
                 online: 0,
                 members: 0,
@@ -350,9 +373,15 @@ impl ClusterBuilder {
 
     /// Starts the flush task on the current tokio runtime and returns the handle.
     ///
-    /// Fails only for an invalid URL or setting ([`ClusterError::InvalidSetting`]): Redis
-    /// down at start is a stale, empty view that fills once Redis answers. The first flush
-    /// sends every live session of `presence`. Use one `Cluster` per `Presence`.
+    /// Connects once (bounded by the call timeout) to check the credentials and Redis's
+    /// eviction policy (any but `noeviction` is warned about: an evicted key would make the
+    /// counts drift). The first flush sends every live session of `presence`. Use one
+    /// `Cluster` per `Presence`.
+    ///
+    /// # Errors
+    /// [`ClusterError::InvalidSetting`] for an invalid URL or setting, and
+    /// [`ClusterError::Authentication`] when Redis answers and refuses the password. Redis
+    /// down or slow at start is not an error: the view is stale and empty until it answers.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -360,6 +389,23 @@ impl ClusterBuilder {
         self.check()?;
         let client = conn::client(&self.url)?;
         let shared = Arc::new(self.into_shared(presence));
+        let timeout = shared.call_timeout;
+        match tokio::time::timeout(timeout, conn::connect(&shared.url, &client, timeout)).await {
+            Ok(Ok(mut c)) => {
+                conn::check_eviction_policy(&mut c, &shared.node_id).await;
+                *shared.conn.lock() = Some(c);
+            }
+            Ok(Err(ClusterError::Redis(e))) if conn::is_auth_error(&e) => {
+                tracing::error!(node = %shared.node_id, error = %e, "presence cluster: Redis refused the credentials");
+                return Err(ClusterError::Authentication(e));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %shared.node_id, error = %e, "presence cluster: Redis is not reachable at start; the view fills once it answers");
+            }
+            Err(_) => {
+                tracing::warn!(node = %shared.node_id, ?timeout, "presence cluster: Redis did not answer at start; the view fills once it answers");
+            }
+        }
         let (tx, rx) = mpsc::channel(16);
         let flusher = Flusher::new(shared.clone(), presence.clone(), client);
         tokio::spawn(flusher.run(rx));
@@ -374,15 +420,18 @@ impl ClusterBuilder {
 
 pub(crate) struct Shared {
     url: String,
-    epoch_key: String,
+    /// `{ns}:`: every key starts with it.
     prefix: String,
     node_id: String,
     flush_interval: Duration,
     node_timeout: Duration,
     call_timeout: Duration,
-    read_script: Script,
+    key_ttl: Duration,
+    read_script: conn::Lua,
     presence: Presence,
     conn: Mutex<Option<Conn>>,
+    cache: ReadCache,
+    /// The last complete view (`stale` set while it is not current).
     view: Mutex<ClusterCounts>,
 }
 
@@ -494,70 +543,120 @@ impl Cluster {
             .ok_or(ClusterError::Unavailable)
     }
 
-    async fn read<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> Result<T, ClusterError> {
+    /// Answers `reads` from the cache; the keys never read before are read from Redis in one
+    /// call, unless the view is stale (then `Err(Unavailable)` at once: never a wait on a
+    /// Redis that is down, nor an answer from a partial one).
+    async fn cached(&self, reads: &[Read]) -> Result<Vec<Answer>, ClusterError> {
         let s = &*self.inner.shared;
-        let mut inv = s.read_script.key(&s.epoch_key);
-        for a in args {
-            inv.arg(*a);
+        let mut out: Vec<Option<Answer>> = reads.iter().map(|r| s.cache.get(r)).collect();
+        if out.iter().all(Option::is_some) {
+            return Ok(out.into_iter().flatten().collect());
         }
-        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        // One caller at a time reads missing keys: a key many requests ask for at once is
+        // read once, and the others find it cached.
+        let _one = s.cache.misses.lock().await;
+        let mut missing = Vec::new();
+        for (i, r) in reads.iter().enumerate() {
+            if out[i].is_none() {
+                out[i] = s.cache.get(r);
+                if out[i].is_none() {
+                    missing.push(i);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            if s.view.lock().stale {
+                return Err(ClusterError::Unavailable);
+            }
+            let wanted: Vec<Read> = missing.iter().map(|&i| reads[i].clone()).collect();
+            let answers = self.read_now(&wanted).await?;
+            for ((i, read), answer) in missing.into_iter().zip(wanted).zip(answers) {
+                s.cache.store(read, answer.clone());
+                out[i] = Some(answer);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Reads from Redis now, bypassing the cache; once more after a broken connection.
+    async fn read_now(&self, reads: &[Read]) -> Result<Vec<Answer>, ClusterError> {
+        let s = &*self.inner.shared;
         let mut retried = false;
         loop {
             let mut conn = self.conn()?;
-            match tokio::time::timeout_at(deadline, inv.invoke_async(&mut conn)).await {
-                Err(_) => return Err(ClusterError::Timeout(READ_TIMEOUT)),
-                Ok(Ok(v)) => return Ok(v),
+            match task::read_many(&mut conn, &s.read_script, &s.prefix, reads, READ_TIMEOUT).await {
+                Ok(v) => return Ok(v),
                 // The first call after Redis came back finds the old connection broken; the
                 // client reconnects, so try once more.
-                Ok(Err(e)) if !retried && (e.is_io_error() || e.is_connection_dropped()) => {
+                Err(ClusterError::Redis(e))
+                    if !retried && (e.is_io_error() || e.is_connection_dropped()) =>
+                {
                     retried = true;
                 }
-                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// Live sessions, across the cluster, whose last visit was `page`.
-    pub async fn page_count(&self, page: &str) -> Result<usize, ClusterError> {
-        let count: i64 = self.read(&[b"page_count", page.as_bytes()]).await?;
-        Ok(usize::try_from(count).unwrap_or(0))
+    async fn cached_one(&self, read: Read) -> Result<Answer, ClusterError> {
+        let mut v = self.cached(std::slice::from_ref(&read)).await?;
+        v.pop()
+            .ok_or_else(|| ClusterError::Protocol(format!("no answer for {read:?}")))
     }
 
-    /// The `n` pages with the most live sessions across the cluster, busiest first, ties by
-    /// name. Costs O(log pages + n).
+    /// Live sessions, across the cluster, whose last visit was `page`.
+    ///
+    /// From this node's cache (see the [module docs](self)): the first read of a page waits
+    /// for Redis, later ones answer at once, as of the last flush.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unavailable`] when the page was never read and the view is stale; a
+    /// Redis error or timeout from that first read.
+    pub async fn page_count(&self, page: &str) -> Result<usize, ClusterError> {
+        match self.cached_one(Read::PageCount(page.to_owned())).await? {
+            Answer::Count(n) => Ok(n),
+            other => Err(ClusterError::Protocol(format!("page count: {other:?}"))),
+        }
+    }
+
+    /// The `n` pages (at most [`MAX_LIST`]) with the most live sessions across the cluster,
+    /// busiest first, ties by name. From the cache, as [`page_count`](Self::page_count).
+    ///
+    /// # Errors
+    /// As [`page_count`](Self::page_count).
     pub async fn top_pages(&self, n: usize) -> Result<Vec<(String, usize)>, ClusterError> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let n = n.to_string();
-        let flat: Vec<String> = self.read(&[b"top", n.as_bytes()]).await?;
-        let mut out = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks_exact(2) {
-            let count: f64 = pair[1]
-                .parse()
-                .map_err(|_| ClusterError::Protocol(format!("page count {:?}", pair[1])))?;
-            out.push((pair[0].clone(), count.max(0.0) as usize));
+        match self.cached_one(Read::Top(n.min(MAX_LIST))).await? {
+            Answer::Pages(p) => Ok(p),
+            other => Err(ClusterError::Protocol(format!("top pages: {other:?}"))),
         }
-        Ok(out)
     }
 
     /// Where user `user` stands across the cluster: `Online` if any node holds a live
     /// session of theirs (`hidden` only if every one is hidden), else what this node
     /// knows (`Offline` with its last-seen time, or `Unknown`).
     ///
-    /// `last_seen` and `idle` merge this node's own view with the last upserts other nodes
-    /// sent (a busy session is re-sent every half `idle_timeout`, so they may lag by that).
+    /// `last_seen` and `idle` merge this node's own view with the last renewals other nodes
+    /// sent (a busy session is renewed every half `idle_timeout`, so they may lag by that).
+    /// From the cache, as [`page_count`](Self::page_count).
+    ///
+    /// # Errors
+    /// As [`page_count`](Self::page_count).
     pub async fn user(&self, user: &str) -> Result<UserStatus, ClusterError> {
-        let r: Vec<i64> = self.read(&[b"user", user.as_bytes()]).await?;
         let local = self.inner.shared.presence.user(user);
-        if r.len() != 5 || r[0] + r[1] <= 0 {
+        let remote = match self.cached_one(Read::User(user.to_owned())).await? {
+            Answer::User(u) => u,
+            other => return Err(ClusterError::Protocol(format!("user: {other:?}"))),
+        };
+        let Some(r) = remote else {
             return Ok(local);
-        }
-        let (listed, hidden, seen, active, now) = (r[0], r[1], r[2], r[3], r[4]);
+        };
         let idle_after =
             i64::try_from(self.inner.shared.presence.idle_after().as_millis()).unwrap_or(i64::MAX);
-        let mut status_seen = task::system_time(seen);
-        let mut idle = now.saturating_sub(active) >= idle_after;
+        let mut status_seen = task::system_time(r.seen_ms);
+        let mut idle = r.now_ms.saturating_sub(r.active_ms) >= idle_after;
         if let UserStatus::Online {
             last_seen,
             idle: local_idle,
@@ -568,38 +667,59 @@ impl Cluster {
             idle &= local_idle;
         }
         Ok(UserStatus::Online {
-            sessions: usize::try_from(listed + hidden).unwrap_or(0),
+            sessions: usize::try_from(r.listed + r.hidden).unwrap_or(0),
             last_seen: status_seen,
             idle,
-            hidden: listed == 0,
+            hidden: r.listed == 0,
         })
     }
 
-    /// The counts of several pages in one round trip (the HTTP routes' `pages=`).
+    /// The counts of several pages (the HTTP routes' `pages=`), from the cache.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn page_counts(&self, pages: &[&str]) -> Result<Vec<usize>, ClusterError> {
-        if pages.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut args: Vec<&[u8]> = vec![b"page_counts"];
-        args.extend(pages.iter().map(|p| p.as_bytes()));
-        let counts: Vec<i64> = self.read(&args).await?;
-        Ok(counts
+        let reads: Vec<Read> = pages
+            .iter()
+            .map(|p| Read::PageCount((*p).to_owned()))
+            .collect();
+        self.cached(&reads)
+            .await?
             .into_iter()
-            .map(|c| usize::try_from(c).unwrap_or(0))
-            .collect())
+            .map(|a| match a {
+                Answer::Count(n) => Ok(n),
+                other => Err(ClusterError::Protocol(format!("page count: {other:?}"))),
+            })
+            .collect()
     }
 
-    /// A session some node holds in the view, with its kind and page: lets a node that
-    /// does not know it (no sticky sessions) take it up. `None` when no node holds it.
+    /// A session some node claims in the view, with its kind and page: lets a node that
+    /// does not know it (no sticky sessions) take it up. `None` when no node claims it.
+    /// Reads Redis (not cached: a rare path, once per session taken up).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn live_session(
         &self,
         id: crate::SessionId,
     ) -> Result<Option<(crate::Kind, Option<String>)>, ClusterError> {
-        let r: Vec<String> = self
-            .read(&[b"session", id.as_uuid().as_bytes().as_slice()])
-            .await?;
+        let s = &*self.inner.shared;
+        let mut conn = self.conn()?;
+        let key = format!("{}n", s.prefix);
+        let args = vec![vec![
+            b"sess".to_vec(),
+            id.as_uuid().as_bytes().to_vec(),
+            Vec::new(),
+        ]];
+        let answers = tokio::time::timeout(
+            READ_TIMEOUT,
+            conn::eval_many(&mut conn, &s.read_script, &key, &args),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout(READ_TIMEOUT))??;
+        let answer = answers
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClusterError::Protocol("no answer".into()))??;
+        let mut list: Vec<Vec<String>> = redis::from_redis_value(answer)
+            .map_err(|e| ClusterError::Protocol(format!("session read: {e}")))?;
+        let r = list.pop().unwrap_or_default();
         let [kind, user, page] = r.as_slice() else {
             return Ok(None);
         };
@@ -615,28 +735,40 @@ impl Cluster {
         Ok(Some((kind, (!page.is_empty()).then(|| page.clone()))))
     }
 
-    /// Listed users online anywhere in the cluster, by name (case-insensitive), at most
-    /// `n`; hidden users never appear. Costs what it returns.
+    /// Listed users online anywhere in the cluster, by name (case-insensitive), at most `n`
+    /// (and at most [`MAX_LIST`]); hidden users never appear. From the cache, as
+    /// [`page_count`](Self::page_count).
+    ///
+    /// # Errors
+    /// As [`page_count`](Self::page_count).
     pub async fn online_members(&self, n: usize) -> Result<Vec<UserId>, ClusterError> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let n = n.to_string();
-        let names: Vec<String> = self.read(&[b"members", n.as_bytes()]).await?;
-        Ok(names.into_iter().map(UserId::from).collect())
+        match self.cached_one(Read::Members(n.min(MAX_LIST))).await? {
+            Answer::Names(v) => Ok(v),
+            other => Err(ClusterError::Protocol(format!("members: {other:?}"))),
+        }
     }
 
-    /// Listed users with a live session on `page` anywhere in the cluster, by name, at most
-    /// `n`. Costs what it returns (plus users on the page hidden everywhere).
+    /// Users with a listed session on `page` anywhere in the cluster, by name, at most `n`
+    /// (and at most [`MAX_LIST`]). A session hidden on that page never names its user there,
+    /// even when the user is listed elsewhere, as [`Presence::page_members`]. From the cache,
+    /// as [`page_count`](Self::page_count).
+    ///
+    /// # Errors
+    /// As [`page_count`](Self::page_count).
     pub async fn page_members(&self, page: &str, n: usize) -> Result<Vec<UserId>, ClusterError> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let n = n.to_string();
-        let names: Vec<String> = self
-            .read(&[b"page_members", page.as_bytes(), n.as_bytes()])
-            .await?;
-        Ok(names.into_iter().map(UserId::from).collect())
+        match self
+            .cached_one(Read::PageMembers(page.to_owned(), n.min(MAX_LIST)))
+            .await?
+        {
+            Answer::Names(v) => Ok(v),
+            other => Err(ClusterError::Protocol(format!("page members: {other:?}"))),
+        }
     }
 }
 
