@@ -60,7 +60,8 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    // A server that wants a password answers, too: it is up.
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
 impl RedisServer {
@@ -145,6 +146,15 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart_empty(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.spawn();
+    }
+
+    /// Kills it and starts it again from the dump its last `SAVE` wrote: whatever was
+    /// written since is lost, as after a failover to a lagging replica or a restore.
+    pub fn restart_from_dump(&mut self) {
+        self.kill();
+        assert!(self.dir.join("dump.rdb").exists(), "no SAVE before");
         self.spawn();
     }
 
