@@ -17,6 +17,8 @@
 -- Then one argument per operation, packed:
 --   "u" id(16) kind(1: g b m h) renew(1: 0/1) ttl_ms(8 hex) seen_age_ms(8 hex)
 --       active_age_ms(8 hex) user_len(4 hex) user sortkey_len(4 hex) sortkey page
+--   "n" ...      the same, when only the claim's expiry is due: if the claim exists, only
+--                its expiry (and its user's last seen) moves; else as "u"
 --   "r" id(16)   release this node's claim
 --   "l" id(16)   leave: end the session for every claimant
 -- Nodes send ages and time left, never timestamps: Redis TIME scores everything.
@@ -260,7 +262,16 @@ local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
 for i = FIRST_OP, #ARGV do
   local a = ARGV[i]
   local op, id = string.sub(a, 1, 1), string.sub(a, 2, 17)
-  if op == 'u' then
+  if op == 'n' and redis.call('ZADD', hkey(me, bucket(id)), 'XX', 'CH', now + hex(a, 20, 8), id) == 1 then
+    -- A renewal of a claim that exists: its expiry moved; the last seen of its user too.
+    local ulen = hex(a, 44, 4)
+    if ulen > 0 then
+      local u = user_touch(string.sub(a, 48, 47 + ulen), nil)
+      local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
+      if seen > u[4] then u[4] = seen end
+      if active > u[5] then u[5] = active end
+    end
+  elseif op == 'u' or op == 'n' then
     local ulen = hex(a, 44, 4)
     local user = string.sub(a, 48, 47 + ulen)
     local klen = hex(a, 48 + ulen, 4)

@@ -55,6 +55,9 @@ pub(super) enum Command {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Pending {
+    /// Only its claim's expiry is due (the renewal wheel; nothing in the change log): the
+    /// script moves the expiry and touches the session's record only if the claim is gone.
+    Renew,
     /// Read the session and send what it is now (upsert or release).
     Check,
     /// The session left explicitly: unless it started again, end it for every node.
@@ -82,6 +85,9 @@ pub(super) enum Op {
         /// Move the claim's expiry (a renewal, or a first send); a page change alone writes
         /// the session's record only.
         renew: bool,
+        /// Nothing changed here but the time: the script only moves the claim's expiry
+        /// (and reads the record only if the claim was gone).
+        only_renew: bool,
     },
     Release(SessionId),
     Leave(SessionId),
@@ -91,9 +97,19 @@ impl Op {
     /// Work units: Redis commands the script runs for it at most, weighted by their cost.
     pub(super) fn cost(&self) -> usize {
         match self {
-            Op::Upsert { info, renew, .. } => {
+            Op::Upsert {
+                info,
+                renew,
+                only_renew,
+                ..
+            } => {
                 let member = if info.kind.user().is_some() { 4 } else { 0 };
-                (if *renew { 8 } else { 3 }) + member
+                if *only_renew {
+                    // The claim's expiry; the record and the user only if the claim was gone.
+                    2 + member
+                } else {
+                    (if *renew { 8 } else { 3 }) + member
+                }
             }
             Op::Release(_) => 10,
             Op::Leave(_) => 12,
@@ -109,6 +125,7 @@ impl Op {
                 info,
                 ttl,
                 renew,
+                only_renew,
             } => {
                 let (kind, user): (u8, &str) = match &info.kind {
                     Kind::Guest => (b'g', ""),
@@ -120,7 +137,7 @@ impl Op {
                 let sortkey = truncate(&sortkey, 0xFFFF);
                 let page = info.page.as_deref().unwrap_or("");
                 let mut a = Vec::with_capacity(56 + user.len() + sortkey.len() + page.len());
-                a.push(b'u');
+                a.push(if *only_renew { b'n' } else { b'u' });
                 a.extend_from_slice(id.as_uuid().as_bytes());
                 a.push(kind);
                 a.push(if *renew { b'1' } else { b'0' });
@@ -368,7 +385,13 @@ impl Flusher {
                 self.pending.insert(id, Pending::Leave);
             }
             Pending::Check => {
-                self.pending.entry(id).or_insert(Pending::Check);
+                let p = self.pending.entry(id).or_insert(Pending::Check);
+                if *p == Pending::Renew {
+                    *p = Pending::Check;
+                }
+            }
+            Pending::Renew => {
+                self.pending.entry(id).or_insert(Pending::Renew);
             }
         }
     }
@@ -411,7 +434,7 @@ impl Flusher {
                 continue;
             };
             if unix_ms(info.last_seen) > s.seen || now >= s.expires {
-                self.add_pending(id, Pending::Check);
+                self.add_pending(id, Pending::Renew);
             } else {
                 // No activity yet: look again closer to the expiry. A heartbeat in the last
                 // flush interval before it is re-sent at the next flush.
@@ -434,6 +457,7 @@ impl Flusher {
                     info,
                     ttl,
                     renew,
+                    only_renew: p == Pending::Renew && self.sent.contains_key(&id),
                 })
             }
             None if p == Pending::Leave => Some(Op::Leave(id)),
@@ -964,6 +988,7 @@ mod tests {
             info,
             ttl: Duration::from_millis(300_000),
             renew: true,
+            only_renew: false,
         };
         let a = op.encode(now);
         assert_eq!(a[0], b'u');
