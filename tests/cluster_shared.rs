@@ -280,7 +280,7 @@ async fn a_partial_refill_is_never_shown_as_fresh() {
         assert_eq!(v.sessions, 20_001, "never a partial count: {v:?}");
         assert_eq!(now_page, page, "never a partial page count");
         assert_eq!(now_members.len(), members.len(), "never partial names");
-        if !v.stale && start.elapsed() > FLUSH * 4 {
+        if !v.stale && partial_seen > 0 {
             break;
         }
         assert!(
@@ -293,7 +293,6 @@ async fn a_partial_refill_is_never_shown_as_fresh() {
         "refill of 20k sessions: view fresh again after {:?}, {partial_seen} stale reads",
         start.elapsed()
     );
-    assert!(partial_seen > 0, "the restart was seen as stale");
 }
 
 /// Every key has a TTL (a namespace whose nodes all stopped goes away on its own); the peak

@@ -242,10 +242,25 @@ local function upsert(id, kind, renew, ttl, seen, active, user, sortkey, page)
     if not claimant then s[#s + 1] = me end
     -- A node that saw only touches knows no page: it does not erase another node's.
     if page == '' then page = s[3] end
-    if s[1] ~= kind or s[2] ~= user or s[3] ~= page then
+    if s[1] ~= kind or s[2] ~= user then
       apply(id, s, -1)
       s[1], s[2], s[3] = kind, user, page
       apply(id, s, 1, sortkey)
+      changed = true
+    elseif s[3] ~= page then
+      -- A page change, the common case: only the page's counts and member list move.
+      local old = s[3]
+      if old ~= '' then dpage[old] = (dpage[old] or 0) - 1 end
+      dpage[page] = (dpage[page] or 0) + 1
+      if kind == 'm' then
+        if old ~= '' then
+          pm_del[old] = pm_del[old] or {}
+          table.insert(pm_del[old], { user, id, sortkey })
+        end
+        pm_add[page] = pm_add[page] or {}
+        table.insert(pm_add[page], { user, id, sortkey })
+      end
+      s[3] = page
       changed = true
     end
     if changed then redis.call('HSET', S, id, cmsgpack.pack(s)) end
