@@ -17,22 +17,32 @@
 //! default 300), `PRESENCE_HEARTBEAT_LIMIT` (seconds, default 1200),
 //! `PRESENCE_HEARTBEAT_INTERVAL` (seconds, may be fractional; default: 30 or a third of
 //! the idle timeout), `PRESENCE_DEMO_SEED` (a number of made-up visitors to start with, to
-//! see the pages at scale: 95 % guests, 4 % members, 1 % bots, over the topics).
+//! see the pages at scale: 95 % guests, 4 % members, 1 % bots, over the topics), `RUST_LOG`
+//! (what the log on stderr shows, as `target=level` directives: `debug`,
+//! `presence_tracker=debug`; default `warn,presence_tracker=info,whos_online=info`, so the
+//! library's warnings and notices show: Redis errors, a stale view, refills, snapshots).
 //!
 //! Restarts keep the visitors: the tracker is saved to `PRESENCE_SNAPSHOT` (default
-//! `whos_online.snapshot` in the temporary directory; empty: no snapshot) on Ctrl-C or
-//! SIGTERM, after a graceful shutdown, and restored at start, with the cookie signing key
-//! kept beside it (`<snapshot>.key`) so that returning browsers keep their sessions.
-//! `/admin` charts "users online, last 24 hours" from `Presence::history`;
+//! `whos_online-<PORT>.snapshot` in the temporary directory, one file per node; empty: no
+//! snapshot) on Ctrl-C or SIGTERM, after a graceful shutdown, and restored at start, with the
+//! cookie signing key kept beside it (`<snapshot>.key`) so that returning browsers keep their
+//! sessions. `/admin` charts "users online, last 24 hours" from `Presence::history`;
 //! `PRESENCE_HISTORY_INTERVAL` (seconds, may be fractional; default 60) samples faster to
-//! see the chart fill within a minute. With `--features axum,__demo_prometheus` (the
-//! `metrics` feature and an exporter), `/metrics` serves the tracker's metrics in the
-//! Prometheus text format.
+//! see the chart fill within a minute.
+//!
+//! With the feature `demo-metrics` (`--features axum,demo-metrics`: the `metrics` feature and
+//! a Prometheus exporter, which the library itself never installs), `/metrics` serves the
+//! tracker's metrics in the Prometheus text format.
 //!
 //! Cluster mode (feature `redis`): with `REDIS_URL` set, the node joins the cluster-wide view
-//! on that Redis, and its counts, page counts and names are the cluster's; two processes on
-//! two ports show the same numbers. Give them the same `PRESENCE_SIGNING_KEY` (at least 64
-//! bytes) so that each accepts the other's cookies:
+//! on that Redis, and every page shows the cluster's numbers: the counts, the page counts, the
+//! names, the peak, and on `/admin` the chart of the cluster's `online` as this node sampled it
+//! (the session list stays this node's: those are the sessions it can end); `/metrics` adds
+//! `presence_cluster_*` gauges beside this node's own metrics. Two processes on two ports show
+//! the same numbers; while the view is stale (Redis did not answer the last flush, or a refill
+//! is under way) the pages say so, discreetly, under the counts. Cluster nodes must
+//! accept each other's cookies, so cluster mode needs `PRESENCE_SIGNING_KEY` (the same secret,
+//! at least 64 bytes, on every node); each node keeps its own snapshot:
 //!
 //! ```text
 //! export REDIS_URL=redis://127.0.0.1:6379 PRESENCE_SIGNING_KEY=$(head -c 48 /dev/urandom | base64)
@@ -89,14 +99,15 @@ const TOPICS: [(&str, &str); 3] = [
     ),
 ];
 
-/// The tracker with the settings taken from the environment (see the module docs).
-pub(crate) fn presence_from_env() -> Presence {
+/// The tracker of the node on `port`, with the settings taken from the environment (see the
+/// module docs).
+pub(crate) fn presence_from_env(port: u16) -> Presence {
     let mut builder = Presence::builder();
-    if let Some(path) = snapshot_path() {
+    if let Some(path) = snapshot_path(port) {
         builder = builder.snapshot_file(path);
     }
-    if let Some(interval) = env_secs("PRESENCE_HISTORY_INTERVAL") {
-        builder = builder.history_interval(interval.max(Duration::from_millis(1)));
+    if let Some(interval) = history_interval() {
+        builder = builder.history_interval(interval);
     }
     if let Some(secs) = env_secs("PRESENCE_IDLE_TIMEOUT") {
         builder = builder.idle_timeout(secs).idle_after(secs);
@@ -114,6 +125,11 @@ pub(crate) fn presence_from_env() -> Presence {
     presence
 }
 
+/// `PRESENCE_HISTORY_INTERVAL`, if set (the tracker's default is a minute).
+fn history_interval() -> Option<Duration> {
+    env_secs("PRESENCE_HISTORY_INTERVAL").map(|d| d.max(Duration::from_millis(1)))
+}
+
 /// `n` made-up visitors spread over the topics, to try the pages at scale.
 fn seed(presence: &Presence, n: usize) {
     for i in 0..n {
@@ -124,20 +140,24 @@ fn seed(presence: &Presence, n: usize) {
         };
         let page = format!("/topic/{}", i % TOPICS.len() + 1);
         if let Err(err) = presence.visit(SessionId::new_v4(), kind, &page) {
-            eprintln!("seeding stopped after {i} visitors: {err}");
+            tracing::warn!(
+                "seeding stopped after {}: {err}",
+                count(i, "visitor", "visitors")
+            );
             return;
         }
     }
-    println!("seeded {n} made-up visitors");
+    tracing::info!("seeded {}", count(n, "made-up visitor", "made-up visitors"));
 }
 
-/// Where the tracker is saved across restarts: `PRESENCE_SNAPSHOT`, by default a file in
-/// the temporary directory; `None` when set empty.
-fn snapshot_path() -> Option<PathBuf> {
+/// Where the node on `port` saves its tracker across restarts: `PRESENCE_SNAPSHOT`, by
+/// default a file of its own in the temporary directory (two nodes on one machine must not
+/// share one); `None` when set empty.
+fn snapshot_path(port: u16) -> Option<PathBuf> {
     match std::env::var_os("PRESENCE_SNAPSHOT") {
         Some(path) if path.is_empty() => None,
         Some(path) => Some(PathBuf::from(path)),
-        None => Some(std::env::temp_dir().join("whos_online.snapshot")),
+        None => Some(std::env::temp_dir().join(format!("whos_online-{port}.snapshot"))),
     }
 }
 
@@ -152,7 +172,7 @@ fn signing_key(snapshot: Option<&std::path::Path>) -> Key {
     if let Ok(secret) = std::fs::read(&path) {
         match Key::try_from(&secret[..]) {
             Ok(key) => return key,
-            Err(err) => eprintln!("ignoring {}: {err}", path.display()),
+            Err(err) => tracing::warn!("ignoring {}: {err}", path.display()),
         }
     }
     // 64 random bytes from the operating system, through four v4 UUIDs.
@@ -168,7 +188,7 @@ fn signing_key(snapshot: Option<&std::path::Path>) -> Key {
         options.open(&path).and_then(|mut f| f.write_all(&secret))
     };
     if let Err(err) = written {
-        eprintln!("cannot keep the signing key in {}: {err}", path.display());
+        tracing::warn!("cannot keep the signing key in {}: {err}", path.display());
     }
     Key::try_from(&secret[..]).unwrap_or_else(|_| Key::generate())
 }
@@ -178,15 +198,195 @@ fn env_secs(name: &str) -> Option<Duration> {
     match value.trim().parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
         _ => {
-            eprintln!("ignoring {name}={value:?}: expected a positive number of seconds");
+            tracing::warn!("ignoring {name}={value:?}: expected a positive number of seconds");
             None
         }
     }
 }
 
+/// `n` and its noun: "1 user", "0 users", "2 users".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", plural(n, one, many))
+}
+
+/// The form of a word that agrees with `n`.
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
+/// Where the pages' numbers come from.
+#[derive(Clone, Debug)]
+pub(crate) enum View {
+    /// This node's tracker.
+    Node,
+    /// The cluster-wide view on Redis (cluster mode): every node shows the same numbers.
+    #[cfg(feature = "redis")]
+    Cluster(presence_tracker::cluster::Cluster),
+}
+
 struct Demo {
     presence: Presence,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // one kind of view only
+    view: View,
     script_tag: String,
+    /// Cluster mode: the cluster's `online`, sampled by this node for the admin chart (the
+    /// cluster keeps no history of its own).
+    #[cfg(feature = "redis")]
+    cluster_history: parking_lot::Mutex<std::collections::VecDeque<(SystemTime, usize)>>,
+}
+
+/// What the "who is online" block of one page shows, from this node or the cluster.
+struct Who {
+    online: usize,
+    members: usize,
+    hidden: usize,
+    guests: usize,
+    bots: usize,
+    sessions: usize,
+    peak: presence_tracker::Peak,
+    /// Cluster mode: the live nodes, and whether the view is stale (then also when it was
+    /// last fresh).
+    cluster: Option<(usize, Option<SystemTime>)>,
+    /// Sessions on the page shown.
+    here: usize,
+    member_names: Vec<UserId>,
+    page_names: Vec<UserId>,
+    /// Sessions on each of the pages asked for, in order.
+    pages: Vec<usize>,
+}
+
+impl Demo {
+    /// The numbers of page `path`, and the session counts of `pages`.
+    async fn who(&self, path: &str, pages: &[&str]) -> Who {
+        #[cfg(feature = "redis")]
+        if let View::Cluster(cluster) = &self.view {
+            return self.cluster_who(cluster, path, pages).await;
+        }
+        // The same lists the page script keeps up to date, each costing what it returns.
+        let p = &self.presence;
+        let c = p.counts();
+        Who {
+            online: c.online,
+            members: c.members,
+            hidden: c.hidden,
+            guests: c.guests,
+            bots: c.bots,
+            sessions: c.sessions,
+            peak: c.peak,
+            cluster: None,
+            here: p.page_count(path),
+            member_names: p.online_members(NAMES),
+            page_names: p.page_members(path, NAMES),
+            pages: pages.iter().map(|page| p.page_count(page)).collect(),
+        }
+    }
+
+    /// [`Demo::who`] from the cluster's view. A read Redis does not answer falls back to this
+    /// node's figure and marks the view stale, as the presence routes' JSON does.
+    #[cfg(feature = "redis")]
+    async fn cluster_who(
+        &self,
+        cluster: &presence_tracker::cluster::Cluster,
+        path: &str,
+        pages: &[&str],
+    ) -> Who {
+        let p = &self.presence;
+        let c = cluster.counts();
+        let mut stale = c.stale;
+        let here = or_local(cluster.page_count(path).await, &mut stale, || {
+            p.page_count(path)
+        });
+        let member_names = or_local(cluster.online_members(NAMES).await, &mut stale, || {
+            p.online_members(NAMES)
+        });
+        let page_names = or_local(cluster.page_members(path, NAMES).await, &mut stale, || {
+            p.page_members(path, NAMES)
+        });
+        let mut counts = Vec::with_capacity(pages.len());
+        for page in pages {
+            let read = cluster.page_count(page).await;
+            counts.push(or_local(read, &mut stale, || p.page_count(page)));
+        }
+        Who {
+            online: c.online,
+            members: c.members,
+            hidden: c.hidden,
+            guests: c.guests,
+            bots: c.bots,
+            sessions: c.sessions,
+            peak: c.peak,
+            cluster: Some((c.nodes, stale.then_some(c.as_of))),
+            here,
+            member_names,
+            page_names,
+            pages: counts,
+        }
+    }
+
+    /// The samples the admin chart draws: this node's history, or in cluster mode the
+    /// cluster's `online` as this node sampled it.
+    fn history(&self) -> Vec<(SystemTime, usize)> {
+        #[cfg(feature = "redis")]
+        if let View::Cluster(_) = self.view {
+            return self.cluster_history.lock().iter().copied().collect();
+        }
+        self.presence.history()
+    }
+}
+
+/// The cluster's answer, or this node's figure (and the view marked stale) when Redis did not
+/// answer.
+#[cfg(feature = "redis")]
+fn or_local<T>(
+    read: Result<T, presence_tracker::cluster::ClusterError>,
+    stale: &mut bool,
+    local: impl FnOnce() -> T,
+) -> T {
+    read.unwrap_or_else(|_| {
+        *stale = true;
+        local()
+    })
+}
+
+/// Samples the cluster's `online` into `demo.cluster_history` every history interval, at the
+/// interval's wall-clock boundaries (so that every node samples at the same instants), as
+/// long as the demo is served. A stale view is not sampled: the chart shows a gap, as for a
+/// node that was down.
+#[cfg(feature = "redis")]
+fn sample_cluster(demo: &Arc<Demo>) {
+    const SAMPLES: usize = 1440;
+    let every = history_interval()
+        .unwrap_or(Duration::from_secs(60))
+        .as_millis()
+        .max(1);
+    let demo = Arc::downgrade(demo);
+    tokio::spawn(async move {
+        loop {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let next = (now / every + 1) * every;
+            let wait = u64::try_from(next - now).unwrap_or(u64::MAX);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let Some(demo) = demo.upgrade() else {
+                return;
+            };
+            let View::Cluster(cluster) = &demo.view else {
+                return;
+            };
+            let c = cluster.counts();
+            if c.stale {
+                continue;
+            }
+            let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(next).unwrap_or(u64::MAX));
+            let mut history = demo.cluster_history.lock();
+            if history.len() == SAMPLES {
+                history.pop_front();
+            }
+            history.push_back((at, c.online));
+        }
+    });
 }
 
 /// The whole forum: pages, presence routes, the presence layer. `heartbeat_interval`
@@ -204,26 +404,39 @@ pub(crate) fn app_with_key(
     heartbeat_interval: Option<Duration>,
     key: Key,
 ) -> Router {
-    let routes = presence_http::Routes::new(presence.clone());
-    node_app(presence, heartbeat_interval, key, routes)
+    node_app(presence, heartbeat_interval, key, View::Node)
 }
 
-/// The forum with a given cookie key and presence routes (cluster mode attaches its
-/// cluster to them).
+/// The forum with a given cookie key, its numbers from `view`: this node's, or (cluster
+/// mode) the cluster's, for the pages and the presence routes alike. Call it in a tokio
+/// runtime (cluster mode samples the cluster for the admin chart).
 pub(crate) fn node_app(
     presence: Presence,
     heartbeat_interval: Option<Duration>,
     key: Key,
-    routes: presence_http::Routes,
+    view: View,
 ) -> Router {
     let mut tag = ScriptTag::new(&presence).refresh(REFRESH);
     if let Some(interval) = heartbeat_interval {
         tag = tag.interval(interval);
     }
+    #[allow(unused_mut)]
+    let mut routes = presence_http::Routes::new(presence.clone()).names(NAMES);
+    #[cfg(feature = "redis")]
+    if let View::Cluster(cluster) = &view {
+        routes = routes.cluster(cluster.clone());
+    }
     let demo = Arc::new(Demo {
         presence: presence.clone(),
+        view,
         script_tag: tag.to_string(),
+        #[cfg(feature = "redis")]
+        cluster_history: Default::default(),
     });
+    #[cfg(feature = "redis")]
+    if let View::Cluster(_) = demo.view {
+        sample_cluster(&demo);
+    }
     // Plain HTTP on loopback: no `Secure`.
     let layer = PresenceLayer::new(presence.clone())
         .secure(false)
@@ -243,7 +456,7 @@ pub(crate) fn node_app(
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/hide", post(toggle_hidden))
-        .merge(routes.names(NAMES))
+        .merge(routes)
         .layer(layer)
         .with_state(demo)
 }
@@ -354,12 +567,14 @@ fn hh_mm(time: SystemTime) -> String {
 }
 
 /// "Users online, last 24 hours": a server-rendered SVG chart of `history` (one sample a
-/// minute) with its highest point and the all-time `peak` marked. A minute without a
-/// sample (the server was down) is a gap, not a line drawn across it.
+/// minute) with its highest point and the all-time `peak` marked, and `online` (the count
+/// now) at its right end. A minute without a sample (the server was down) is a gap, not a
+/// line drawn across it.
 pub(crate) fn history_chart(
     history: &[(SystemTime, usize)],
     peak: presence_tracker::Peak,
     now: SystemTime,
+    online: usize,
 ) -> String {
     const W: f64 = 760.0;
     const H: f64 = 240.0;
@@ -377,6 +592,14 @@ pub(crate) fn history_chart(
 <text x="{LEFT}" y="20" font-size="14" font-weight="bold" fill="#1a202c">Users online, last 24 hours</text>"##
     );
     let (plot_w, plot_h) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    // Now, at the top right. Not the last sample: that one is the count when its minute
+    // began (at a start, often 0), while this says how many are online now.
+    let _ = write!(
+        svg,
+        r##"<text x="{}" y="20" text-anchor="end" fill="#2b6cb0">now: <tspan id="now-online" font-weight="bold">{online}</tspan> online · {}</text>"##,
+        W - RIGHT,
+        count(history.len(), "sample", "samples")
+    );
     if history.is_empty() {
         let _ = write!(
             svg,
@@ -391,7 +614,7 @@ pub(crate) fn history_chart(
     let start = secs(history[0].0).max(end - 86_400.0).min(end - 5.0);
     let highest = history.iter().map(|&(_, n)| n).max().unwrap_or(0);
     // A round top a little above both the chart's highest point and the all-time peak.
-    let top_value = highest.max(peak.online).max(4) as f64 * 1.1;
+    let top_value = highest.max(peak.online).max(online).max(4) as f64 * 1.1;
     let step = [
         1.0, 2.0, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 250.0, 500.0, 1000.0,
     ]
@@ -498,13 +721,12 @@ pub(crate) fn history_chart(
             clock(at)
         );
     }
-    // Now, at the right end.
-    let &(_, current) = &history[history.len() - 1];
+    // The count now, at the right end of the line.
     let _ = write!(
         svg,
-        r##"<text x="{}" y="20" text-anchor="end" fill="#2b6cb0">now: <tspan font-weight="bold">{current}</tspan> online · {} samples</text></svg></figure>"##,
-        W - RIGHT,
-        history.len()
+        r##"<circle id="now" cx="{:.1}" cy="{:.1}" r="3" fill="#2b6cb0"/></svg></figure>"##,
+        x(end),
+        y(online as f64),
     );
     svg
 }
@@ -516,16 +738,66 @@ fn ago(time: SystemTime) -> String {
     format!("{secs} s ago")
 }
 
-fn page(demo: &Demo, headers: &HeaderMap, path: &str, title: &str, body: &str) -> Html<String> {
-    // The same lists the page script keeps up to date, each costing what it returns.
-    let c = demo.presence.counts();
-    let here = demo.presence.page_count(path);
-    let members = name_list(&demo.presence.online_members(NAMES), c.members, MORE);
-    let browsing = name_list(&demo.presence.page_members(path, NAMES), here, GUESTS);
+/// Keeps the words beside the numbers in agreement with them ("1 user", "2 users") once the
+/// page script has rewritten the numbers: a word marked `data-plural="one|many"` follows the
+/// number `data-presence="<data-for>"`.
+const AGREE_SCRIPT: &str = r#"<script>
+(function () {
+  var stats = document.getElementById('stats');
+  if (!stats || !window.MutationObserver) return;
+  function agree() {
+    var words = stats.querySelectorAll('[data-plural]');
+    for (var i = 0; i < words.length; i++) {
+      var n = stats.querySelector('[data-presence="' + words[i].getAttribute('data-for') + '"]');
+      var forms = words[i].getAttribute('data-plural').split('|');
+      var text = n && n.textContent.trim() === '1' ? forms[0] : forms[1];
+      if (words[i].textContent !== text) words[i].textContent = text;
+    }
+  }
+  new MutationObserver(agree).observe(stats, {subtree: true, childList: true, characterData: true});
+})();
+</script>"#;
+
+/// A word that agrees with the number `data-presence="{key}"` now and after the script's
+/// updates (see [`AGREE_SCRIPT`]).
+fn agreeing(n: usize, key: &str, one: &str, many: &str) -> String {
+    format!(
+        r#"<span data-plural="{one}|{many}" data-for="{key}">{}</span>"#,
+        plural(n, one, many)
+    )
+}
+
+fn page(
+    headers: &HeaderMap,
+    path: &str,
+    title: &str,
+    body: &str,
+    who: &Who,
+    script: &str,
+) -> Html<String> {
+    let members = name_list(&who.member_names, who.members, MORE);
+    let browsing = name_list(&who.page_names, who.here, GUESTS);
     let place = if path.starts_with("/topic/") {
         "topic"
     } else {
         "page"
+    };
+    // Cluster mode says so, discreetly, and whether the view is stale.
+    let cluster = match who.cluster {
+        None => String::new(),
+        Some((nodes, stale)) => {
+            let stale = match stale {
+                Some(as_of) => format!(
+                    r#" · <span id="stale" title="Redis did not answer lately: these are the numbers of {}">stale</span>"#,
+                    utc(as_of)
+                ),
+                None => String::new(),
+            };
+            format!(
+                r#"<p id="cluster" class="note">Across <span data-presence="nodes">{nodes}</span> {}{stale}</p>"#,
+                agreeing(nodes, "nodes", "node", "nodes")
+            )
+        }
     };
     let account = match signed_in(headers) {
         Some((name, hidden)) => format!(
@@ -550,44 +822,51 @@ Signed in as <b id="me">{name}</b>{state}
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title} - Forum</title>
 <style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}} .inline{{display:inline}}
-.stats{{background:#eef;padding:.5em 1em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2em .5em}}</style>
+.stats{{background:#eef;padding:.5em 1em}} .note{{color:#718096;font-size:.85em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2em .5em}}</style>
 </head><body>
 <nav><a href="/">Forum index</a> · <a href="/admin">Admin</a> · {account}</nav>
 <h1>{title}</h1>
 {body}
 <div class="stats" id="stats">
 <h3>Who is online</h3>
-<p id="totals">In total there are <b data-presence="online">{online}</b> users online ::
+<p id="totals">In total there {is} <b data-presence="online">{online}</b> {users} online ::
 <span data-presence="members">{members}</span> registered,
 <span data-presence="hidden">{hidden}</span> hidden and
-<span data-presence="guests">{guests}</span> guests
-(and <span data-presence="bots">{bots}</span> bots)</p>
+<span data-presence="guests">{guests}</span> {guest_word}
+(and <span data-presence="bots">{bots}</span> {bot_word})</p>
 <p><span id="here" data-presence="page">{here}</span> viewing this page</p>
 <p>Registered users: <span id="members" data-presence-list="members">{member_names}</span></p>
 <p>Users browsing this {place}: <span id="browsing" data-presence-list="page" data-presence-more="guest|guests">{browsing}</span></p>
 <p>Most users ever online was <span data-presence="peak">{peak}</span> on <span data-presence="peak-at">{peak_at}</span></p>
+{cluster}
 </div>
 {script}
+{AGREE_SCRIPT}
 </body></html>"#,
         title = escape(title),
-        online = c.online,
-        members = c.members,
-        hidden = c.hidden,
-        guests = c.guests,
-        bots = c.bots,
-        peak = c.peak.online,
-        peak_at = utc(c.peak.at),
+        is = agreeing(who.online, "online", "is", "are"),
+        online = who.online,
+        users = agreeing(who.online, "online", "user", "users"),
+        members = who.members,
+        hidden = who.hidden,
+        guests = who.guests,
+        guest_word = agreeing(who.guests, "guests", "guest", "guests"),
+        bots = who.bots,
+        bot_word = agreeing(who.bots, "bots", "bot", "bots"),
+        here = who.here,
+        peak = who.peak.online,
+        peak_at = utc(who.peak.at),
         member_names = escape(&members),
         browsing = escape(&browsing),
-        script = demo.script_tag,
     ))
 }
 
 async fn home(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String> {
+    let paths: Vec<String> = (1..=TOPICS.len()).map(|n| format!("/topic/{n}")).collect();
+    let asked: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let who = demo.who("/", &asked).await;
     let mut body = String::from("<ul>");
-    for (i, (title, _)) in TOPICS.iter().enumerate() {
-        let path = format!("/topic/{}", i + 1);
-        let viewing = demo.presence.page_count(&path);
+    for ((path, (title, _)), viewing) in paths.iter().zip(TOPICS).zip(&who.pages) {
         let _ = write!(
             body,
             r#"<li><a href="{path}">{}</a> (<span data-presence-page="{path}">{viewing}</span> viewing)</li>"#,
@@ -595,7 +874,7 @@ async fn home(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String>
         );
     }
     body.push_str("</ul>");
-    page(&demo, &headers, "/", "Forum index", &body)
+    page(&headers, "/", "Forum index", &body, &who, &demo.script_tag)
 }
 
 async fn topic(
@@ -610,8 +889,10 @@ async fn topic(
         .and_then(|i| TOPICS.get(i));
     match found {
         Some((title, text)) => {
+            let path = format!("/topic/{id}");
+            let who = demo.who(&path, &[]).await;
             let body = format!("<p>{}</p>", escape(text));
-            page(&demo, &headers, &format!("/topic/{id}"), title, &body).into_response()
+            page(&headers, &path, title, &body, &who, &demo.script_tag).into_response()
         }
         None => (StatusCode::NOT_FOUND, "no such topic").into_response(),
     }
@@ -623,7 +904,8 @@ struct AdminQuery {
 }
 
 /// The sessions, [`ADMIN_PAGE`] a page, in the tracker's storage order: each page costs
-/// its 100 sessions, not all of them (`?from=` is the cursor of the next page).
+/// its 100 sessions, not all of them (`?from=` is the cursor of the next page). In cluster
+/// mode, the list is this node's sessions (those it can end); the numbers are the cluster's.
 async fn admin(
     State(demo): State<Arc<Demo>>,
     Query(query): Query<AdminQuery>,
@@ -638,14 +920,23 @@ async fn admin(
         .presence
         .sessions_page(from.unwrap_or(SessionCursor::START), ADMIN_PAGE);
     sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-    let counts = demo.presence.counts();
-    let mut body = history_chart(&demo.presence.history(), counts.peak, SystemTime::now());
-    let _ = write!(
-        body,
-        "<p id=\"showing\">{} sessions online; {} on this page.",
-        counts.sessions,
-        sessions.len()
-    );
+    let who = demo.who("/admin", &[]).await;
+    let mut body = history_chart(&demo.history(), who.peak, SystemTime::now(), who.online);
+    let online = count(who.sessions, "session", "sessions");
+    match who.cluster {
+        None => {
+            let _ = write!(body, r#"<p id="showing">{online} online"#);
+        }
+        Some(_) => {
+            let _ = write!(
+                body,
+                r#"<p class="note">The chart is the cluster's count, as this node sampled it since it started.</p>
+<p id="showing">{online} online in the cluster, {} on this node"#,
+                demo.presence.counts().sessions
+            );
+        }
+    }
+    let _ = write!(body, "; {} on this page.", sessions.len());
     if from.is_some() {
         body.push_str(r#" <a id="first" href="/admin">First page</a>"#);
     }
@@ -684,7 +975,14 @@ async fn admin(
         );
     }
     body.push_str("</table>");
-    page(&demo, &headers, "/admin", "Sessions", &body)
+    page(
+        &headers,
+        "/admin",
+        "Sessions",
+        &body,
+        &who,
+        &demo.script_tag,
+    )
 }
 
 #[derive(Deserialize)]
@@ -779,67 +1077,184 @@ async fn toggle_hidden(headers: HeaderMap, Form(form): Form<BackForm>) -> Respon
     ([set], back_to(&form.back, &headers)).into_response()
 }
 
-// The browser test compiles this file into a crate without the `__demo_prometheus` feature.
-#[allow(unexpected_cfgs)]
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (see the module docs).
+///
+/// `RUST_LOG` is read as `target=level` directives (`Targets`), not with `EnvFilter`: that
+/// one needs a regex engine, which would add to the build of every example, the README's
+/// first command included.
+fn log_to_stderr() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    const DEFAULT: &str = "warn,presence_tracker=info,whos_online=info";
+    let default = || {
+        DEFAULT
+            .parse::<Targets>()
+            .expect("the default filter parses")
+    };
+    let (filter, refused) = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => match directives.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(err) => (default(), Some((directives, err))),
+        },
+        _ => (default(), None),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .try_init();
+    if installed.is_ok() {
+        if let Some((directives, err)) = refused {
+            tracing::warn!(
+                "ignoring RUST_LOG={directives:?} ({err}): expected target=level directives; logging {DEFAULT}"
+            );
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> std::process::ExitCode {
+    log_to_stderr();
+    match serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // One line a person can act on, not a `Debug` dump.
+        Err(message) => {
+            eprintln!("whos_online: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The demo node, from start to a graceful stop; `Err` is a startup problem, said in one line.
+// The end-to-end tests compile this file into a crate without a `demo-metrics` feature.
+#[allow(unexpected_cfgs)]
+async fn serve() -> Result<(), String> {
     let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p.parse().map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad PORT {p:?}"))
-        })?,
+        Ok(p) => p
+            .trim()
+            .parse()
+            .map_err(|_| format!("PORT={p:?} is not a port number (1 to 65535)"))?,
         Err(_) => 3000,
     };
+    // Listening first: a second process on a port in use stops here, before it touches the
+    // snapshot file of the node that runs there.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|err| {
+            format!("cannot listen on 127.0.0.1:{port}: {err} (set PORT to a free port)")
+        })?;
+    let redis_url = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    #[cfg(not(feature = "redis"))]
+    if redis_url.is_some() {
+        tracing::warn!(
+            "REDIS_URL is set, but this build has no cluster mode: a single node \
+             (run with --features axum,redis)"
+        );
+    }
+    // Cluster nodes share one key from the environment, so that each accepts the others'
+    // cookies; a single node keeps its own beside its snapshot.
+    let snapshot = snapshot_path(port);
+    let key = match std::env::var("PRESENCE_SIGNING_KEY") {
+        Ok(secret) => {
+            Key::try_from(secret.as_bytes()).map_err(|e| format!("PRESENCE_SIGNING_KEY: {e}"))?
+        }
+        Err(_) if cfg!(feature = "redis") && redis_url.is_some() => {
+            return Err(
+                "cluster mode (REDIS_URL) needs PRESENCE_SIGNING_KEY, the same secret of \
+                 at least 64 bytes on every node, so that each accepts the others' cookies: \
+                 export PRESENCE_SIGNING_KEY=$(head -c 48 /dev/urandom | base64)"
+                    .to_owned(),
+            );
+        }
+        Err(_) => signing_key(snapshot.as_deref()),
+    };
     // The recorder first, so that it sees every session from the start.
-    #[cfg(feature = "__demo_prometheus")]
+    #[cfg(feature = "demo-metrics")]
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
-        .expect("no other metrics recorder is installed");
-    let presence = presence_from_env();
-    let snapshot = snapshot_path();
+        .map_err(|err| format!("cannot serve /metrics: {err}"))?;
+    let presence = presence_from_env(port);
     if let Some(path) = &snapshot {
         println!(
-            "snapshot {}: {} sessions online at start",
+            "snapshot {}: {} at start",
             path.display(),
-            presence.counts().sessions
+            count(presence.counts().sessions, "session", "sessions")
         );
     }
     let interval = env_secs("PRESENCE_HEARTBEAT_INTERVAL");
-    // Cluster nodes share one key from the environment, so each accepts the others' cookies;
-    // a single node keeps its own beside the snapshot.
-    let key = match std::env::var("PRESENCE_SIGNING_KEY") {
-        Ok(secret) => Key::try_from(secret.as_bytes()).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("PRESENCE_SIGNING_KEY: {e}"),
-            )
-        })?,
-        Err(_) => signing_key(snapshot.as_deref()),
-    };
     #[allow(unused_mut)]
-    let mut routes = presence_http::Routes::new(presence.clone());
+    let mut view = View::Node;
     #[cfg(feature = "redis")]
-    if let Ok(url) = std::env::var("REDIS_URL") {
+    if let Some(url) = redis_url {
         let cluster = presence_tracker::cluster::Cluster::builder(url)
             .namespace("whos_online")
             .start(&presence)
             .await
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        println!("cluster mode: node {} on REDIS_URL", cluster.node_id());
-        routes = routes.cluster(cluster);
+            .map_err(|err| format!("REDIS_URL: {err}"))?;
+        println!(
+            "cluster mode: node {} in namespace whos_online on REDIS_URL",
+            cluster.node_id()
+        );
+        view = View::Cluster(cluster);
     }
-    let app = node_app(presence.clone(), interval, key, routes);
-    #[cfg(feature = "__demo_prometheus")]
-    let app = app.route("/metrics", get(move || async move { metrics.render() }));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("who's online demo on http://{}/", listener.local_addr()?);
+    let app = node_app(presence.clone(), interval, key, view.clone());
+    #[cfg(feature = "demo-metrics")]
+    let app = {
+        let view = view.clone();
+        app.route(
+            "/metrics",
+            get(move || {
+                let (view, metrics) = (view.clone(), metrics.clone());
+                async move {
+                    // Cluster mode: the cluster's numbers as `presence_cluster_*` gauges, set
+                    // from the cached view at each scrape (this node's own `presence_*`
+                    // metrics stay as they are: they are what this node did).
+                    #[cfg(feature = "redis")]
+                    if let View::Cluster(cluster) = &view {
+                        let c = cluster.counts();
+                        for (name, value) in [
+                            ("presence_cluster_online", c.online),
+                            ("presence_cluster_members", c.members),
+                            ("presence_cluster_hidden", c.hidden),
+                            ("presence_cluster_guests", c.guests),
+                            ("presence_cluster_bots", c.bots),
+                            ("presence_cluster_sessions", c.sessions),
+                            ("presence_cluster_nodes", c.nodes),
+                            ("presence_cluster_peak", c.peak.online),
+                            ("presence_cluster_stale", usize::from(c.stale)),
+                        ] {
+                            metrics::gauge!(name).set(value as f64);
+                        }
+                    }
+                    let _ = &view;
+                    metrics.render()
+                }
+            }),
+        )
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|err| format!("cannot listen: {err}"))?;
+    println!("who's online demo on http://{addr}/");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
+        .await
+        .map_err(|err| format!("serving stopped: {err}"))?;
     // Requests are done: save who is online for the next start.
     match presence.save_snapshot() {
-        Ok(()) => println!("saved {} sessions", presence.counts().sessions),
+        Ok(()) => println!(
+            "saved {}",
+            count(presence.counts().sessions, "session", "sessions")
+        ),
         Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {}
-        Err(err) => eprintln!("snapshot not saved: {err}"),
+        Err(err) => tracing::error!("snapshot not saved: {err}"),
+    }
+    // With a snapshot just saved, the cluster keeps this node's sessions for its restart.
+    #[cfg(feature = "redis")]
+    if let View::Cluster(cluster) = &view {
+        cluster.shutdown().await;
     }
     Ok(())
 }

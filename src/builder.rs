@@ -240,6 +240,7 @@ impl PresenceBuilder {
     /// let restarted = Presence::builder().snapshot_file(&path).reaper(Reaper::Manual).build();
     /// assert_eq!(restarted.counts().members, 1);
     /// assert_eq!(restarted.page_count("/forum"), 1);
+    /// # drop((presence, restarted)); // the last handle saves once more when dropped
     /// # std::fs::remove_file(&path)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

@@ -431,6 +431,13 @@ async fn the_who_is_online_block_follows_changes_within_3_seconds() {
         "A sees itself",
         text(&a, "[data-presence=online]").await == "1"
     );
+    assert!(
+        text(&a, "#totals")
+            .await
+            .starts_with("In total there is 1 user online :: 0 registered, 0 hidden and 1 guest"),
+        "{}",
+        text(&a, "#totals").await
+    );
     let peak_before = text(&a, "[data-presence=peak-at]").await;
     // The peak's date is shown to the second: make the next peak's differ.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -448,6 +455,13 @@ async fn the_who_is_online_block_follows_changes_within_3_seconds() {
             && text(&a, r#"[data-presence-page="/topic/1"]"#).await == "1"
             && text(&a, "[data-presence=peak]").await == "2"
             && text(&a, "[data-presence=peak-at]").await == peak_at
+    );
+    // The words follow the numbers the script wrote.
+    eventually!(
+        live,
+        "A's block says users and guests",
+        text(&a, "#totals").await
+            == "In total there are 2 users online :: 0 registered, 0 hidden and 2 guests (and 0 bots)"
     );
 
     // A opens the same topic; B signs in with a name that is markup: A's lists show it,
@@ -701,10 +715,12 @@ async fn a_restart_between_two_heartbeats_keeps_the_visitor_and_the_peak() {
     second.shutdown();
 }
 
+#[cfg(feature = "redis")]
 #[path = "../../tests/common/redis.rs"]
 mod redis_server;
 
 /// One demo node of a cluster: its own tracker, the shared cookie key, the cluster view.
+#[cfg(feature = "redis")]
 async fn serve_node(
     url: &str,
     key: &presence_tracker::http::Key,
@@ -719,14 +735,19 @@ async fn serve_node(
         .start(&presence)
         .await
         .unwrap();
-    let routes = presence_tracker::http::Routes::new(presence.clone()).cluster(cluster.clone());
-    let app = demo::node_app(presence, Some(HEARTBEAT), key.clone(), routes);
+    let app = demo::node_app(
+        presence,
+        Some(HEARTBEAT),
+        key.clone(),
+        demo::View::Cluster(cluster.clone()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (base, cluster)
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_one_visitor_each_both_pages_show_the_cluster() {
     let Some((chrome, chromedriver)) = binaries() else {

@@ -1192,6 +1192,59 @@ async fn demo_counts_a_browser_from_its_second_request() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let c = presence.counts();
     assert_eq!((c.online, c.members), (1, 1));
+    // Words agree with their numbers: "there is 1 user", "0 guests", never "1 users".
+    let html = body_text(send(&app, get_req("/")).await).await;
+    let totals = text_of(&html, r#"<p id="totals">"#, "</p>");
+    assert_eq!(
+        totals,
+        "In total there is 1 user online :: 1 registered, 0 hidden and 0 guests (and 0 bots)"
+    );
+    presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    let html = body_text(send(&app, get_req("/")).await).await;
+    let totals = text_of(&html, r#"<p id="totals">"#, "</p>");
+    assert_eq!(
+        totals,
+        "In total there are 2 users online :: 1 registered, 0 hidden and 1 guest (and 0 bots)"
+    );
+}
+
+/// The text between `start` and `end` in `html`, tags dropped and white space collapsed.
+fn text_of(html: &str, start: &str, end: &str) -> String {
+    let from = html
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {html}"))
+        + start.len();
+    let inner = &html[from..from + html[from..].find(end).unwrap()];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in inner.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn demo_chart_labels_the_count_now_not_the_first_sample_of_the_minute() {
+    // A manual clock: every read below falls in one minute.
+    let (presence, _clock) = tracker();
+    let app = demo::app(presence.clone(), None);
+    // The minute's sample is taken by the first read: nobody online yet.
+    assert_eq!(presence.history().last().map(|&(_, n)| n), Some(0));
+    for _ in 0..3 {
+        presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    }
+    let html = body_text(send(&app, get_req("/admin")).await).await;
+    assert_eq!(
+        text_of(&html, "now: ", "</text>"),
+        "3 online · 1 sample",
+        "{html}"
+    );
+    assert!(html.contains(r#"<p id="showing">3 sessions online; 3 on this page."#));
 }
 
 /// An application whose visitors say who they are in `x-user` (`hidden:` for a hidden
@@ -1456,4 +1509,175 @@ async fn demo_lists_names_as_text_and_hides_hidden_members() {
         "{html}"
     );
     assert!(!html.contains("carol"));
+}
+
+#[cfg(feature = "redis")]
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+
+/// What a demo page shows: every `data-presence` number, page count and name list, and the
+/// chart's count now, in page order.
+#[cfg(feature = "redis")]
+fn shown(html: &str) -> Vec<(String, String)> {
+    // The markup only, not the scripts that look for the same attributes.
+    let html = &html[..html.find("<script").unwrap_or(html.len())];
+    let mut out = Vec::new();
+    for marker in [
+        "data-presence=\"",
+        "data-presence-page=\"",
+        "data-presence-list=\"",
+        "id=\"now-online\"",
+    ] {
+        for (at, _) in html.match_indices(marker) {
+            let rest = &html[at..];
+            let tag_end = rest.find('>').unwrap();
+            let value = &rest[tag_end + 1..tag_end + rest[tag_end..].find('<').unwrap()];
+            out.push((rest[..tag_end].to_owned(), value.to_owned()));
+        }
+    }
+    out
+}
+
+/// A visitor of a demo node: its first page brings the cookie, the page script's report
+/// (`/presence/active`) counts it. `extra` is sent with both (the demo's own cookies, a
+/// `User-Agent`). Returns the `Cookie` header that carries its session.
+#[cfg(feature = "redis")]
+async fn demo_visitor(node: &Router, page: &str, extra: &[(&str, &str)]) -> String {
+    let mut req = get_req(page)
+        .header(ACCEPT, "text/html")
+        .header("sec-fetch-dest", "document");
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let res = send(node, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = pair(&set_cookie(&res).unwrap());
+    demo_report(node, page, &cookie, extra).await;
+    cookie
+}
+
+/// The page script's activity report on `page` with `cookie`.
+#[cfg(feature = "redis")]
+async fn demo_report(node: &Router, page: &str, cookie: &str, extra: &[(&str, &str)]) {
+    let mut req = post_req(&format!("/presence/active?page={page}"));
+    let mut cookies = cookie.to_owned();
+    for (name, value) in extra {
+        if *name == "cookie" {
+            cookies = format!("{cookies}; {value}");
+        } else {
+            req = req.header(*name, *value);
+        }
+    }
+    let res = send(node, req.header(COOKIE, cookies)).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_nodes_of_one_cluster_render_the_same_numbers_on_every_page() {
+    use presence_tracker::cluster::Cluster;
+    let Some(server) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let key = Key::generate();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let presence = Presence::new();
+        let cluster = Cluster::builder(server.url())
+            .namespace("demo-pages")
+            .flush_interval(Duration::from_millis(100))
+            .start(&presence)
+            .await
+            .unwrap();
+        let view = demo::View::Cluster(cluster.clone());
+        let app = demo::node_app(presence.clone(), None, key.clone(), view);
+        nodes.push((app, presence, cluster));
+    }
+    let [(a, on_a, cluster_a), (b, on_b, cluster_b)] = &nodes[..] else {
+        unreachable!()
+    };
+    demo_visitor(a, "/topic/1", &[("cookie", "forum_user=alice")]).await;
+    demo_visitor(b, "/topic/1", &[("cookie", "forum_user=bob")]).await;
+    let hidden = [("cookie", "forum_user=carol; forum_hidden=1")];
+    demo_visitor(b, "/topic/2", &hidden).await;
+    demo_visitor(a, "/", &[]).await;
+    demo_visitor(b, "/", &[("user-agent", "Googlebot/2.1")]).await;
+    // One browser whose requests reach both nodes: one session.
+    let dave = [("cookie", "forum_user=dave")];
+    let cookie = demo_visitor(a, "/topic/2", &dave).await;
+    demo_report(b, "/topic/2", &cookie, &dave).await;
+    assert_eq!((on_a.counts().sessions, on_b.counts().sessions), (3, 4));
+    for cluster in [cluster_a, cluster_b, cluster_a] {
+        cluster.sync().await.unwrap();
+    }
+    let c = cluster_b.sync().await.unwrap();
+    assert_eq!(
+        (
+            c.online, c.members, c.hidden, c.guests, c.bots, c.sessions, c.nodes
+        ),
+        (5, 3, 1, 1, 1, 6, 2),
+        "{c:?}"
+    );
+
+    let value = |shown: &[(String, String)], attr: &str| -> String {
+        shown
+            .iter()
+            .find(|(tag, _)| tag.contains(attr))
+            .unwrap_or_else(|| panic!("{attr} not shown: {shown:?}"))
+            .1
+            .clone()
+    };
+    for path in ["/", "/topic/1", "/topic/2", "/admin"] {
+        // A flush between the two reads could move a view: the same within a few tries.
+        let mut tries = 0;
+        let (on_a, on_b) = loop {
+            let page_a = body_text(send(a, get_req(path)).await).await;
+            let page_b = body_text(send(b, get_req(path)).await).await;
+            let (on_a, on_b) = (shown(&page_a), shown(&page_b));
+            tries += 1;
+            if on_a == on_b || tries == 20 {
+                break (on_a, on_b);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(on_a, on_b, "{path}: the two nodes differ");
+        for (attr, expected) in [
+            (r#"data-presence="online""#, "5"),
+            (r#"data-presence="members""#, "3"),
+            (r#"data-presence="hidden""#, "1"),
+            (r#"data-presence="guests""#, "1"),
+            (r#"data-presence="bots""#, "1"),
+            (r#"data-presence="nodes""#, "2"),
+            (r#"data-presence="peak""#, "5"),
+            (r#"data-presence-list="members""#, "alice, bob and dave"),
+        ] {
+            assert_eq!(value(&on_a, attr), expected, "{path}: {attr}");
+        }
+        let (here, browsing) = match path {
+            "/" => ("2", "2 guests"),
+            "/topic/1" => ("2", "alice and bob"),
+            "/topic/2" => ("2", "dave and 1 guest"),
+            _ => ("0", "None"),
+        };
+        assert_eq!(value(&on_a, r#"data-presence="page""#), here, "{path}");
+        assert_eq!(
+            value(&on_a, r#"data-presence-list="page""#),
+            browsing,
+            "{path}"
+        );
+        if path == "/" {
+            for (topic, n) in [("/topic/1", "2"), ("/topic/2", "2"), ("/topic/3", "0")] {
+                let attr = format!(r#"data-presence-page="{topic}""#);
+                assert_eq!(value(&on_a, &attr), n, "{topic}");
+            }
+        }
+        if path == "/admin" {
+            assert_eq!(value(&on_a, "now-online"), "5");
+        }
+    }
+    // Carol chose not to be listed, on any node.
+    for node in [a, b] {
+        let html = body_text(send(node, get_req("/topic/2")).await).await;
+        assert!(!html.contains("carol"));
+    }
 }
