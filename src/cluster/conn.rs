@@ -56,7 +56,41 @@ impl ConnectionLike for Conn {
 
 /// Checks the URL without connecting: the only thing `start` may fail on, besides settings.
 pub(super) fn client(url: &str) -> Result<Client, ClusterError> {
-    Client::open(url).map_err(|e| ClusterError::InvalidSetting(format!("Redis URL {url:?}: {e}")))
+    Client::open(url)
+        .map_err(|e| ClusterError::InvalidSetting(format!("Redis URL {:?}: {e}", redacted(url))))
+}
+
+/// The URL without its password, for messages and logs.
+pub(super) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_shows_in_a_message() {
+        assert_eq!(
+            redacted("redis://:s3cret@h:6379/0"),
+            "redis://:***@h:6379/0"
+        );
+        assert_eq!(redacted("redis://me:s3cret@h"), "redis://me:***@h");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
+        let e = client("redis://:s3cret@h:notaport")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
 }
 
 /// Connects, asking the server whether it is part of a Redis Cluster. `timeout` bounds each
