@@ -6,8 +6,9 @@
 //! cluster view from a bystander's side, next to the classic design on the same server in
 //! the same run:
 //! - **ours**: one [`Presence`] (default settings: `idle_timeout` 300 s) with a [`Cluster`]
-//!   attached (default `flush_interval` 1 s, its own namespace); the load thread calls
-//!   `presence.visit(id, kind, page)`, and the cluster's background task flushes to Redis.
+//!   attached (default `flush_interval` 1 s, `node_timeout` 2 s for `sweep`, its own
+//!   namespace); the load thread calls `presence.visit(id, kind, page)`, and the cluster's
+//!   background task flushes to Redis.
 //! - **classic**: the cookie + Redis design, `SET presence_<uuid> <json kind, user, page> EX
 //!   300` per page view. Its best form is used: the page views of each 10 ms tick go out in one
 //!   pipeline over one connection, as a server's connection pool would batch them.
@@ -24,8 +25,30 @@
 //! - `burst`: 10% more sessions (10k) join within 1 s, on top of the loaded ones (no other
 //!   load meanwhile); the window stays open 2 s more so that ours' flushes of the burst land
 //!   in it.
+//! - `pageburst`: a fifth of the sessions (20k of 100k), distinct, each visit a new page
+//!   (one of 20 `/hot/N`) within a few milliseconds; the window stays open two flush
+//!   intervals, so that ours' background flush carries them in it (a `sync()` after the
+//!   window, and the hot pages' counts, check that the view shows them all). Classic: as many
+//!   `SET`s, in one pipeline.
+//! - `refill` (ours only): Redis loses everything (`FLUSHALL` from another connection, the
+//!   bystander's key set again at once) while the node holds its sessions; the window opens
+//!   right after (so the server's own work of emptying itself is left out) and lasts until
+//!   the node's `cluster.counts()` (polled every 5 ms) is no longer stale and shows them all
+//!   again.
+//! - `sweep` (ours only): a second node (its own `Presence` and `Cluster` on its own runtime)
+//!   loads as many sessions of its own, then dies without a goodbye (its runtime is dropped);
+//!   the window lasts until the first node's view, no longer stale, shows only its own
+//!   sessions and one node. Both nodes have `node_timeout` 2 s: the timeout that decides is
+//!   that of the node that finds the other silent.
 //! - `bye` (ours only): `cluster.shutdown()`, whose final flush removes the node's sessions.
 //!   The classic keys have no equivalent: they expire on their own.
+//!
+//! For `refill` and `sweep` the harness also reports when the view went stale (the loss or
+//! the dead node noticed), when it was complete again, the rate in sessions per second, any
+//! poll that showed a partial view as fresh, and, as a diagnostic, the Redis-side progress:
+//! the `sessions` field of the `{ns}:c` hash the module docs describe, read every 5 ms from
+//! the harness's own connection (its reads are not counted as ours). The design targets:
+//! at least 100k sessions/s, and no script call over 5 ms.
 //!
 //! During every window a bystander on its own plain connection sends `GET bystander_key`
 //! every 2 ms and records each round trip (a stalled GET is recorded once, at its full
@@ -33,26 +56,32 @@
 //! p50 / p99 / p99.9 / max; Redis CPU seconds per wall second (`INFO cpu`, `used_cpu_sys +
 //! used_cpu_user`); Redis CPU per page view, net of the quiet baseline (a window with only
 //! the bystander, measured first); Redis commands per page view (`INFO commandstats`, calls
-//! made inside scripts included, the bystander's and the harness's own excluded); the
-//! slowest single call a client made (`SLOWLOG`, with `slowlog-log-slower-than 1000`, i.e.
-//! 1 ms, reset before each window; a script counts as one call, the commands it runs are
-//! listed apart) and how many calls took 1 ms or more. Then medians over the runs and the
-//! ratios ours / classic. Between designs the harness runs `FLUSHALL` and waits, so that no
-//! run disturbs the next. Ours and classic alternate (ABAB: two rounds by default).
+//! made inside scripts included, the bystander's and the harness's own excluded); the mean
+//! script call (`INFO commandstats`, wall time inside Redis); the slowest single call a
+//! client made (`SLOWLOG`, with `slowlog-log-slower-than 1000`, i.e. 1 ms, reset before each
+//! window; a script counts as one call, the commands it runs are listed apart) and how many
+//! calls took 1 ms or more, and more than 5 ms (the harness's own commands are left out).
+//! Then medians over the runs and the ratios ours / classic. Between designs the harness runs
+//! `FLUSHALL` and waits, so that no run disturbs the next. Ours and classic alternate (ABAB:
+//! two rounds by default).
 //!
 //! Every page view here moves its session to another page, so each one is a change ours
 //! must flush: the write-heaviest case for ours (a request that only refreshes a session
 //! costs ours no Redis write until its renewal, and the classic design a `SET` all the same).
 //!
 //! Only the public API is used (`Presence`, `Kind`, `SessionId`, `Cluster`): the figures
-//! stay meaningful whatever the cluster's key layout.
+//! stay meaningful whatever the cluster's key layout. The one exception is the Redis counter
+//! of `refill` and `sweep`, a diagnostic: if the layout changes, it shows `-`.
 //!
-//! Run: `cargo bench -p presence-tracker-testbed --bench shared_redis` (about three minutes
+//! Run: `cargo bench -p presence-tracker-testbed --bench shared_redis` (three to four minutes
 //! at full size on a 2-core machine). `PRESENCE_SHARED_QUICK=1`: 10k sessions, 500 page
-//! changes/s for 3 s, under a minute: it checks that everything works end to end, and shows
-//! ours' stalls, but its CPU figures are within the noise of the quiet baseline. Settings (environment): `PRESENCE_SHARED_SESSIONS`
+//! changes/s for 3 s, `refill` and `sweep` in the first round only, under a minute: it checks
+//! that everything works end to end, and shows ours' stalls, but its CPU figures are within
+//! the noise of the quiet baseline. Settings (environment): `PRESENCE_SHARED_SESSIONS`
 //! (100000), `PRESENCE_SHARED_RATE` (page changes/s, 5000), `PRESENCE_SHARED_SECS` (20),
-//! `PRESENCE_SHARED_BURST` (a tenth of the sessions), `PRESENCE_SHARED_ROUNDS` (2),
+//! `PRESENCE_SHARED_BURST` (a tenth of the sessions), `PRESENCE_SHARED_PAGEBURST` (a fifth of
+//! the sessions), `PRESENCE_SHARED_ROUNDS` (2), `PRESENCE_SHARED_RECOVERY` (how many rounds,
+//! the first ones, run `refill` and `sweep`: all; 0 skips them, about a quarter of the run),
 //! `PRESENCE_SHARED_PIN=0` (no `taskset`). Without `--bench` (`cargo test --benches`) a tiny
 //! run checks that it works. Under `CI=true` a missing `redis-server` is a failure.
 
@@ -61,9 +90,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use presence_tracker::cluster::Cluster;
+use presence_tracker::cluster::{Cluster, ClusterCounts};
 use presence_tracker::{Kind, Presence, SessionId};
 use redis::Value;
 use redis::io::tcp::TcpSettings;
@@ -85,12 +114,29 @@ const CLASSIC_TTL_SECS: u64 = 300;
 /// Ours flushes every second (the default); a burst's window stays open two intervals more.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const SLOWLOG_LEN: usize = 10_000;
+/// The harness's own commands (and a client's handshake): neither counted as commands nor
+/// as slow calls of the design measured.
+const HARNESS: &[&str] = &[
+    "info", "config", "slowlog", "flushall", "ping", "client", "hello", "dbsize",
+];
+/// Every node's `node_timeout`. The node that finds another silent for its own timeout
+/// declares it dead, so the first node has it too.
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pages a page burst sends its sessions to.
+const HOT_PAGES: usize = 20;
+/// How often `refill` and `sweep` look at the view (and at the Redis counter).
+const POLL: Duration = Duration::from_millis(5);
+/// How long `refill` and `sweep` wait for a complete view before reporting that it never came.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
 struct Settings {
     sessions: usize,
     rate: usize,
     steady: Duration,
     burst: usize,
+    pageburst: usize,
+    /// The rounds (the first ones) in which `refill` and `sweep` run.
+    recovery: usize,
     rounds: usize,
     /// The pause after `FLUSHALL`, and before each measured window.
     settle: Duration,
@@ -110,12 +156,12 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 impl Settings {
     fn from_env(full: bool) -> Self {
         let quick = std::env::var("PRESENCE_SHARED_QUICK").as_deref() == Ok("1");
-        let (mode, sessions, rate, secs, rounds, settle) = if !full {
-            ("tiny (no --bench)", 2_000, 200, 1.0, 1, 0.2)
+        let (mode, sessions, rate, secs, rounds, settle, recovery) = if !full {
+            ("tiny (no --bench)", 2_000, 200, 1.0, 1, 0.2, 1)
         } else if quick {
-            ("quick", 10_000, 500, 3.0, 2, 1.0)
+            ("quick", 10_000, 500, 3.0, 2, 0.5, 1)
         } else {
-            ("full", 100_000, 5_000, 20.0, 2, 2.0)
+            ("full", 100_000, 5_000, 20.0, 2, 2.0, 10)
         };
         let sessions = env_or("PRESENCE_SHARED_SESSIONS", sessions);
         assert!(sessions >= 20, "PRESENCE_SHARED_SESSIONS: at least 20");
@@ -131,6 +177,8 @@ impl Settings {
             rate,
             steady: Duration::from_secs_f64(secs),
             burst: env_or("PRESENCE_SHARED_BURST", sessions / 10).max(1),
+            pageburst: env_or("PRESENCE_SHARED_PAGEBURST", sessions / 5).clamp(1, sessions),
+            recovery: env_or("PRESENCE_SHARED_RECOVERY", recovery),
             rounds: env_or("PRESENCE_SHARED_ROUNDS", rounds).clamp(1, 10),
             settle: Duration::from_secs_f64(settle),
             quiet: Duration::from_secs_f64(secs.min(3.0)),
@@ -280,10 +328,7 @@ fn commands(con: &mut redis::Connection) -> u64 {
             continue;
         };
         let base = name.split('|').next().unwrap_or(name);
-        if matches!(
-            base,
-            "info" | "config" | "slowlog" | "flushall" | "ping" | "client" | "hello"
-        ) {
+        if HARNESS.contains(&base) {
             continue;
         }
         total += rest
@@ -291,6 +336,36 @@ fn commands(con: &mut redis::Connection) -> u64 {
             .and_then(|s| s.split(',').next())
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0);
+    }
+    total
+}
+
+/// Script calls Redis ran and the µs they took in all (`INFO commandstats`, wall time:
+/// a script preempted by the machine counts its wait).
+fn scripts(con: &mut redis::Connection) -> (u64, u64) {
+    let text = info(con, "commandstats");
+    let mut total = (0, 0);
+    for line in text.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        if !matches!(
+            name,
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall"
+        ) {
+            continue;
+        }
+        let field = |f: &str| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(f)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("calls");
+        total.1 += field("usec");
     }
     total
 }
@@ -320,6 +395,8 @@ fn as_text(v: &Value) -> Option<String> {
 struct Slow {
     /// Calls of 1 ms or more that clients made.
     count: u64,
+    /// Those of more than 5 ms.
+    over5: u64,
     max_us: u64,
     max_name: String,
     /// Those calls by command.
@@ -362,7 +439,14 @@ fn slowlog(con: &mut redis::Connection) -> Slow {
             *slow.in_scripts.entry(name).or_default() += 1;
             continue;
         }
+        // The harness's own: a `SLOWLOG RESET` of a long log, say, takes a millisecond.
+        if HARNESS.contains(&name.as_str()) {
+            continue;
+        }
         slow.count += 1;
+        if took > 5000 {
+            slow.over5 += 1;
+        }
         *slow.names.entry(name.clone()).or_default() += 1;
         if took >= slow.max_us {
             slow.max_us = took;
@@ -385,8 +469,12 @@ struct Sample {
     latencies: Vec<u32>,
     cpu: f64,
     commands: u64,
+    /// Script calls in the window, and their total duration in µs.
+    scripts: (u64, u64),
     slow: Slow,
     memory_per_session: Option<f64>,
+    /// `refill` and `sweep`: how the view came back.
+    recovery: Option<Recovery>,
 }
 
 impl Sample {
@@ -411,6 +499,14 @@ impl Sample {
         (self.cpu - quiet_rate * self.wall).max(0.0) * 1e6 / self.views as f64
     }
 
+    /// The mean script call, in µs.
+    fn script_mean(&self) -> f64 {
+        if self.scripts.0 == 0 {
+            return f64::NAN;
+        }
+        self.scripts.1 as f64 / self.scripts.0 as f64
+    }
+
     fn commands_per_view(&self) -> f64 {
         if self.views == 0 {
             return f64::NAN;
@@ -433,6 +529,7 @@ fn measure(
     redis::cmd("SLOWLOG").arg("RESET").exec(admin).unwrap();
     let cpu0 = redis_cpu(admin);
     let commands0 = commands(admin);
+    let scripts0 = scripts(admin);
 
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
@@ -473,6 +570,7 @@ fn measure(
     let commands = commands(admin)
         .saturating_sub(commands0)
         .saturating_sub(polls);
+    let scripts1 = scripts(admin);
     let slow = slowlog(admin);
     latencies.sort_unstable();
     Sample {
@@ -484,9 +582,15 @@ fn measure(
         latencies,
         cpu,
         commands,
+        scripts: (scripts1.0 - scripts0.0, scripts1.1 - scripts0.1),
         slow,
         memory_per_session: None,
+        recovery: None,
     }
+}
+
+fn bystander_value() -> String {
+    "x".repeat(64)
 }
 
 /// Empties Redis, sets the bystander's key again and lets the server settle.
@@ -494,10 +598,169 @@ fn reset(admin: &mut redis::Connection, settle: Duration) {
     redis::cmd("FLUSHALL").arg("SYNC").exec(admin).unwrap();
     redis::cmd("SET")
         .arg(BYSTANDER_KEY)
-        .arg("x".repeat(64))
+        .arg(bystander_value())
         .exec(admin)
         .unwrap();
     thread::sleep(settle);
+}
+
+/// `k` distinct indices below `n`, in random order.
+fn distinct(rng: &mut SplitMix, n: usize, k: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n).collect();
+    for i in 0..k.min(n) {
+        let j = i + rng.below(n - i);
+        all.swap(i, j);
+    }
+    all.truncate(k.min(n));
+    all
+}
+
+fn hot_pages() -> Vec<String> {
+    (0..HOT_PAGES).map(|p| format!("/hot/{p}")).collect()
+}
+
+/// How the view came back in `refill` or `sweep`; times from the loss, or the kill.
+#[derive(Clone, Copy, Default)]
+struct Recovery {
+    /// Sessions sent again, or swept.
+    sessions: usize,
+    /// `sweep`: when the dead node's timeout fired (its last flush, by Redis's clock, plus
+    /// the timeout); zero if it had already.
+    fired: Option<Duration>,
+    /// The first poll that found the view stale: the loss, or the dead node, noticed.
+    noticed: Option<Duration>,
+    /// The first poll that found the view complete and not stale; `None`: never, within
+    /// [`RECOVERY_LIMIT`].
+    complete: Option<Duration>,
+    /// Polls that found a partial view not marked stale.
+    partial: usize,
+    /// The Redis counter (`{ns}:c` `sessions`): first moved, and reached its target.
+    redis_moved: Option<Duration>,
+    redis_done: Option<Duration>,
+    /// The harness's reads of that counter, left out of ours' commands.
+    probes: u64,
+    /// The last view polled.
+    last: Option<ClusterCounts>,
+}
+
+/// The figures a complete view must match.
+fn figures(c: &ClusterCounts) -> [usize; 7] {
+    [
+        c.sessions, c.online, c.members, c.hidden, c.guests, c.bots, c.nodes,
+    ]
+}
+
+/// Polls `cluster.counts()` and the Redis counter every [`POLL`] from `from` until the view,
+/// computed after `from` and not stale, is `complete`; a view computed after `from`, not
+/// stale, neither complete nor `expected` meanwhile counts as partial. The counter is
+/// watched from `redis.0` to `redis.1`.
+fn watch(
+    cluster: &Cluster,
+    probe: &mut redis::Connection,
+    counter: &str,
+    (from, from_wall): (Instant, SystemTime),
+    redis: (i64, i64),
+    complete: impl Fn(&ClusterCounts) -> bool,
+    expected: impl Fn(&ClusterCounts) -> bool,
+) -> Recovery {
+    let mut rec = Recovery::default();
+    let limit = RECOVERY_LIMIT + NODE_TIMEOUT;
+    loop {
+        let c = cluster.counts();
+        let at = from.elapsed();
+        rec.last = Some(c);
+        if c.stale && rec.noticed.is_none() {
+            rec.noticed = Some(at);
+        }
+        let mut done = false;
+        if !c.stale && c.as_of > from_wall {
+            if complete(&c) {
+                rec.complete = Some(at);
+                // The counter got there by then too: one more look.
+                done = true;
+            } else if !expected(&c) {
+                rec.partial += 1;
+            }
+        }
+        let v: Option<i64> = redis::cmd("HGET")
+            .arg(counter)
+            .arg("sessions")
+            .query(probe)
+            .unwrap_or(None);
+        rec.probes += 1;
+        let v = v.unwrap_or(0);
+        if rec.redis_moved.is_none() && v != redis.0 {
+            rec.redis_moved = Some(at);
+        }
+        if rec.redis_done.is_none() && v == redis.1 {
+            rec.redis_done = Some(at);
+        }
+        if done || at > limit {
+            return rec;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("+{:.2}s", d.as_secs_f64()))
+}
+
+fn rate(n: usize, from: Option<Duration>, to: Option<Duration>) -> String {
+    match (from, to) {
+        (Some(a), Some(b)) if b > a => {
+            format!(
+                "{:.0}k sessions/s",
+                n as f64 / (b - a).as_secs_f64() / 1000.0
+            )
+        }
+        _ => "-".into(),
+    }
+}
+
+impl Recovery {
+    /// One line: when the view went stale and came back, the rates, partial views.
+    fn describe(&self, scenario: &str) -> String {
+        let mut line = if scenario == "sweep" {
+            format!(
+                "{} sessions of the killed node; its timeout fired ≈ {}, noticed {}, view complete {} \
+                 ({} after the timeout fired, {} after noticed)",
+                self.sessions,
+                secs(self.fired),
+                secs(self.noticed),
+                secs(self.complete),
+                rate(self.sessions, self.fired, self.complete),
+                rate(self.sessions, self.noticed, self.complete),
+            )
+        } else {
+            format!(
+                "{} sessions; loss noticed {}, view complete {} ({} after noticed)",
+                self.sessions,
+                secs(self.noticed),
+                secs(self.complete),
+                rate(self.sessions, self.noticed, self.complete),
+            )
+        };
+        line += &format!(
+            "; Redis counter moved {}, done {} ({}); partial views shown as fresh: {}",
+            secs(self.redis_moved),
+            secs(self.redis_done),
+            rate(self.sessions, self.redis_moved, self.redis_done),
+            self.partial
+        );
+        if self.complete.is_none() {
+            if let Some(c) = self.last {
+                line += &format!(
+                    "; NEVER COMPLETE within {:?}: last view {} sessions, {} nodes, stale {}",
+                    RECOVERY_LIMIT + NODE_TIMEOUT,
+                    c.sessions,
+                    c.nodes,
+                    c.stale
+                );
+            }
+        }
+        line
+    }
 }
 
 fn runtime() -> Runtime {
@@ -549,11 +812,14 @@ fn run_ours(load: &Load<'_>, admin: &mut redis::Connection, run: usize) -> Vec<S
         let _inside = rt.enter();
         Presence::builder().build()
     };
+    let namespace = format!("shared-bench-{run}");
+    let counter = format!("{{{namespace}}}:c");
     let cluster = rt
         .block_on(
             Cluster::builder(url)
-                .namespace(format!("shared-bench-{run}"))
+                .namespace(&namespace)
                 .flush_interval(FLUSH_INTERVAL)
+                .node_timeout(NODE_TIMEOUT)
                 .start(&presence),
         )
         .expect("valid settings");
@@ -616,6 +882,55 @@ fn run_ours(load: &Load<'_>, admin: &mut redis::Connection, run: usize) -> Vec<S
     );
     thread::sleep(settings.settle);
 
+    let chosen = distinct(
+        &mut SplitMix(4000 + run as u64),
+        visitors.len(),
+        settings.pageburst,
+    );
+    let hot = hot_pages();
+    let mut took = Duration::ZERO;
+    samples.push(measure(url, admin, "pageburst", Design::Ours, run, || {
+        let t = Instant::now();
+        for (j, &s) in chosen.iter().enumerate() {
+            presence
+                .visit(
+                    visitors.ids[s],
+                    visitors.kinds[s].clone(),
+                    &hot[j % HOT_PAGES],
+                )
+                .expect("unbounded");
+        }
+        took = t.elapsed();
+        // The background flush carries them.
+        thread::sleep(2 * FLUSH_INTERVAL);
+        chosen.len()
+    }));
+    let on_hot = rt.block_on(async {
+        cluster.sync().await?;
+        let top = cluster.top_pages(HOT_PAGES).await?;
+        Ok::<usize, presence_tracker::cluster::ClusterError>(
+            top.iter()
+                .filter(|(p, _)| p.starts_with("/hot/"))
+                .map(|(_, n)| n)
+                .sum(),
+        )
+    });
+    println!(
+        "  ours run {run}: {} page changes in {took:.1?}; the view then showed {} sessions on the \
+         hot pages (expected {})",
+        chosen.len(),
+        on_hot.map_or_else(|e| format!("an error ({e})"), |n| n.to_string()),
+        chosen.len()
+    );
+    thread::sleep(settings.settle);
+
+    if run <= settings.recovery {
+        samples.push(refill(load, admin, run, &rt, &presence, &cluster, &counter));
+        thread::sleep(settings.settle);
+        samples.push(sweep(load, admin, run, &rt, &cluster, &counter));
+        thread::sleep(settings.settle);
+    }
+
     let sessions = presence.counts().sessions;
     samples.push(measure(url, admin, "bye", Design::Ours, run, || {
         rt.block_on(cluster.shutdown());
@@ -625,6 +940,135 @@ fn run_ours(load: &Load<'_>, admin: &mut redis::Connection, run: usize) -> Vec<S
     drop(cluster);
     rt.shutdown_timeout(Duration::from_secs(5));
     samples
+}
+
+/// `refill`: Redis loses everything while the node holds its sessions; measured until the
+/// view is complete again.
+fn refill(
+    load: &Load<'_>,
+    admin: &mut redis::Connection,
+    run: usize,
+    rt: &Runtime,
+    presence: &Presence,
+    cluster: &Cluster,
+    counter: &str,
+) -> Sample {
+    let n = presence.counts().sessions;
+    await_view(rt, cluster, n);
+    let before = cluster.counts();
+    let mut probe = connect(load.url);
+    let mut rec = Recovery::default();
+    // The loss, just before the window: the server's own work of emptying itself (a
+    // synchronous `FLUSHALL`, or the lazy free of an asynchronous one on the same pinned CPU)
+    // is not the cluster's. The window opens a few milliseconds later.
+    let from = (Instant::now(), SystemTime::now());
+    reset(&mut probe, Duration::ZERO);
+    let mut sample = measure(load.url, admin, "refill", Design::Ours, run, || {
+        rec = watch(
+            cluster,
+            &mut probe,
+            counter,
+            from,
+            (0, n as i64),
+            |c| figures(c) == figures(&before),
+            |_| false,
+        );
+        rec.sessions = n;
+        n
+    });
+    // The harness's reads of the counter are not ours.
+    sample.commands = sample.commands.saturating_sub(rec.probes);
+    println!("  ours run {run}: refill: {}", rec.describe("refill"));
+    sample.recovery = Some(rec);
+    sample
+}
+
+/// `sweep`: a second node loads as many sessions, then dies without a goodbye; measured on
+/// the first node until the dead node's sessions have left its view.
+fn sweep(
+    load: &Load<'_>,
+    admin: &mut redis::Connection,
+    run: usize,
+    rt: &Runtime,
+    cluster: &Cluster,
+    counter: &str,
+) -> Sample {
+    let Load {
+        settings,
+        url,
+        pages,
+        ..
+    } = *load;
+    let before = rt
+        .block_on(cluster.sync())
+        .expect("the view before the second node");
+    let others = Visitors::new(3, settings.sessions, 2 * settings.sessions);
+    let b_rt = runtime();
+    let b_presence = {
+        let _inside = b_rt.enter();
+        Presence::builder().build()
+    };
+    let b_cluster = b_rt
+        .block_on(
+            Cluster::builder(url)
+                .namespace(format!("shared-bench-{run}"))
+                .node_id(format!("doomed-{run}"))
+                .flush_interval(FLUSH_INTERVAL)
+                .node_timeout(NODE_TIMEOUT)
+                .start(&b_presence),
+        )
+        .expect("valid settings");
+    let mut rng = SplitMix(5000 + run as u64);
+    let t = Instant::now();
+    for (i, id) in others.ids.iter().enumerate() {
+        b_presence
+            .visit(*id, others.kinds[i].clone(), &pages[rng.below(PAGES)])
+            .expect("unbounded");
+    }
+    let total = before.sessions + others.len();
+    await_view(&b_rt, &b_cluster, total);
+    let loaded = t.elapsed();
+    await_view(rt, cluster, total);
+    let with_b = cluster.counts();
+    println!(
+        "  ours run {run}: the second node loaded {} sessions in {loaded:.1?}; the first node's \
+         view: {} sessions, {} nodes",
+        others.len(),
+        with_b.sessions,
+        with_b.nodes
+    );
+    thread::sleep(settings.settle);
+
+    let mut probe = connect(url);
+    let mut rec = Recovery::default();
+    let mut sample = measure(url, admin, "sweep", Design::Ours, run, || {
+        // Its flush task and reaper go with the runtime: no final flush.
+        drop(b_rt);
+        let from = (Instant::now(), SystemTime::now());
+        let last_flush = b_cluster.counts().as_of;
+        drop(b_cluster);
+        drop(b_presence);
+        rec = watch(
+            cluster,
+            &mut probe,
+            counter,
+            from,
+            (with_b.sessions as i64, before.sessions as i64),
+            |c| figures(c) == figures(&before),
+            |c| figures(c) == figures(&with_b),
+        );
+        rec.sessions = others.len();
+        rec.fired = Some(
+            (last_flush + NODE_TIMEOUT)
+                .duration_since(from.1)
+                .unwrap_or_default(),
+        );
+        others.len()
+    });
+    sample.commands = sample.commands.saturating_sub(rec.probes);
+    println!("  ours run {run}: sweep: {}", rec.describe("sweep"));
+    sample.recovery = Some(rec);
+    sample
 }
 
 fn run_classic(load: &Load<'_>, admin: &mut redis::Connection, run: usize) -> Vec<Sample> {
@@ -699,6 +1143,31 @@ fn run_classic(load: &Load<'_>, admin: &mut redis::Connection, run: usize) -> Ve
         "  classic run {run}: {keys} keys after the burst (expected {}, with the bystander's)",
         visitors.len() + joiners.len() + 1
     );
+    thread::sleep(settings.settle);
+
+    let chosen = distinct(
+        &mut SplitMix(4000 + run as u64),
+        visitors.len(),
+        settings.pageburst,
+    );
+    let hot = hot_pages();
+    samples.push(measure(
+        url,
+        admin,
+        "pageburst",
+        Design::Classic,
+        run,
+        || {
+            let mut pipe = redis::pipe();
+            for (j, &s) in chosen.iter().enumerate() {
+                set(&mut pipe, visitors, s, &hot[j % HOT_PAGES]);
+            }
+            pipe.exec(&mut con).unwrap();
+            // The same window as ours.
+            thread::sleep(2 * FLUSH_INTERVAL);
+            chosen.len()
+        },
+    ));
     samples
 }
 
@@ -768,9 +1237,11 @@ struct Line {
     cpu_rate: f64,
     cpu_per_view: f64,
     commands_per_view: f64,
+    script_mean: f64,
     slow_max_us: f64,
     slow_name: String,
     slow_count: f64,
+    slow_over5: f64,
     memory_per_session: f64,
 }
 
@@ -791,6 +1262,7 @@ impl Line {
             cpu_rate: m(&|s| s.cpu_rate()),
             cpu_per_view: m(&|s| s.cpu_per_view(quiet_rate)),
             commands_per_view: m(&|s| s.commands_per_view()),
+            script_mean: m(&|s| s.script_mean()),
             // The worst of the runs: a stall a client saw once is not halved by a quiet run.
             slow_max_us: samples
                 .iter()
@@ -798,12 +1270,13 @@ impl Line {
                 .fold(0.0, f64::max),
             slow_name: slowest,
             slow_count: m(&|s| s.slow.count as f64),
+            slow_over5: m(&|s| s.slow.over5 as f64),
             memory_per_session: m(&|s| s.memory_per_session.unwrap_or(f64::NAN)),
         }
     }
 }
 
-const HEADER: &str = "scenario design  run   window  p50      p99      p99.9    max      cpu s/s  cpu µs/view  cmds/view  slowest call        ≥1ms  mem B/session";
+const HEADER: &str = "scenario  design  run   window  p50      p99      p99.9    max      cpu s/s  cpu µs/view  cmds/view  mean script  slowest call        ≥1ms  >5ms  mem B/session";
 
 fn print_line(scenario: &str, design: Design, run: &str, l: &Line) {
     let slowest = if l.slow_max_us > 0.0 {
@@ -812,7 +1285,7 @@ fn print_line(scenario: &str, design: Design, run: &str, l: &Line) {
         "-".into()
     };
     println!(
-        "{scenario:<8} {:<7} {run:<5} {:<7} {:<8} {:<8} {:<8} {:<8} {:<8} {:<12} {:<10} {slowest:<19} {:<5} {}",
+        "{scenario:<9} {:<7} {run:<5} {:<7} {:<8} {:<8} {:<8} {:<8} {:<8} {:<12} {:<10} {:<12} {slowest:<19} {:<5} {:<5} {}",
         design.name(),
         format!("{:.1}s", l.wall),
         duration(l.p50),
@@ -822,7 +1295,9 @@ fn print_line(scenario: &str, design: Design, run: &str, l: &Line) {
         number(l.cpu_rate, 3),
         number(l.cpu_per_view, 2),
         number(l.commands_per_view, 2),
+        duration(l.script_mean),
         number(l.slow_count, 0),
+        number(l.slow_over5, 0),
         number(l.memory_per_session, 0),
     );
 }
@@ -875,13 +1350,25 @@ fn main() {
 
     println!(
         "shared_redis ({}): {} sessions (65% guests, 5% bots, 25% members, 5% hidden; {} users; {PAGES} pages), \
-         steady {} page changes/s for {:.0?}, burst {} joins in 1 s, {} round(s) ABAB",
+         steady {} page changes/s for {:.0?}, burst {} joins in 1 s, page burst {} page changes at \
+         once, {}; {} round(s) ABAB",
         settings.mode,
         settings.sessions,
         settings.sessions / 5,
         settings.rate,
         settings.steady,
         settings.burst,
+        settings.pageburst,
+        if settings.recovery > 0 {
+            format!(
+                "refill and sweep in {} round(s) (ours, node_timeout {NODE_TIMEOUT:?}, a second \
+                 node of {} sessions)",
+                settings.recovery.min(settings.rounds),
+                settings.sessions
+            )
+        } else {
+            "no refill or sweep (PRESENCE_SHARED_RECOVERY=0)".to_string()
+        },
         settings.rounds
     );
     println!(
@@ -921,12 +1408,22 @@ fn main() {
     println!();
     println!(
         "bystander round trips; Redis CPU per wall second; Redis CPU per page view (or per \
-         session for load and bye) net of the quiet {:.4} s/s; commands per view, script-internal \
-         included; slowest single call (SLOWLOG) and calls ≥ 1 ms",
+         session for load, refill, sweep and bye) net of the quiet {:.4} s/s; commands per view, \
+         script-internal included; the mean script call (wall time in Redis); slowest single call \
+         (SLOWLOG) and calls ≥ 1 ms and > 5 ms",
         quiet_rate
     );
     println!("{HEADER}");
-    let order = ["quiet", "load", "steady", "burst", "bye"];
+    let order = [
+        "quiet",
+        "load",
+        "steady",
+        "burst",
+        "pageburst",
+        "refill",
+        "sweep",
+        "bye",
+    ];
     for scenario in order {
         for s in samples.iter().filter(|s| s.scenario == scenario) {
             print_line(
@@ -970,7 +1467,7 @@ fn main() {
             continue;
         };
         println!(
-            "{scenario:<8} cpu/view {:<7} cpu s/s {:<7} p99.9 {:<7} max {:<7} slowest call {:<15} memory/session {}",
+            "{scenario:<9} cpu/view {:<7} cpu s/s {:<7} p99.9 {:<7} max {:<7} slowest call {:<15} memory/session {}",
             ratio(o.cpu_per_view, c.cpu_per_view),
             ratio(o.cpu_rate, c.cpu_rate),
             ratio(o.p999, c.p999),
@@ -1014,6 +1511,41 @@ fn main() {
                 ""
             }
         );
+    }
+    if settings.recovery > 0 {
+        println!();
+        println!(
+            "refill and sweep (ours; times from the loss or the kill; targets: at least 100k \
+             sessions/s, no call over 5 ms):"
+        );
+        for s in &samples {
+            let Some(rec) = &s.recovery else {
+                continue;
+            };
+            println!(
+                "  {} run {}: {}",
+                s.scenario,
+                s.run,
+                rec.describe(s.scenario)
+            );
+            println!(
+                "    {} script calls, mean {} (Redis CPU {} per call); slowest call {}, calls ≥ 1 ms: \
+                 {}, > 5 ms: {}; bystander p99 {} p99.9 {} max {}",
+                s.scripts.0,
+                duration(s.script_mean()),
+                duration(s.cpu * 1e6 / s.scripts.0.max(1) as f64),
+                if s.slow.max_us > 0 {
+                    format!("{} {}", duration(s.slow.max_us as f64), s.slow.max_name)
+                } else {
+                    "<1ms".into()
+                },
+                s.slow.count,
+                s.slow.over5,
+                duration(s.percentile(0.99)),
+                duration(s.percentile(0.999)),
+                duration(s.percentile(1.0)),
+            );
+        }
     }
     println!("measured in {took:.1?}");
     // Stops redis-server by its PID.
