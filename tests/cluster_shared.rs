@@ -176,7 +176,8 @@ async fn a_join_burst_goes_in_calls_of_bounded_work() {
     let (calls, total) = commandstats(&server, "evalsha");
     let per_call = total / calls.max(1);
     println!("12k joins: {calls} script calls, {total} commands, {per_call} per call");
-    assert!(calls >= 12_000 / 200, "{calls} calls");
+    // At most a few hundred joins a call, however fast this Redis is.
+    assert!(calls >= 12_000 / 340, "{calls} calls");
     // The budget bounds each call's commands (a join runs about ten, aggregated); the
     // time each call takes is measured by the bench, not asserted here.
     assert!(per_call <= 4_000, "{per_call} commands in one call");
@@ -578,4 +579,38 @@ async fn the_cluster_peak_survives_a_lost_redis() {
     .await;
     let back = c.sync().await.unwrap().peak;
     assert_eq!(back, peak, "the peak and its date came back");
+}
+
+/// Each node is judged by its own `node_timeout`: a node that flushes every 3 s with a 10 s
+/// timeout stays in the view of a node whose own timeout is 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_is_declared_dead_by_its_own_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (tracker(), tracker());
+    let ca = node_with(&server.url(), "quick", &a, FLUSH, Duration::from_secs(1)).await;
+    let cb = node_with(
+        &server.url(),
+        "slow",
+        &b,
+        Duration::from_secs(3),
+        Duration::from_secs(10),
+    )
+    .await;
+    for _ in 0..5 {
+        b.touch(id(), Kind::Guest).unwrap();
+    }
+    cb.sync().await.unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let v = ca.sync().await.unwrap();
+        assert_eq!(
+            (v.nodes, v.guests),
+            (2, 5),
+            "after {:?}: {v:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

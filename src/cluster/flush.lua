@@ -62,7 +62,7 @@ local function view(status, fresh, reg, more, done)
   local po, pat = tonumber(pk[1]), tonumber(pk[2])
   local stale = 0
   local since = tonumber(redis.call('GET', SINCE) or '0')
-  if redis.call('SCARD', FILL) > 0 or redis.call('HLEN', DEAD) > 0 or now < since + 2 * flushms then
+  if redis.call('SCARD', FILL) > 0 or redis.call('HLEN', DEAD) > 0 or now < since + flushms * 3 / 2 then
     stale = 1
   end
   -- The peak survives a lost Redis: nodes send back the last one they saw. A partial view
@@ -77,8 +77,9 @@ local function view(status, fresh, reg, more, done)
     po or 0, pat or 0, stale, more, done }
 end
 
--- Nodes silent for the timeout are dead: their claims are released below, in batches.
-for _, num in ipairs(redis.call('ZRANGEBYSCORE', N, '-inf', '(' .. (now - timeout))) do
+-- Nodes silent past their own timeout are dead (the registry scores each node by the time
+-- its timeout runs out): their claims are released below, in batches.
+for _, num in ipairs(redis.call('ZRANGEBYSCORE', N, '-inf', '(' .. now)) do
   redis.call('ZREM', N, num)
   redis.call('HSET', DEAD, num, 0)
   redis.call('SREM', FILL, num)
@@ -130,7 +131,7 @@ if not me then
   end
 end
 redis.call('HSET', ND, me, cmsgpack.pack({ name, token, seq, reg }))
-redis.call('ZADD', N, now, me)
+redis.call('ZADD', N, now + timeout, me)
 -- A refill is complete once the node, having seen its registration, says it sent everything.
 if filled and fresh == 0 and acked >= reg then redis.call('SREM', FILL, me) end
 

@@ -31,14 +31,22 @@ use super::log::Diagnostics;
 use super::{ClusterCounts, ClusterError, Shared};
 use crate::{Kind, Peak, Presence, SessionId, SessionInfo};
 
-/// Work units one script call may carry: sized from the measured cost of each operation
-/// (about a microsecond and a half of Redis time per unit) so that a call stays near 2 ms,
-/// well under the 5 ms a shared Redis can spare for one call. See `Op::cost`.
-pub(super) const CALL_BUDGET: usize = 1500;
-/// Claims one call may release by sweeping (a dead node's, a parked node's, a bye's).
-pub(super) const SWEEP_BATCH: usize = 200;
-/// Script calls pipelined in one round trip.
-pub(super) const PIPELINE: usize = 8;
+/// Work units one script call carries at first: a unit is about a microsecond of Redis time
+/// for the operation (see `Op::cost`, measured with the `shared_redis` bench), so a call
+/// starts near 2 ms. The node then sizes its calls from their measured time (see
+/// `Flusher::adapt`) between [`MIN_BUDGET`] and [`MAX_BUDGET`], aiming at [`CALL_TARGET`]:
+/// well under the 5 ms a shared Redis can spare for one call, on a slow or busy server too.
+pub(super) const CALL_BUDGET: usize = 2_000;
+pub(super) const MIN_BUDGET: usize = 200;
+pub(super) const MAX_BUDGET: usize = 8_000;
+/// The time one script call should take.
+const CALL_TARGET: Duration = Duration::from_millis(2);
+/// Claims one call may release by sweeping (a dead node's, a parked node's, a bye's):
+/// about 15 µs each, so near 2 ms.
+pub(super) const SWEEP_BATCH: usize = 120;
+/// Script calls pipelined in one round trip: Redis serves other clients between two calls,
+/// but may run the calls of one read from the socket back to back, so few.
+pub(super) const PIPELINE: usize = 4;
 /// Reads per read-script call in a cache refresh.
 const READS_PER_CALL: usize = 64;
 /// Explicit leaves kept while Redis is unreachable; past this, a leave is left to expire.
@@ -103,16 +111,20 @@ impl Op {
                 only_renew,
                 ..
             } => {
-                let member = if info.kind.user().is_some() { 4 } else { 0 };
+                let member = if info.kind.user().is_some() { 8 } else { 0 };
                 if *only_renew {
                     // The claim's expiry; the record and the user only if the claim was gone.
-                    2 + member
+                    5 + member
+                } else if *renew {
+                    // A first send or a renewal with a change: record, claim, counters.
+                    24 + member
                 } else {
-                    (if *renew { 8 } else { 3 }) + member
+                    // A page change: the record, the page counts, the member lists.
+                    16 + member
                 }
             }
-            Op::Release(_) => 10,
-            Op::Leave(_) => 12,
+            Op::Release(_) => 18,
+            Op::Leave(_) => 22,
         }
     }
 
@@ -271,6 +283,8 @@ pub(super) struct Flusher {
     peak: (usize, i64),
     ttl_bucket: u64,
     ttl_page: u64,
+    /// Work units per call, sized from the measured time of full calls.
+    budget: usize,
     log: Diagnostics,
 }
 
@@ -315,6 +329,7 @@ impl Flusher {
             peak: (0, 0),
             ttl_bucket: 0,
             ttl_page: 0,
+            budget: CALL_BUDGET,
             log: Diagnostics::default(),
         }
     }
@@ -469,7 +484,7 @@ impl Flusher {
         }
     }
 
-    /// Every pending operation, in calls of at most [`CALL_BUDGET`] units; at least one call
+    /// Every pending operation, in calls of at most `self.budget` units; at least one call
     /// (it registers the node and reads the view back).
     pub(super) fn plan(&mut self) -> Vec<Call> {
         let now = Instant::now();
@@ -482,7 +497,7 @@ impl Flusher {
                 continue;
             };
             let cost = op.cost();
-            if units + cost > CALL_BUDGET && !ops.is_empty() {
+            if units + cost > self.budget && !ops.is_empty() {
                 calls.push(std::mem::take(&mut ops));
                 units = 0;
             }
@@ -673,10 +688,12 @@ impl Flusher {
                 let rest = calls.split_off(calls.len().min(PIPELINE));
                 let group = std::mem::replace(&mut calls, rest);
                 let sent_at = Instant::now();
+                let units: usize = group.iter().flat_map(|c| &c.ops).map(Op::cost).sum();
                 let replies = match self.send(&mut conn, "f", &group, first).await {
                     Ok(r) => r,
                     Err(e) => return self.fail(e),
                 };
+                self.adapt(units, group.len(), sent_at.elapsed());
                 first = false;
                 for (call, reply) in group.into_iter().zip(&replies) {
                     match self.take(call, reply, sent_at) {
@@ -697,7 +714,7 @@ impl Flusher {
         // at most half a flush interval each flush; the view is stale until done.
         let allowance = self.shared.flush_interval / 2;
         while more && started.elapsed() < allowance {
-            let calls: Vec<Call> = (0..PIPELINE / 2)
+            let calls: Vec<Call> = (0..PIPELINE)
                 .map(|_| {
                     self.seq += 1;
                     Call {
@@ -733,6 +750,19 @@ impl Flusher {
             }
         }
         Ok(view)
+    }
+
+    /// Sizes the next calls from a round trip of `calls` calls carrying `units`: only full
+    /// calls say what a unit costs; the budget moves by at most a third per round trip.
+    fn adapt(&mut self, units: usize, calls: usize, took: Duration) {
+        if calls == 0 || units < self.budget * calls / 2 {
+            return;
+        }
+        let per_unit = took.as_secs_f64() / units as f64;
+        let fit = (CALL_TARGET.as_secs_f64() / per_unit.max(1e-9)) as usize;
+        self.budget = fit
+            .clamp(self.budget * 2 / 3, self.budget * 4 / 3)
+            .clamp(MIN_BUDGET, MAX_BUDGET);
     }
 
     /// Reads again the cached keys that are due, in one round trip.
@@ -800,7 +830,7 @@ impl Flusher {
         if flushed {
             if let Ok(mut conn) = self.connection().await {
                 'bye: loop {
-                    let calls: Vec<Call> = (0..PIPELINE / 2)
+                    let calls: Vec<Call> = (0..PIPELINE)
                         .map(|_| {
                             self.seq += 1;
                             Call {
@@ -961,6 +991,7 @@ mod tests {
         for c in &calls {
             let units: usize = c.ops.iter().map(Op::cost).sum();
             assert!(units <= CALL_BUDGET, "{units} units in one call");
+            assert!(c.ops.len() <= CALL_BUDGET / 5);
             assert!(!c.ops.is_empty());
         }
         let seqs: Vec<u64> = calls.iter().map(|c| c.seq).collect();
@@ -968,6 +999,32 @@ mod tests {
             seqs.windows(2).all(|w| w[0] < w[1]),
             "sequence numbers grow"
         );
+    }
+
+    /// Calls are sized from their measured time: slow calls shrink the budget, fast ones
+    /// grow it, a third at a time, within the bounds; calls far from full say nothing.
+    #[tokio::test]
+    async fn the_budget_follows_the_measured_time_of_full_calls() {
+        let presence = Presence::builder().reaper(Reaper::Manual).build();
+        let (_, mut f) = flusher(&presence);
+        let b = f.budget;
+        f.adapt(b * 4, 4, CALL_TARGET * 4 * 10);
+        assert_eq!(f.budget, b * 2 / 3, "ten times too slow: down a third");
+        for _ in 0..100 {
+            let b = f.budget;
+            f.adapt(b * 4, 4, CALL_TARGET * 40);
+        }
+        assert_eq!(f.budget, MIN_BUDGET);
+        for _ in 0..100 {
+            let b = f.budget;
+            f.adapt(b * 4, 4, Duration::from_micros(1));
+        }
+        assert_eq!(f.budget, MAX_BUDGET);
+        f.adapt(10, 4, Duration::from_secs(10));
+        assert_eq!(f.budget, MAX_BUDGET, "a nearly empty call says nothing");
+        let b = f.budget;
+        f.adapt(b * 2, 2, CALL_TARGET * 2);
+        assert!(f.budget.abs_diff(b) < b / 50, "on target: stays");
     }
 
     #[test]
