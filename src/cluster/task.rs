@@ -44,9 +44,11 @@ const CALL_TARGET: Duration = Duration::from_millis(2);
 /// Claims one call may release by sweeping (a dead node's, a parked node's, a bye's):
 /// about 15 µs each, so near 2 ms.
 pub(super) const SWEEP_BATCH: usize = 120;
-/// Script calls pipelined in one round trip: Redis serves other clients between two calls,
-/// but may run the calls of one read from the socket back to back, so few.
-pub(super) const PIPELINE: usize = 4;
+/// Script calls in flight at once. Redis runs the calls it read from one socket back to
+/// back, so a bystander would wait for all of them: one at a time, it waits for one call at
+/// most (measured: with four in flight its p99 was 8 to 14 ms, with one see BENCHMARKS.md).
+/// The round trip this adds is small next to a call's 2 ms on a local network.
+pub(super) const PIPELINE: usize = 1;
 /// Reads per read-script call in a cache refresh.
 const READS_PER_CALL: usize = 64;
 /// Explicit leaves kept while Redis is unreachable; past this, a leave is left to expire.
@@ -710,9 +712,9 @@ impl Flusher {
             }
             break;
         }
-        // A dead node's claims: swept a batch per call, several calls per round trip, for
-        // at most half a flush interval each flush; the view is stale until done.
-        let allowance = self.shared.flush_interval / 2;
+        // A dead node's claims: swept a batch per call, call after call, for most of a flush
+        // interval each flush; the view is stale until done.
+        let allowance = self.shared.flush_interval.mul_f32(0.9);
         while more && started.elapsed() < allowance {
             let calls: Vec<Call> = (0..PIPELINE)
                 .map(|_| {
