@@ -113,8 +113,11 @@ impl Tracker {
                             self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
                         }
-                        // Full: evict everything already due, then try once more.
-                        self.reap_all(now);
+                        // Full: evict one bounded batch of what is due (without waiting
+                        // on a reap in flight), then try once more. Never the whole
+                        // backlog: a refused visitor must not wait on an expiry storm, and
+                        // the reaper frees the rest of the room within a reap interval.
+                        self.settle_at(now);
                         settled = true;
                         continue;
                     }
