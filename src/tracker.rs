@@ -89,7 +89,9 @@ impl Tracker {
             changes: ChangeLog::default(),
             reaper: ReaperControl::default(),
             history: History::new(b.history_interval),
-            snapshot: b.snapshot_file.map(SnapshotFile::new),
+            snapshot: b
+                .snapshot_file
+                .map(|path| SnapshotFile::new(path, b.max_snapshot_size)),
             refusals: Refusals::default(),
         });
         let weak = Arc::downgrade(&tracker);
