@@ -586,7 +586,9 @@ pub(crate) fn decode(file: &[u8]) -> Result<Decoded<'_>, Corrupt> {
 
     let n = r.count(1)?;
     let table = r.buf;
-    let mut strings = Vec::new();
+    // `n` is at most the bytes left (a string takes one at least): 4 bytes each, reserved
+    // once rather than grown by doubling.
+    let mut strings = Vec::with_capacity(n);
     for _ in 0..n {
         let at = u32::try_from(table.len() - r.buf.len())
             .map_err(|_| Corrupt("the string table exceeds 4 GiB"))?;
