@@ -111,12 +111,12 @@ impl SnapshotFile {
         let path = self.lock_path();
         let file =
             create_private(OpenOptions::new().read(true).write(true).create(true)).open(&path)?;
-        match file.try_lock() {
+        match try_lock(&file) {
             Ok(()) => {
                 *held = Some(file);
                 Ok(())
             }
-            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 format!(
                     "the snapshot file {} is in use by another process (or another tracker \
@@ -126,9 +126,23 @@ impl SnapshotFile {
                     path.display()
                 ),
             )),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
+            Err(e) => Err(e),
         }
     }
+}
+
+/// An exclusive advisory lock (`flock`), without waiting: `WouldBlock` when held. Tied to
+/// the open file, so it goes with the tracker, or with the process however it ends.
+#[cfg(unix)]
+fn try_lock(file: &File) -> io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(io::Error::from)
+}
+
+/// Elsewhere no lock is taken: one process a file is the user's to ensure.
+#[cfg(not(unix))]
+fn try_lock(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 /// Files this module creates (the snapshot, its lock) are the owner's only (`0600`): they
@@ -767,7 +781,7 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, Unreadable> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
     }
     let file = options.open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Unreadable::Missing,
