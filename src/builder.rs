@@ -230,7 +230,14 @@ impl PresenceBuilder {
     /// to `<path>.corrupt-<unix seconds>` with a warning through `tracing`, and the tracker
     /// starts empty; if it cannot be moved aside either, the tracker starts empty and refuses
     /// to overwrite it (saves fail with an error) until someone removes it. Never a panic,
-    /// never a deleted file.
+    /// never a deleted file. A path that is not a regular file (a FIFO, a device) is never
+    /// read, moved nor replaced: the tracker starts empty and saves fail saying so. Files
+    /// larger than [`max_snapshot_size`](Self::max_snapshot_size) are not read.
+    ///
+    /// The file is created `0600` (it holds session ids, names and pages). The first save
+    /// takes an advisory lock on `<path>.lock` (created beside it, never removed) and holds
+    /// it while the tracker lives: a second process, or a second tracker, saving to the
+    /// same path gets [`std::io::ErrorKind::ResourceBusy`].
     ///
     /// ```
     /// use presence_tracker::{Kind, Presence, Reaper, SessionId};
