@@ -15,6 +15,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_REMEMBER: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Default of [`PresenceBuilder::max_remembered_users`](crate::PresenceBuilder::max_remembered_users).
 const DEFAULT_MAX_REMEMBERED_USERS: usize = 200_000;
+/// Default of [`PresenceBuilder::max_snapshot_size`](crate::PresenceBuilder::max_snapshot_size): 4 GiB.
+const DEFAULT_MAX_SNAPSHOT_SIZE: u64 = 4 << 30;
 /// Longest accepted `reap_interval`: 1 hour.
 pub const MAX_REAP_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -48,6 +50,7 @@ pub struct PresenceBuilder {
     pub(crate) clock: TimeSource,
     pub(crate) reaper: Reaper,
     pub(crate) snapshot_file: Option<PathBuf>,
+    pub(crate) max_snapshot_size: u64,
     pub(crate) history_interval: Duration,
 }
 
@@ -65,6 +68,7 @@ impl Default for PresenceBuilder {
             clock: TimeSource::System(SystemClock::new()),
             reaper: Reaper::Auto,
             snapshot_file: None,
+            max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
             history_interval: Duration::from_secs(60),
         }
     }
@@ -226,7 +230,14 @@ impl PresenceBuilder {
     /// to `<path>.corrupt-<unix seconds>` with a warning through `tracing`, and the tracker
     /// starts empty; if it cannot be moved aside either, the tracker starts empty and refuses
     /// to overwrite it (saves fail with an error) until someone removes it. Never a panic,
-    /// never a deleted file.
+    /// never a deleted file. A path that is not a regular file (a FIFO, a device) is never
+    /// read, moved nor replaced: the tracker starts empty and saves fail saying so. Files
+    /// larger than [`max_snapshot_size`](Self::max_snapshot_size) are not read.
+    ///
+    /// The file is created `0600` (it holds session ids, names and pages). The first save
+    /// takes an advisory lock on `<path>.lock` (created beside it, never removed) and holds
+    /// it while the tracker lives: a second process, or a second tracker, saving to the
+    /// same path gets [`std::io::ErrorKind::ResourceBusy`].
     ///
     /// ```
     /// use presence_tracker::{Kind, Presence, Reaper, SessionId};
@@ -246,6 +257,24 @@ impl PresenceBuilder {
     /// ```
     pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.snapshot_file = Some(path.into());
+        self
+    }
+
+    /// The largest snapshot file [`build`](Self::build) reads, in bytes. Default 4 GiB
+    /// (about 140 million sessions at their usual size on disk).
+    ///
+    /// The size is taken from the file's metadata before a byte is read; a larger file is
+    /// moved aside as an unusable snapshot, with a warning naming this setting, and the
+    /// tracker starts empty. What the reader allocates is bounded by the file's size.
+    ///
+    /// # Panics
+    /// Below 1024 bytes (smaller than an empty tracker's snapshot could need).
+    pub fn max_snapshot_size(mut self, bytes: u64) -> Self {
+        assert!(
+            bytes >= 1024,
+            "presence-tracker: max_snapshot_size must be at least 1024 bytes, got {bytes}"
+        );
+        self.max_snapshot_size = bytes;
         self
     }
 
@@ -282,6 +311,7 @@ impl fmt::Debug for PresenceBuilder {
             .field("clock", &self.clock)
             .field("reaper", &self.reaper)
             .field("snapshot_file", &self.snapshot_file)
+            .field("max_snapshot_size", &self.max_snapshot_size)
             .field("history_interval", &self.history_interval)
             .finish()
     }

@@ -34,8 +34,10 @@ impl ChangeLog {
     /// Stops recording and forgets what was recorded.
     pub(crate) fn disable(&self) {
         self.enabled.store(false, Ordering::Release);
-        self.ids.lock().clear();
-        self.left.lock().clear();
+        // Freed outside the locks, as in `drain`.
+        let ids = std::mem::take(&mut *self.ids.lock());
+        let left = std::mem::take(&mut *self.left.lock());
+        drop((ids, left));
     }
 
     /// Notes that session `id` changed. Called under the session's shard write lock.
@@ -59,29 +61,27 @@ impl ChangeLog {
     /// [`drain`](Self::drain)'s ids; a session that left and then started again is in both,
     /// and its current state (live again) is what counts.
     pub(crate) fn drain_left(&self) -> Vec<SessionId> {
-        let mut left = self.left.lock();
-        let drained = left.drain().collect();
-        if left.capacity() > 1024 {
-            left.shrink_to(1024);
-        }
-        drained
+        swap_out(&self.left)
     }
 
     /// The ids recorded since the last drain, each once, in no particular order.
     pub(crate) fn drain(&self) -> Vec<SessionId> {
-        let mut ids = self.ids.lock();
-        let drained = ids.drain().collect();
-        // A burst (a mass expiry) should not pin its memory until the next one.
-        if ids.capacity() > 1024 {
-            ids.shrink_to(1024);
-        }
-        drained
+        swap_out(&self.ids)
     }
 
     /// How many ids wait to be drained.
     pub(crate) fn len(&self) -> usize {
         self.ids.lock().len()
     }
+}
+
+/// Takes a set's contents by swapping it with an empty one: O(1) under the lock, which
+/// writers take under a shard lock, so a drain after a burst (a mass expiry, 100k ids) never
+/// holds them up; the copy and the free happen outside. The fresh set starts small: a burst
+/// does not pin its memory until the next one.
+fn swap_out(set: &Mutex<HashSet<SessionId, Hasher>>) -> Vec<SessionId> {
+    let taken = std::mem::take(&mut *set.lock());
+    taken.into_iter().collect()
 }
 
 #[cfg(test)]

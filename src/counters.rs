@@ -34,8 +34,12 @@ pub struct Peak {
 /// in flight may be seen half done: a guest signing in may show in neither `guests` nor
 /// `members`, or in both, for that one read; a counter never goes below zero, and the next
 /// read after the change completes sees it whole.
+///
+/// `#[non_exhaustive]`: fields may be added. Outside this crate, start from
+/// [`Counts::default`] (all zero, the peak at the Unix epoch) and set the fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Counts {
     /// People online: `members + hidden + guests` (bots are not people).
     pub online: usize,
@@ -55,6 +59,25 @@ pub struct Counts {
     pub idle: usize,
     /// The most people ever online at once.
     pub peak: Peak,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            online: 0,
+            members: 0,
+            hidden: 0,
+            guests: 0,
+            bots: 0,
+            sessions: 0,
+            active: 0,
+            idle: 0,
+            peak: Peak {
+                online: 0,
+                at: SystemTime::UNIX_EPOCH,
+            },
+        }
+    }
 }
 
 /// The counters `counts()` reads. Each is changed under the lock of the thing it counts.

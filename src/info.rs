@@ -26,8 +26,12 @@ pub enum SessionState {
 }
 
 /// One live session, as the admin list shows it.
+///
+/// `#[non_exhaustive]`: fields may be added. Outside this crate, build one with
+/// [`SessionInfo::new`] and set the public fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct SessionInfo {
     /// The session.
     pub id: SessionId,
@@ -52,11 +56,17 @@ pub struct SessionInfo {
 ///
 /// Keeping a hidden user's status from other visitors is the application's job: check
 /// `hidden` before showing it.
+///
+/// `#[non_exhaustive]`, and so are its variants: states and fields may be added, so match
+/// with a `_` arm and `..`; build one with [`UserStatus::online`] or
+/// [`UserStatus::offline`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "status", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum UserStatus {
     /// At least one live session.
+    #[non_exhaustive]
     Online {
         /// How many live sessions (tabs, browsers, devices).
         sessions: usize,
@@ -69,6 +79,7 @@ pub enum UserStatus {
         hidden: bool,
     },
     /// No live session; seen within `remember_users_for`.
+    #[non_exhaustive]
     Offline {
         /// The last touch, visit or heartbeat of their last session.
         #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
@@ -76,6 +87,39 @@ pub enum UserStatus {
     },
     /// Never seen, or offline for longer than `remember_users_for`.
     Unknown,
+}
+
+impl SessionInfo {
+    /// A session of `kind` seen first, last and last active at `at`, on no page, active:
+    /// for code that builds one itself (a test, another store); set the other fields after.
+    pub fn new(id: SessionId, kind: Kind, at: SystemTime) -> Self {
+        SessionInfo {
+            id,
+            kind,
+            page: None,
+            first_seen: at,
+            last_seen: at,
+            last_active: at,
+            state: SessionState::Active,
+        }
+    }
+}
+
+impl UserStatus {
+    /// [`UserStatus::Online`] with these values.
+    pub fn online(sessions: usize, last_seen: SystemTime, idle: bool, hidden: bool) -> Self {
+        UserStatus::Online {
+            sessions,
+            last_seen,
+            idle,
+            hidden,
+        }
+    }
+
+    /// [`UserStatus::Offline`], last seen at `last_seen`.
+    pub fn offline(last_seen: SystemTime) -> Self {
+        UserStatus::Offline { last_seen }
+    }
 }
 
 /// A position in the admin list, for paging it with

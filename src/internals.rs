@@ -196,3 +196,29 @@ impl ExpiryIndexHandle {
         self.index.finish();
     }
 }
+
+/// Decodes a snapshot file's bytes as the reader at build does: the numbers of sessions,
+/// offline users and history samples it holds, or why it is refused.
+pub fn decode_snapshot(file: &[u8]) -> Result<(usize, usize, usize), &'static str> {
+    crate::snapshot::decode(file)
+        .map(|d| d.len())
+        .map_err(|e| e.0)
+}
+
+/// Restores a snapshot file's bytes into `presence` as `build()` would from its file;
+/// returns whether the bytes were a snapshot.
+pub fn restore_snapshot_bytes(presence: &crate::Presence, file: &[u8]) -> bool {
+    match crate::snapshot::decode(file) {
+        Ok(decoded) => {
+            presence.tracker().restore_decoded(&decoded);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `payload` with a valid header (magic, version, length, CRC): a fuzz target's way past the
+/// checksum to the records.
+pub fn snapshot_with_header(payload: &[u8]) -> Vec<u8> {
+    crate::snapshot::with_header(payload)
+}

@@ -53,7 +53,8 @@
 //! - [`Clock`], [`SystemClock`] and [`ManualClock`] for tests that move time by hand.
 //! - Restarts and operations: [`PresenceBuilder::snapshot_file`] keeps who is online (and
 //!   last-seen times, the peak, the history) across a restart, [`Presence::save_snapshot`]
-//!   writes it; [`Presence::history`] is `online` once a minute over the last 24 hours.
+//!   writes it; [`Presence::history`] is `online` once per `history_interval` (a minute by
+//!   default: the last 24 hours).
 //!
 //! # Semantics
 //! - A session is live while `now < deadline` and due from `now >= deadline`, where

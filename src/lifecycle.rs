@@ -34,7 +34,7 @@ pub const MAX_PAGE_LEN: usize = 1024;
 pub(crate) struct Saved {
     pub(crate) id: SessionId,
     pub(crate) kind: Kind,
-    /// Its page, as an index into the snapshot's strings.
+    /// Its page, as an index into the pages handed to [`Tracker::restore_all`].
     pub(crate) page: Option<u32>,
     /// Last seen, last active, first seen.
     pub(crate) times: (Tick, Tick, Tick),
@@ -113,8 +113,11 @@ impl Tracker {
                             self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
                         }
-                        // Full: evict everything already due, then try once more.
-                        self.reap_all(now);
+                        // Full: evict one bounded batch of what is due (without waiting
+                        // on a reap in flight), then try once more. Never the whole
+                        // backlog: a refused visitor must not wait on an expiry storm, and
+                        // the reaper frees the rest of the room within a reap interval.
+                        self.settle_at(now);
                         settled = true;
                         continue;
                     }
@@ -306,7 +309,7 @@ impl Tracker {
     /// they are), and announced to no one: nobody can have subscribed yet, and a restart is
     /// not a join. `pages` holds the page names `Saved::page` refers to. Past
     /// `max_sessions` the rest are not restored. Returns how many were.
-    pub(crate) fn restore_all(&self, mut saved: Vec<Saved>, pages: &[String], now: Tick) -> usize {
+    pub(crate) fn restore_all(&self, mut saved: Vec<Saved>, pages: &[&str], now: Tick) -> usize {
         if let Some(max) = self.cfg.max_sessions {
             let room = max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed));
             saved.truncate(room);
@@ -334,7 +337,7 @@ impl Tracker {
             used.iter()
                 .filter_map(|&p| {
                     let (sessions, members) = per_page[p].take()?;
-                    Some((pages[p].as_str(), sessions, members))
+                    Some((pages[p], sessions, members))
                 })
                 .collect(),
         );

@@ -4,11 +4,15 @@
 //! Page names are interned: every session on a page shares one [`SharedStr`], so a session
 //! costs a pointer, and a page with no session left is dropped. Each page keeps its listed
 //! members (users whose *listed* session is on it, with how many such sessions) in name
-//! order, so listing them costs what is returned. The table's lock is taken only when a
-//! session changes page or listing, joins or leaves with a page, or a reader asks; it nests
-//! inside a session's shard lock and takes no other lock.
+//! order, so listing them costs what is returned. The pages themselves are also kept in
+//! order of their session counts, so the busiest `n` cost `n` too: no read copies every page
+//! under the lock (the lock is taken on request paths, and a site can have a million
+//! pages). Names are copied into `String`s after the lock is released. The table's lock is
+//! taken only when a session changes page or listing, joins or leaves with a page, or a
+//! reader asks; it nests inside a session's shard lock and takes no other lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use parking_lot::Mutex;
 
@@ -26,7 +30,14 @@ struct Page {
 
 #[derive(Debug, Default)]
 pub(crate) struct PageTable {
-    pages: Mutex<HashMap<SharedStr, Page, Hasher>>,
+    pages: Mutex<Pages>,
+}
+
+#[derive(Debug, Default)]
+struct Pages {
+    map: HashMap<SharedStr, Page, Hasher>,
+    /// Every page by (sessions, busiest first; then name): `top` costs what it returns.
+    busiest: BTreeSet<(Reverse<usize>, SharedStr)>,
 }
 
 /// Where a session is, as far as pages go: its page and, if it is a listed member's session,
@@ -42,19 +53,21 @@ impl PageTable {
         to: &str,
         member: Option<&UserId>,
     ) -> SharedStr {
-        let mut pages = self.pages.lock();
+        let mut guard = self.pages.lock();
+        let pages = &mut *guard;
         if let Some((page, member)) = from {
-            release(&mut pages, page, member);
+            pages.release(page, member);
         }
-        let name = match pages.get_key_value(to) {
+        let name = match pages.map.get_key_value(to) {
             Some((name, _)) => name.clone(),
             None => SharedStr::new(to),
         };
-        let page = pages.entry(name.clone()).or_default();
+        let page = pages.map.entry(name.clone()).or_default();
         page.sessions += 1;
         if let Some(user) = member {
             *page.members.entry(ByName::new(user.clone())).or_insert(0) += 1;
         }
+        recount(&mut pages.busiest, &name, page.sessions - 1, page.sessions);
         name
     }
 
@@ -62,15 +75,22 @@ impl PageTable {
     /// for each page, its sessions and the users of its listed sessions (one entry a
     /// session). Returns the interned pages, in order.
     pub(crate) fn restore(&self, pages: Vec<(&str, usize, Vec<UserId>)>) -> Vec<SharedStr> {
-        let mut table = self.pages.lock();
+        let mut guard = self.pages.lock();
+        let table = &mut *guard;
         pages
             .into_iter()
             .map(|(to, sessions, mut members)| {
-                let name = match table.get_key_value(to) {
+                let name = match table.map.get_key_value(to) {
                     Some((name, _)) => name.clone(),
                     None => SharedStr::new(to),
                 };
-                let page = table.entry(name.clone()).or_default();
+                let page = table.map.entry(name.clone()).or_default();
+                recount(
+                    &mut table.busiest,
+                    &name,
+                    page.sessions,
+                    page.sessions + sessions,
+                );
                 page.sessions += sessions;
                 // One entry per user with its number of sessions here.
                 members.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -93,7 +113,7 @@ impl PageTable {
             return;
         }
         let mut pages = self.pages.lock();
-        let Some(page) = pages.get_mut(page) else {
+        let Some(page) = pages.map.get_mut(page) else {
             return;
         };
         if let Some(user) = from {
@@ -106,17 +126,17 @@ impl PageTable {
 
     /// A session on `page` (listed as `member`) ends.
     pub(crate) fn leave(&self, page: &SharedStr, member: Option<&UserId>) {
-        release(&mut self.pages.lock(), page, member);
+        self.pages.lock().release(page, member);
     }
 
     pub(crate) fn count(&self, page: &str) -> usize {
-        self.pages.lock().get(page).map_or(0, |p| p.sessions)
+        self.pages.lock().map.get(page).map_or(0, |p| p.sessions)
     }
 
     /// The first `limit` listed users on `page`, by name: O(limit).
     pub(crate) fn members(&self, page: &str, limit: usize) -> Vec<UserId> {
         let pages = self.pages.lock();
-        pages.get(page).map_or_else(Vec::new, |p| {
+        pages.map.get(page).map_or_else(Vec::new, |p| {
             p.members
                 .keys()
                 .take(limit)
@@ -125,24 +145,55 @@ impl PageTable {
         })
     }
 
+    /// The `n` busiest pages, busiest first, ties by name: O(n) under the lock (reference
+    /// bumps), the names copied after it.
     pub(crate) fn top(&self, n: usize) -> Vec<(String, usize)> {
-        let mut top: Vec<(SharedStr, usize)> = {
+        let top: Vec<(SharedStr, usize)> = {
             let pages = self.pages.lock();
-            pages.iter().map(|(p, c)| (p.clone(), c.sessions)).collect()
+            pages
+                .busiest
+                .iter()
+                .take(n)
+                .map(|(Reverse(count), page)| (page.clone(), *count))
+                .collect()
         };
-        let by_count =
-            |a: &(SharedStr, usize), b: &(SharedStr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        if top.len() > n {
-            if n == 0 {
-                return Vec::new();
-            }
-            top.select_nth_unstable_by(n - 1, by_count);
-            top.truncate(n);
-        }
-        top.sort_unstable_by(by_count);
         top.into_iter()
             .map(|(p, c)| (p.as_str().to_owned(), c))
             .collect()
+    }
+}
+
+impl Pages {
+    /// One session (listed as `member`) leaves `name`.
+    fn release(&mut self, name: &SharedStr, member: Option<&UserId>) {
+        if let Some(page) = self.map.get_mut(name) {
+            if let Some(user) = member {
+                unlist(page, user);
+            }
+            page.sessions -= 1;
+            recount(&mut self.busiest, name, page.sessions + 1, page.sessions);
+            if page.sessions == 0 {
+                self.map.remove(name);
+            }
+        }
+    }
+}
+
+/// A page's session count goes from `from` to `to`: its place in the busiest order follows.
+fn recount(
+    busiest: &mut BTreeSet<(Reverse<usize>, SharedStr)>,
+    name: &SharedStr,
+    from: usize,
+    to: usize,
+) {
+    if from == to {
+        return;
+    }
+    if from > 0 {
+        busiest.remove(&(Reverse(from), name.clone()));
+    }
+    if to > 0 {
+        busiest.insert((Reverse(to), name.clone()));
     }
 }
 
@@ -152,22 +203,6 @@ fn unlist(page: &mut Page, user: &UserId) {
         *n -= 1;
         if *n == 0 {
             page.members.remove(&key);
-        }
-    }
-}
-
-fn release(
-    pages: &mut HashMap<SharedStr, Page, Hasher>,
-    name: &SharedStr,
-    member: Option<&UserId>,
-) {
-    if let Some(page) = pages.get_mut(name) {
-        if let Some(user) = member {
-            unlist(page, user);
-        }
-        page.sessions -= 1;
-        if page.sessions == 0 {
-            pages.remove(name);
         }
     }
 }
@@ -193,5 +228,33 @@ mod tests {
         pages.relist(&p, Some(&alice), None);
         assert!(pages.members("/t/1", 10).is_empty());
         assert_eq!(pages.count("/t/1"), 2);
+    }
+
+    #[test]
+    fn the_busiest_order_follows_every_count_change() {
+        let pages = PageTable::default();
+        let a = pages.change(None, "/a", None);
+        let b = pages.change(None, "/b", None);
+        pages.change(None, "/b", None);
+        pages.change(None, "/c", None);
+        let top = |n| pages.top(n);
+        assert_eq!(
+            top(10),
+            [
+                ("/b".to_owned(), 2),
+                ("/a".to_owned(), 1),
+                ("/c".to_owned(), 1)
+            ]
+        );
+        assert_eq!(top(1), [("/b".to_owned(), 2)]);
+        assert!(top(0).is_empty());
+        pages.change(Some((&b, None)), "/a", None);
+        pages.change(Some((&b, None)), "/a", None);
+        assert_eq!(top(10), [("/a".to_owned(), 3), ("/c".to_owned(), 1)]);
+        pages.leave(&a, None);
+        pages.restore(vec![("/c", 4, Vec::new())]);
+        assert_eq!(top(10), [("/c".to_owned(), 5), ("/a".to_owned(), 2)]);
+        let inner = pages.pages.lock();
+        assert_eq!(inner.busiest.len(), inner.map.len());
     }
 }

@@ -66,7 +66,9 @@ impl Presence {
     /// the time; it allocates nothing.
     ///
     /// # Errors
-    /// [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live.
+    /// - [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live;
+    /// - [`PresenceError::UserTooLong`] when `kind`'s user name is longer than
+    ///   [`MAX_USER_LEN`](crate::MAX_USER_LEN) bytes (nothing is recorded).
     ///
     /// # Locks
     /// Takes internal locks only for the duration of the call; safe to call from any
@@ -84,7 +86,13 @@ impl Presence {
     /// length) before calling if they come from the outside world.
     ///
     /// # Errors
-    /// [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live.
+    /// - [`PresenceError::Full`] when `id` is new and `max_sessions` sessions are live;
+    /// - [`PresenceError::UserTooLong`] when `kind`'s user name is longer than
+    ///   [`MAX_USER_LEN`](crate::MAX_USER_LEN) bytes;
+    /// - [`PresenceError::PageTooLong`] when `page` is longer than
+    ///   [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes.
+    ///
+    /// A refused call records nothing: the session keeps its kind, page and times.
     pub fn visit(&self, id: SessionId, kind: Kind, page: &str) -> Result<Touch, PresenceError> {
         self.tracker.activity(id, kind, Some(page))
     }
@@ -177,6 +185,12 @@ impl Presence {
     #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn session_lease(&self, id: SessionId) -> Option<(SessionInfo, Duration)> {
         self.tracker.session_lease(id)
+    }
+
+    /// The tracker behind the handle, for the internals the fuzz targets drive.
+    #[cfg(any(feature = "__bench_internals", presence_loom))]
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
     }
 
     /// Whether a snapshot file is set: shutdown saves the sessions for the next start.
@@ -283,17 +297,23 @@ impl Presence {
     /// in about 28 bytes each on disk (the benchmarks document has the figures).
     ///
     /// # Errors
-    /// [`io::ErrorKind::InvalidInput`] when no snapshot file is set; the I/O error when the
-    /// file cannot be written; an error when the file found at build was unusable and could
-    /// not be moved aside (it is never overwritten until someone removes it).
+    /// - [`io::ErrorKind::InvalidInput`] when no snapshot file is set;
+    /// - [`io::ErrorKind::ResourceBusy`] when another process (or another tracker in this
+    ///   one) uses the same file: the first save takes an advisory lock on `<path>.lock`,
+    ///   held while the tracker lives;
+    /// - an error when the file found at build was unusable and could not be moved aside,
+    ///   or is not a regular file (a FIFO, a device): it is never overwritten until someone
+    ///   removes it;
+    /// - the I/O error when the file cannot be written.
     pub fn save_snapshot(&self) -> io::Result<()> {
         self.tracker.save_snapshot()
     }
 
-    /// `online` over the last 24 hours, oldest first: one sample a minute (the
-    /// [`history_interval`](PresenceBuilder::history_interval)), at most 1440 of them, in
-    /// fixed memory, for a chart of "users online today". Each sample's time is the start
-    /// of its minute. A minute in which nothing ran (no reaper, no read) has no sample.
+    /// `online` over the last 1440 [`history_interval`](PresenceBuilder::history_interval)s,
+    /// oldest first: one sample an interval, at most 1440 of them, in fixed memory, for a
+    /// chart. With the default interval of a minute that is "users online today", the last
+    /// 24 hours; with 10 s, the last 4 hours. Each sample's time is the start of its
+    /// interval. An interval in which nothing ran (no reaper, no read) has no sample.
     ///
     /// Samples are taken by the reaper and by reads, never by a scan; restored from the
     /// snapshot across a restart.

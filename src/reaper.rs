@@ -35,11 +35,15 @@ pub(crate) trait Reap: Send + Sync + 'static {
 pub enum Reaper {
     /// A tokio task when [`build`](crate::PresenceBuilder::build) runs inside a tokio runtime, else
     /// a named thread (`presence-reaper`). The default.
+    ///
+    /// Inside a runtime without the time driver, `build` panics with a message saying so
+    /// (enable it, or choose [`Reaper::Thread`]).
     #[default]
     Auto,
     /// A named std thread (`presence-reaper`).
     Thread,
-    /// A task on the given tokio runtime (it needs the `time` driver enabled).
+    /// A task on the given tokio runtime. It needs the time driver: without it, `build`
+    /// panics with a message saying so.
     Tokio(tokio::runtime::Handle),
     /// No background work: call [`Presence::reap`](crate::Presence::reap) yourself.
     Manual,
@@ -90,14 +94,35 @@ impl ReaperControl {
                 // Without a thread the tracker still works, reads included (they settle
                 // what is due); only `Left` events wait for the next write or read.
                 if let Err(err) = spawned {
-                    eprintln!("presence-tracker: cannot start the reaper thread: {err}");
+                    tracing::error!(
+                        error = %err,
+                        "presence: cannot start the reaper thread; reads and writes still \
+                         settle what is due, `Left` events wait for them"
+                    );
                 }
             }
             Reaper::Tokio(handle) => {
+                assert_time_driver(&handle);
                 handle.spawn(run_task(weak, signal, interval));
             }
         }
     }
+}
+
+/// Panics with a message that says what to do when `handle`'s runtime has no time driver:
+/// the reaper task would otherwise die at its first sleep, silently, and sessions would
+/// be evicted only by reads.
+fn assert_time_driver(handle: &tokio::runtime::Handle) {
+    let _context = handle.enter();
+    // Tokio has no query for its drivers; creating a timer is the check (it panics at
+    // creation without the time driver, before anything is scheduled).
+    let timers = std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)));
+    assert!(
+        timers.is_ok(),
+        "presence-tracker: the reaper's tokio runtime has no time driver: build the runtime \
+         with `enable_time()` (or `enable_all()`), or choose `Reaper::Thread` \
+         (PresenceBuilder::reaper)"
+    );
 }
 
 impl Drop for ReaperControl {

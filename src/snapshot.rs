@@ -46,7 +46,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::clock::Tick;
-use crate::history::{from_unix_ms, unix_ms};
+use crate::history::{SAMPLES as HISTORY_SAMPLES, from_unix_ms, unix_ms};
 use crate::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN, Saved};
 use crate::session::KindTag;
 use crate::tracker::Tracker;
@@ -65,32 +65,118 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Debug)]
 pub(crate) struct SnapshotFile {
     path: PathBuf,
+    /// The largest file the reader reads.
+    max_size: u64,
     /// Why saves are refused: the file found at build could not be read nor moved aside.
     blocked: Mutex<Option<String>>,
     /// One save at a time.
     saving: Mutex<()>,
+    /// The advisory lock on `<path>.lock`, taken at the first save (so `build()` cannot
+    /// fail) and held open while the tracker lives, so that a second process (or a second
+    /// tracker) saving to the same file gets a clear error instead of overwriting the first
+    /// one's sessions with its own.
+    lock: Mutex<Option<File>>,
 }
 
 impl SnapshotFile {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf, max_size: u64) -> Self {
         SnapshotFile {
             path,
+            max_size,
             blocked: Mutex::new(None),
             saving: Mutex::new(()),
+            lock: Mutex::new(None),
+        }
+    }
+
+    /// `<path>.lock`: a file beside the snapshot, never the snapshot itself (a save replaces
+    /// the snapshot by a rename, which a lock on it would not survive). Never deleted: a
+    /// lock file removed while someone waits on it is how two holders happen.
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// Takes the advisory lock if this tracker does not hold it yet.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::ResourceBusy`] when another process (or another tracker in this one)
+    /// holds it; the I/O error when the lock file cannot be opened.
+    fn lock(&self) -> io::Result<()> {
+        let mut held = self.lock.lock();
+        if held.is_some() {
+            return Ok(());
+        }
+        let path = self.lock_path();
+        let file =
+            create_private(OpenOptions::new().read(true).write(true).create(true)).open(&path)?;
+        match try_lock(&file) {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "the snapshot file {} is in use by another process (or another tracker \
+                     in this one): its lock {} is held; give each process its own \
+                     snapshot_file",
+                    self.path.display(),
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(e),
         }
     }
 }
 
-/// What a snapshot holds, decoded.
-#[derive(Debug, Default)]
-struct Decoded {
+/// An exclusive advisory lock (`flock`), without waiting: `WouldBlock` when held. Tied to
+/// the open file, so it goes with the tracker, or with the process however it ends.
+#[cfg(unix)]
+fn try_lock(file: &File) -> io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(io::Error::from)
+}
+
+/// Elsewhere no lock is taken: one process a file is the user's to ensure.
+#[cfg(not(unix))]
+fn try_lock(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
+/// Files this module creates (the snapshot, its lock) are the owner's only (`0600`): they
+/// hold session ids, user names and pages.
+fn create_private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+/// A snapshot checked whole, its records still in the file's bytes: decoding allocates
+/// only the string table's index (4 bytes a string, each at least 1 byte on disk), so a
+/// crafted file cannot make the reader reserve more than a small multiple of its size. The
+/// records are parsed again, already checked, as the restore walks them.
+#[derive(Debug)]
+pub(crate) struct Decoded<'a> {
     saved_at: i64,
     peak: (u64, i64),
-    sessions: Vec<Record>,
-    /// (user, age of last seen, age of going offline).
-    offline: Vec<(u32, u64, u64)>,
-    strings: Vec<String>,
-    history: Vec<(i64, u64)>,
+    /// The strings section, and where each string starts in it (at its length).
+    string_bytes: &'a [u8],
+    strings: Vec<u32>,
+    sessions: Section<'a>,
+    offline: Section<'a>,
+    history: Section<'a>,
+}
+
+/// A checked run of `count` records.
+#[derive(Clone, Copy, Debug)]
+struct Section<'a> {
+    bytes: &'a [u8],
+    count: usize,
 }
 
 /// One session as saved.
@@ -106,7 +192,7 @@ struct Record {
 
 /// Why a file is not a snapshot this build can read.
 #[derive(Debug)]
-struct Corrupt(&'static str);
+pub(crate) struct Corrupt(pub(crate) &'static str);
 
 impl Tracker {
     /// [`Presence::save_snapshot`](crate::Presence::save_snapshot).
@@ -132,6 +218,7 @@ impl Tracker {
                 }
             }
         }
+        file.lock()?;
         let started = Instant::now();
         // Sessions due now end first, so that their users are saved as offline with their
         // last-seen time.
@@ -170,10 +257,11 @@ impl Tracker {
             return;
         };
         let started = Instant::now();
-        let problem = match fs::read(&file.path) {
+        let max_size = file.max_size;
+        let problem = match read_bounded(&file.path, max_size) {
             Ok(bytes) => match decode(&bytes) {
                 Ok(decoded) => {
-                    let (restored, ended) = self.restore_decoded(decoded);
+                    let (restored, ended) = self.restore_decoded(&decoded);
                     tracing::info!(
                         path = %file.path.display(),
                         bytes = bytes.len(),
@@ -186,8 +274,24 @@ impl Tracker {
                 }
                 Err(Corrupt(why)) => why.to_owned(),
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) => format!("cannot be read: {e}"),
+            Err(Unreadable::Missing) => return,
+            Err(Unreadable::NotAFile(what)) => {
+                // Never renamed nor replaced: a FIFO or a device node is somebody's, and
+                // renaming `/dev/null` as root would break the machine.
+                tracing::error!(
+                    path = %file.path.display(),
+                    found = what,
+                    "presence: the snapshot path is not a regular file; starting empty, and \
+                     saves are refused until it is replaced by a file or removed"
+                );
+                *file.blocked.lock() = Some(format!("it is {what}, not a regular file"));
+                return;
+            }
+            Err(Unreadable::TooLarge { size }) => format!(
+                "{size} bytes, larger than the limit of {max_size} \
+                 (PresenceBuilder::max_snapshot_size)"
+            ),
+            Err(Unreadable::Io(e)) => format!("cannot be read: {e}"),
         };
         let secs = unix_ms(self.wall.at(self.clock.now())).div_euclid(1000);
         match move_aside(&file.path, secs) {
@@ -263,60 +367,75 @@ impl Tracker {
             put_varint(&mut payload, online);
         }
 
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        (out, count)
+        (with_header(&payload), count)
     }
 
     /// Restores a decoded snapshot; returns the sessions restored and those that ended while
-    /// the process was down.
-    fn restore_decoded(&self, snap: Decoded) -> (usize, usize) {
+    /// the process was down. What it allocates follows what it restores: sessions up to
+    /// `max_sessions`, the distinct users and pages they name, offline users up to
+    /// `max_remembered_users`, the history's fixed ring; never one entry per string of the
+    /// file.
+    pub(crate) fn restore_decoded(&self, snap: &Decoded<'_>) -> (usize, usize) {
         let now = self.clock.now();
         // The tick of "saved at"; every saved time is an age before it. A time after now
         // (the wall clock went back across the restart) is taken as now.
         let saved_at = self.wall.tick_of(from_unix_ms(snap.saved_at));
         let tick = |age: u64| saved_at.saturating_sub(age).min(now);
-        let users: Vec<UserId> = snap
-            .strings
-            .iter()
-            .map(|s| UserId::from(s.as_str()))
-            .collect();
+        // Users named by the records restored, each made once.
+        let mut names: HashMap<u32, UserId, Hasher> = HashMap::default();
+        let mut name = |i: u32| {
+            names
+                .entry(i)
+                .or_insert_with(|| UserId::from(snap.string(i)))
+                .clone()
+        };
+        // Pages named by the sessions restored, as dense indices into `pages`.
+        let mut page_index: HashMap<u32, u32, Hasher> = HashMap::default();
+        let mut pages: Vec<&str> = Vec::new();
+        let room = self.cfg.max_sessions.map_or(usize::MAX, |max| {
+            max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed))
+        });
         let mut offline: HashMap<UserId, (Tick, Tick), Hasher> = HashMap::default();
-        let mut ended = 0;
-        let mut live = Vec::with_capacity(snap.sessions.len());
-        for r in &snap.sessions {
+        let (mut ended, mut over) = (0, 0);
+        let mut live = Vec::with_capacity(snap.sessions.count.min(room));
+        for r in snap.sessions() {
             let [seen, active, first] = r.ages.map(tick);
             let deadline = (seen + self.cfg.idle_timeout).min(active + self.cfg.heartbeat_limit);
-            let user = r.user.map(|u| users[u as usize].clone());
             if deadline <= now {
                 // It ended while the process was down: not restored, but its user was seen.
                 ended += 1;
-                if let Some(user) = user {
+                if let Some(user) = r.user.map(&mut name) {
                     let (last, since) = offline.entry(user).or_insert((seen, deadline));
                     *last = (*last).max(seen);
                     *since = (*since).max(deadline);
                 }
                 continue;
             }
-            let kind = match (r.tag, user) {
+            if live.len() == room {
+                over += 1;
+                continue;
+            }
+            let kind = match (r.tag, r.user.map(&mut name)) {
                 (KindTag::Member, Some(u)) => Kind::Member(u),
                 (KindTag::Hidden, Some(u)) => Kind::HiddenMember(u),
                 (KindTag::Bot, _) => Kind::Bot,
                 _ => Kind::Guest,
             };
+            let page = r.page.map(|p| {
+                *page_index.entry(p).or_insert_with(|| {
+                    pages.push(snap.string(p));
+                    (pages.len() - 1) as u32
+                })
+            });
             live.push(Saved {
                 id: r.id,
                 kind,
-                page: r.page,
+                page,
                 times: (seen, active, first),
             });
         }
-        let total = live.len();
-        let restored = self.restore_all(live, &snap.strings, now);
+        let total = live.len() + over;
+        let restored = self.restore_all(live, &pages, now);
         if restored < total {
             tracing::warn!(
                 not_restored = total - restored,
@@ -324,10 +443,11 @@ impl Tracker {
                  session twice)"
             );
         }
-        for &(user, last_age, since_age) in &snap.offline {
-            let user = &users[user as usize];
+        // Oldest first, as saved: only the newest `max_remembered_users` are kept anyway.
+        let skip = snap.offline.count.saturating_sub(self.users.max_offline());
+        for (user, last_age, since_age) in snap.offline().skip(skip) {
             self.users
-                .remember_offline(user, tick(last_age), tick(since_age));
+                .remember_offline(&name(user), tick(last_age), tick(since_age));
         }
         for (user, (last_seen, since)) in offline {
             self.users.remember_offline(&user, last_seen, since);
@@ -337,9 +457,21 @@ impl Tracker {
             usize::try_from(peak).unwrap_or(usize::MAX),
             self.wall.tick_of(from_unix_ms(peak_at)),
         );
-        self.history.restore(snap.history);
+        let skip = snap.history.count.saturating_sub(HISTORY_SAMPLES);
+        self.history.restore(snap.history().skip(skip).collect());
         (restored, ended)
     }
+}
+
+/// A whole file: the header (magic, version, length, CRC) and `payload`.
+pub(crate) fn with_header(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 /// User names and pages, each written once.
@@ -437,7 +569,9 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses and checks a whole snapshot; nothing is restored from a file with any fault.
-fn decode(file: &[u8]) -> Result<Decoded, Corrupt> {
+/// Every string is checked as the write path checks it: UTF-8, a user name at most
+/// [`MAX_USER_LEN`] bytes, a page at most [`MAX_PAGE_LEN`].
+pub(crate) fn decode(file: &[u8]) -> Result<Decoded<'_>, Corrupt> {
     if file.len() < HEADER_LEN {
         return Err(Corrupt("shorter than a header"));
     }
@@ -461,73 +595,241 @@ fn decode(file: &[u8]) -> Result<Decoded, Corrupt> {
         return Err(Corrupt("checksum mismatch"));
     }
     let mut r = Reader { buf: payload };
-    let mut snap = Decoded {
-        saved_at: r.zigzag()?,
-        peak: (r.varint()?, r.zigzag()?),
-        ..Decoded::default()
-    };
+    let saved_at = r.zigzag()?;
+    let peak = (r.varint()?, r.zigzag()?);
+
     let n = r.count(1)?;
-    snap.strings.reserve(n);
+    let table = r.buf;
+    // `n` is at most the bytes left (a string takes one at least): 4 bytes each, reserved
+    // once rather than grown by doubling.
+    let mut strings = Vec::with_capacity(n);
     for _ in 0..n {
+        let at = u32::try_from(table.len() - r.buf.len())
+            .map_err(|_| Corrupt("the string table exceeds 4 GiB"))?;
         let len = r.count(1)?;
-        let bytes = r.bytes(len)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| Corrupt("a string is not UTF-8"))?;
-        snap.strings.push(s.to_owned());
-    }
-    let strings = snap.strings.len();
-    let n = r.count(MIN_SESSION_LEN)?;
-    snap.sessions.reserve(n);
-    for _ in 0..n {
-        let mut id = [0u8; 16];
-        id.copy_from_slice(r.bytes(16)?);
-        // A session twice (never written so) is restored once: the map finds the second.
-        let id = SessionId::from(uuid::Uuid::from_bytes(id));
-        let tag = match r.byte()? {
-            0 => KindTag::Guest,
-            1 => KindTag::Bot,
-            2 => KindTag::Member,
-            3 => KindTag::Hidden,
-            _ => return Err(Corrupt("unknown session kind")),
-        };
-        let user = r.string_ref(strings)?;
-        let page = r.string_ref(strings)?;
-        let signed_in = matches!(tag, KindTag::Member | KindTag::Hidden);
-        if signed_in != user.is_some() {
-            return Err(Corrupt("a session's kind and user disagree"));
+        if len > MAX_PAGE_LEN.max(MAX_USER_LEN) {
+            return Err(Corrupt("a string is longer than any the tracker accepts"));
         }
-        if user.is_some_and(|u| snap.strings[u as usize].len() > MAX_USER_LEN)
-            || page.is_some_and(|p| snap.strings[p as usize].len() > MAX_PAGE_LEN)
+        std::str::from_utf8(r.bytes(len)?).map_err(|_| Corrupt("a string is not UTF-8"))?;
+        strings.push(at);
+    }
+    let string_bytes = &table[..table.len() - r.buf.len()];
+    let lens = |i: u32| string_at(string_bytes, strings[i as usize]).len();
+
+    let sessions = section(&mut r, MIN_SESSION_LEN, |r| {
+        let s = parse_session(r, strings.len())?;
+        if s.user.is_some_and(|u| lens(u) > MAX_USER_LEN)
+            || s.page.is_some_and(|p| lens(p) > MAX_PAGE_LEN)
         {
             return Err(Corrupt(
                 "a user name or page is longer than the tracker accepts",
             ));
         }
-        let ages = [r.varint()?, r.varint()?, r.varint()?];
-        snap.sessions.push(Record {
-            id,
-            tag,
-            user,
-            page,
-            ages,
-        });
-    }
-    let n = r.count(3)?;
-    snap.offline.reserve(n);
-    for _ in 0..n {
-        let user = r
-            .string_ref(strings)?
-            .ok_or(Corrupt("an offline user without a name"))?;
-        snap.offline.push((user, r.varint()?, r.varint()?));
-    }
-    let n = r.count(2)?;
-    snap.history.reserve(n);
-    for _ in 0..n {
-        snap.history.push((r.zigzag()?, r.varint()?));
-    }
+        Ok(())
+    })?;
+    let offline = section(&mut r, 3, |r| {
+        let (user, _, _) = parse_offline(r, strings.len())?;
+        if lens(user) > MAX_USER_LEN {
+            return Err(Corrupt("a user name is longer than the tracker accepts"));
+        }
+        Ok(())
+    })?;
+    let history = section(&mut r, 2, |r| parse_history(r).map(drop))?;
     if !r.buf.is_empty() {
         return Err(Corrupt("trailing bytes"));
     }
-    Ok(snap)
+    Ok(Decoded {
+        saved_at,
+        peak,
+        string_bytes,
+        strings,
+        sessions,
+        offline,
+        history,
+    })
+}
+
+/// Checks a section of records, each at least `min_len` bytes, with `check`; returns it.
+fn section<'a>(
+    r: &mut Reader<'a>,
+    min_len: usize,
+    mut check: impl FnMut(&mut Reader<'a>) -> Result<(), Corrupt>,
+) -> Result<Section<'a>, Corrupt> {
+    let count = r.count(min_len)?;
+    let start = r.buf;
+    for _ in 0..count {
+        check(r)?;
+    }
+    Ok(Section {
+        bytes: &start[..start.len() - r.buf.len()],
+        count,
+    })
+}
+
+fn parse_session(r: &mut Reader<'_>, strings: usize) -> Result<Record, Corrupt> {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(r.bytes(16)?);
+    // A session twice (never written so) is restored once: the map finds the second.
+    let id = SessionId::from(uuid::Uuid::from_bytes(id));
+    let tag = match r.byte()? {
+        0 => KindTag::Guest,
+        1 => KindTag::Bot,
+        2 => KindTag::Member,
+        3 => KindTag::Hidden,
+        _ => return Err(Corrupt("unknown session kind")),
+    };
+    let user = r.string_ref(strings)?;
+    let page = r.string_ref(strings)?;
+    let signed_in = matches!(tag, KindTag::Member | KindTag::Hidden);
+    if signed_in != user.is_some() {
+        return Err(Corrupt("a session's kind and user disagree"));
+    }
+    let ages = [r.varint()?, r.varint()?, r.varint()?];
+    Ok(Record {
+        id,
+        tag,
+        user,
+        page,
+        ages,
+    })
+}
+
+fn parse_offline(r: &mut Reader<'_>, strings: usize) -> Result<(u32, u64, u64), Corrupt> {
+    let user = r
+        .string_ref(strings)?
+        .ok_or(Corrupt("an offline user without a name"))?;
+    Ok((user, r.varint()?, r.varint()?))
+}
+
+fn parse_history(r: &mut Reader<'_>) -> Result<(i64, u64), Corrupt> {
+    Ok((r.zigzag()?, r.varint()?))
+}
+
+/// The string whose length starts at `at` in a checked string table.
+fn string_at(table: &[u8], at: u32) -> &str {
+    let mut r = Reader {
+        buf: table.get(at as usize..).unwrap_or_default(),
+    };
+    // Checked by `decode`: a failure here cannot happen, and would read as an empty string.
+    r.count(1)
+        .and_then(|len| r.bytes(len))
+        .ok()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
+impl<'a> Decoded<'a> {
+    fn string(&self, i: u32) -> &'a str {
+        string_at(self.string_bytes, self.strings[i as usize])
+    }
+
+    /// The records of a checked section, parsed again.
+    fn records<T>(
+        section: Section<'a>,
+        mut parse: impl FnMut(&mut Reader<'a>) -> Result<T, Corrupt>,
+    ) -> impl Iterator<Item = T> {
+        let mut r = Reader { buf: section.bytes };
+        (0..section.count).map_while(move |_| parse(&mut r).ok())
+    }
+
+    fn sessions(&self) -> impl Iterator<Item = Record> + use<'a> {
+        let strings = self.strings.len();
+        Self::records(self.sessions, move |r| parse_session(r, strings))
+    }
+
+    fn offline(&self) -> impl Iterator<Item = (u32, u64, u64)> + use<'a> {
+        let strings = self.strings.len();
+        Self::records(self.offline, move |r| parse_offline(r, strings))
+    }
+
+    fn history(&self) -> impl Iterator<Item = (i64, u64)> + use<'a> {
+        Self::records(self.history, parse_history)
+    }
+
+    /// Sessions, offline users and history samples in the file.
+    #[cfg(any(feature = "__bench_internals", presence_loom))]
+    pub(crate) fn len(&self) -> (usize, usize, usize) {
+        (self.sessions.count, self.offline.count, self.history.count)
+    }
+}
+
+/// Why the snapshot file was not read.
+#[derive(Debug)]
+enum Unreadable {
+    Missing,
+    /// A FIFO, a device, a socket: what it is.
+    NotAFile(&'static str),
+    TooLarge {
+        size: u64,
+    },
+    Io(io::Error),
+}
+
+/// Reads the snapshot at `path` if it is a regular file of at most `max` bytes: the kind and
+/// the size come from metadata before a byte is read, and the file is opened without
+/// blocking (a FIFO swapped in between never hangs the start), then checked again on the
+/// open handle. Reads no more than `max` bytes whatever the file does meanwhile.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, Unreadable> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Unreadable::Missing),
+        Err(e) => return Err(Unreadable::Io(e)),
+    };
+    check_kind(&meta)?;
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    let file = options.open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Unreadable::Missing,
+        _ => Unreadable::Io(e),
+    })?;
+    let meta = file.metadata().map_err(Unreadable::Io)?;
+    check_kind(&meta)?;
+    if meta.len() > max {
+        return Err(Unreadable::TooLarge { size: meta.len() });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    let read = io::Read::read_to_end(
+        &mut io::Read::take(&file, max.saturating_add(1)),
+        &mut bytes,
+    );
+    read.map_err(Unreadable::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(Unreadable::TooLarge {
+            size: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Refuses what is not a regular file or a directory (a directory is moved aside as any
+/// unusable snapshot; it never blocks a read).
+fn check_kind(meta: &fs::Metadata) -> Result<(), Unreadable> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    if kind.is_dir() {
+        return Err(Unreadable::Io(io::Error::other("a directory")));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return Err(Unreadable::NotAFile("a FIFO"));
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return Err(Unreadable::NotAFile("a device"));
+        }
+        if kind.is_socket() {
+            return Err(Unreadable::NotAFile("a socket"));
+        }
+    }
+    Err(Unreadable::NotAFile("not a regular file"))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
@@ -551,7 +853,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         SEQUENCE.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = create_private(OpenOptions::new().write(true).create_new(true)).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

@@ -57,7 +57,7 @@ pub(crate) struct Tracker {
     /// Sessions changed on a write path, for the cluster view (off unless one is attached).
     pub(crate) changes: ChangeLog,
     pub(crate) reaper: ReaperControl,
-    /// `online` once a minute over the last day.
+    /// `online` once per `history_interval`, the last 1440 of them.
     pub(crate) history: History,
     /// Where the tracker is saved across restarts, if anywhere.
     pub(crate) snapshot: Option<SnapshotFile>,
@@ -89,7 +89,9 @@ impl Tracker {
             changes: ChangeLog::default(),
             reaper: ReaperControl::default(),
             history: History::new(b.history_interval),
-            snapshot: b.snapshot_file.map(SnapshotFile::new),
+            snapshot: b
+                .snapshot_file
+                .map(|path| SnapshotFile::new(path, b.max_snapshot_size)),
             refusals: Refusals::default(),
         });
         let weak = Arc::downgrade(&tracker);
@@ -152,8 +154,10 @@ impl Tracker {
         evicted
     }
 
-    /// After a reap pass: a history sample if one is due, the gauges, a word if it was slow.
+    /// After a reap pass: a history sample if one is due, the gauges, a word if it was slow,
+    /// and the user table's memory back after a flood was forgotten (off the request path).
     fn after_pass(&self, now: Tick, took: Duration) {
+        self.users.tidy();
         self.history
             .sample(now, &self.wall, || self.counters.online());
         crate::metrics::reap_pass(|| self.counters.read(&self.wall), took);
@@ -195,8 +199,10 @@ impl Tracker {
         });
         self.expiry.schedule_all(later);
         self.expiry.finish();
-        self.users.forget_due(now, self.cfg.remember_users_for);
-        (evicted, more)
+        let forget_more = self
+            .users
+            .forget_due(now, self.cfg.remember_users_for, limit);
+        (evicted, more || forget_more)
     }
 
     pub(crate) fn counts(&self) -> Counts {
@@ -275,7 +281,7 @@ impl Tracker {
         let now = tracker.settle();
         tracker
             .users
-            .forget_due(now, tracker.cfg.remember_users_for);
+            .forget_due(now, tracker.cfg.remember_users_for, READ_BATCH);
         match tracker.users.snapshot(user) {
             UserSnapshot::Unknown => UserStatus::Unknown,
             // The forget queue is only roughly ordered; the read is exact.

@@ -115,6 +115,11 @@ impl UserTable {
         }
     }
 
+    /// How many offline users it remembers at most.
+    pub(crate) fn max_offline(&self) -> usize {
+        self.max_offline
+    }
+
     /// Applies a session leaving `left`'s user and/or joining `joined`'s user as one change
     /// (a kind change is both), pushes the user events, and returns the change in distinct
     /// users. Call under the session's shard lock and apply the result there too.
@@ -223,21 +228,33 @@ impl UserTable {
             .collect()
     }
 
-    /// Forgets users offline since `remember` before `now`; costs what falls due.
-    pub(crate) fn forget_due(&self, now: Tick, remember: Tick) {
+    /// Forgets up to `limit` users offline since `remember` before `now`, oldest first;
+    /// returns whether more are due. Bounded, because request-side settling calls it: a
+    /// flood of names falling due together is forgotten a batch per call, and the reaper
+    /// does the rest. The map gives its memory back in [`tidy`](Self::tidy), off the
+    /// request path.
+    pub(crate) fn forget_due(&self, now: Tick, remember: Tick, limit: usize) -> bool {
         let mut users = self.users.lock();
-        let mut forgot = false;
-        while let Some(entry) = users.offline.first_entry() {
+        for _ in 0..limit {
+            let Some(entry) = users.offline.first_entry() else {
+                return false;
+            };
             if entry.key().0.saturating_add(remember) > now {
-                break;
+                return false;
             }
             let user = entry.remove();
             users.map.remove(&user);
-            forgot = true;
         }
-        if forgot {
-            users.shrink();
-        }
+        users
+            .offline
+            .first_key_value()
+            .is_some_and(|(key, _)| key.0.saturating_add(remember) <= now)
+    }
+
+    /// Gives memory back after a flood of names was forgotten: a rehash of what is left,
+    /// O(users). The reaper calls it once a pass, never a request.
+    pub(crate) fn tidy(&self) {
+        self.users.lock().shrink();
     }
 
     /// Counts sessions restored from a snapshot in at once, under one hold of the lock:
@@ -372,15 +389,13 @@ impl Users {
             rec.sessions = HashSet::default();
         }
         self.offline.insert(key, user.clone());
-        let mut forgot = false;
+        // One in, at most one out (the bound is only passed by one at a time; a restore
+        // remembers one user a call too): O(log users), never a rehash on a write path
+        // (the reaper tidies).
         while self.offline.len() > max {
             if let Some((_, oldest)) = self.offline.pop_first() {
                 self.map.remove(&oldest);
-                forgot = true;
             }
-        }
-        if forgot {
-            self.shrink();
         }
     }
 
@@ -403,6 +418,26 @@ mod tests {
             hidden: false,
             session,
         }
+    }
+
+    #[test]
+    fn forgetting_is_bounded_per_call_and_reports_what_is_left() {
+        let table = UserTable::new(10_000);
+        for i in 0..1000 {
+            let user = UserId::from(format!("u{i}"));
+            let id = SessionId::new_v4();
+            table.apply(None, Some(side(&user, id)), 0, None);
+            table.apply(Some((side(&user, id), 0)), None, 0, None);
+        }
+        assert!(!table.forget_due(99, 100, 300), "nothing due yet");
+        assert_eq!(table.remembered(), 1000);
+        assert!(table.forget_due(100, 100, 300));
+        assert_eq!(table.remembered(), 700);
+        assert!(table.forget_due(100, 100, 300));
+        assert!(table.forget_due(100, 100, 300));
+        assert!(!table.forget_due(100, 100, 300));
+        assert_eq!(table.remembered(), 0);
+        table.tidy();
     }
 
     #[test]

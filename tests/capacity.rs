@@ -134,3 +134,21 @@ fn unknown_session_is_unknown_everywhere() {
     assert!(presence.session(id).is_none());
     assert_eq!(presence.counts().sessions, 0);
 }
+
+#[test]
+fn a_new_session_at_capacity_settles_a_batch_not_the_whole_backlog() {
+    // 5000 sessions all due at once, nobody reaping: a newcomer gets in after evicting a
+    // bounded batch, and leaves the rest to the reaper (no request waits on a storm).
+    let (presence, clock, _ids) = full_of(5000);
+    clock.advance(IDLE_TIMEOUT);
+    assert_eq!(
+        presence.touch(SessionId::new_v4(), Kind::Guest),
+        Ok(Touch::Joined)
+    );
+    let rest = presence.reap();
+    assert!(
+        rest > 4000,
+        "the newcomer should have evicted one batch, the reap the rest: reap evicted {rest}"
+    );
+    assert_eq!(presence.counts().sessions, 1);
+}

@@ -476,16 +476,18 @@ impl Run {
                     last_seen,
                     idle,
                     hidden,
+                    ..
                 } => UserStatus2::Online {
                     sessions,
                     last_seen: self.ms(last_seen),
                     idle,
                     hidden,
                 },
-                UserStatus::Offline { last_seen } => UserStatus2::Offline {
+                UserStatus::Offline { last_seen, .. } => UserStatus2::Offline {
                     last_seen: self.ms(last_seen),
                 },
                 UserStatus::Unknown => UserStatus2::Unknown,
+                other => panic!("a status this model does not know: {other:?}"),
             };
             prop_assert_eq!(got, self.model.user(user), "user({})", user);
         }

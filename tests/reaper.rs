@@ -268,3 +268,36 @@ fn manual_reaper_starts_no_thread() {
     );
     assert_eq!(presence.reap(), 1);
 }
+
+#[test]
+#[should_panic(expected = "has no time driver")]
+fn a_tokio_reaper_on_a_runtime_without_timers_is_refused_at_build() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _presence = presence_tracker::Presence::builder()
+        .reaper(presence_tracker::Reaper::Tokio(runtime.handle().clone()))
+        .build();
+}
+
+#[test]
+#[should_panic(expected = "enable_time()")]
+fn the_auto_reaper_inside_a_runtime_without_timers_is_refused_at_build() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _context = runtime.enter();
+    let _presence = presence_tracker::Presence::builder().build();
+}
+
+#[test]
+fn a_tokio_reaper_with_timers_builds() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let presence = presence_tracker::Presence::builder()
+        .reaper(presence_tracker::Reaper::Tokio(runtime.handle().clone()))
+        .build();
+    presence.shutdown();
+}

@@ -174,9 +174,7 @@ fn round_trip_keeps_counts_users_pages_peak_and_last_seen() {
     // Last-seen: of an offline member, and of an online one.
     assert_eq!(
         after.user("carol"),
-        UserStatus::Offline {
-            last_seen: wall(T0) + Duration::from_millis(1500)
-        }
+        UserStatus::offline(wall(T0) + Duration::from_millis(1500))
     );
     assert_eq!(after.user("alice"), before.user("alice"));
     assert_eq!(after.user("bob"), before.user("bob"));
@@ -253,12 +251,7 @@ fn a_session_that_fell_due_while_down_is_not_restored_but_its_user_last_seen_is(
     assert_eq!((c.online, c.members, c.guests, c.sessions), (2, 1, 1, 2));
     assert!(after.session(alice).is_none());
     assert_eq!(after.page_count("/a"), 0);
-    assert_eq!(
-        after.user("alice"),
-        UserStatus::Offline {
-            last_seen: wall(T0)
-        }
-    );
+    assert_eq!(after.user("alice"), UserStatus::offline(wall(T0)));
     assert!(matches!(after.user("dave"), UserStatus::Online { .. }));
     // Touching alice's old session is a new session, as for any session that fell due.
     assert_eq!(
@@ -274,12 +267,7 @@ fn a_session_that_fell_due_while_down_is_not_restored_but_its_user_last_seen_is(
         1,
         "dave and the guest: due at T0 + 500 s"
     );
-    assert_eq!(
-        after.user("dave"),
-        UserStatus::Offline {
-            last_seen: wall(T0 + 200)
-        }
-    );
+    assert_eq!(after.user("dave"), UserStatus::offline(wall(T0 + 200)));
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -329,8 +317,16 @@ fn a_missing_file_is_an_empty_start_and_the_first_save_creates_it() {
     presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
     presence.save_snapshot().unwrap();
     assert!(path.is_file());
-    let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
-    assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    let mut leftovers: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    leftovers.sort();
+    assert_eq!(
+        leftovers,
+        ["presence.snapshot", "presence.snapshot.lock"],
+        "the snapshot and its lock, no temporary file left behind"
+    );
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -699,5 +695,194 @@ fn a_snapshot_larger_than_max_sessions_restores_what_fits() {
     assert_eq!((c.sessions, c.guests), (4, 4));
     assert_eq!(c.peak.online, 10, "the peak is history, not capacity");
     assert!(small.touch(SessionId::new_v4(), Kind::Guest).is_err());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_snapshot_and_its_lock_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir("private");
+    let path = dir.join("presence.snapshot");
+    let (presence, _) = restart(wall(T0), &path);
+    presence
+        .visit(SessionId::new_v4(), Kind::member("alice"), "/a")
+        .unwrap();
+    presence.save_snapshot().unwrap();
+    for file in [path.clone(), dir.join("presence.snapshot.lock")] {
+        let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_fifo_in_place_of_the_file_never_hangs_build_and_is_left_alone() {
+    let dir = dir("fifo");
+    let path = dir.join("presence.snapshot");
+    let made = std::process::Command::new("mkfifo").arg(&path).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no mkfifo");
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let built = restart(wall(T0), &p);
+        let _ = tx.send(built);
+    });
+    let (presence, _) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("build() returns with a FIFO at the snapshot path");
+    assert_eq!(presence.counts().sessions, 0);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
+    assert!(moved_aside(&path).is_empty(), "a FIFO is not renamed");
+    let err = presence.save_snapshot().unwrap_err();
+    assert!(err.to_string().contains("a FIFO"), "{err}");
+    drop(presence); // its save on drop is refused too, and logged
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_file_larger_than_max_snapshot_size_is_moved_aside_unread() {
+    let dir = dir("too-large");
+    let bytes = valid_snapshot(&dir);
+    let path = dir.join("presence.snapshot");
+    let big: Vec<u8> = bytes.iter().copied().cycle().take(4096).collect();
+    fs::write(&path, &big).unwrap();
+    let clock = ManualClock::starting_at(wall(T0));
+    let presence = builder(&clock, &path).max_snapshot_size(2048).build();
+    assert_eq!(presence.counts().sessions, 0);
+    let aside = moved_aside(&path);
+    assert_eq!(aside.len(), 1);
+    assert_eq!(fs::read(&aside[0]).unwrap(), big);
+    // Under the limit, the same reader restores it.
+    drop(presence);
+    fs::write(&path, &bytes).unwrap();
+    let presence = builder(&clock, &path).max_snapshot_size(2048).build();
+    assert_eq!(presence.counts().members, 20);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_second_tracker_on_the_same_file_gets_a_clear_error_until_the_first_is_gone() {
+    let dir = dir("two-trackers");
+    let path = dir.join("presence.snapshot");
+    let (first, _) = restart(wall(T0), &path);
+    first.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    first.save_snapshot().unwrap();
+    // `build()` cannot fail: the second one starts (from the first one's file)...
+    let (second, _) = restart(wall(T0), &path);
+    assert_eq!(second.counts().guests, 1);
+    second.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    // ...and its saves are refused while the first one holds the file.
+    let err = second.save_snapshot().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ResourceBusy);
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    first.save_snapshot().unwrap();
+    drop(first);
+    second.save_snapshot().unwrap();
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_second_process_holding_the_lock_makes_saves_fail_clearly() {
+    let dir = dir("other-process");
+    let path = dir.join("presence.snapshot");
+    let lock = dir.join("presence.snapshot.lock");
+    // flock(1) takes the same advisory lock (flock(2)) from another process.
+    // `-o`: the lock stays with flock itself, not its `sleep`, so killing it frees the lock.
+    let Ok(mut holder) = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "10"])
+        .spawn()
+    else {
+        eprintln!("skipped: no flock(1)");
+        return;
+    };
+    let held = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| !s.success())
+    });
+    assert!(held, "the other process took the lock");
+    let (presence, _) = restart(wall(T0), &path);
+    presence.touch(SessionId::new_v4(), Kind::Guest).unwrap();
+    let err = presence.save_snapshot().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ResourceBusy);
+    assert!(
+        err.to_string().contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert!(!path.exists(), "nothing written");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    presence.save_snapshot().unwrap();
+    assert!(path.is_file());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A snapshot file around `payload`, with a valid header and checksum.
+fn with_header(payload: &[u8]) -> Vec<u8> {
+    let mut out = b"PRESENCE".to_vec();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A payload with the given strings, no session, the given offline users (string index,
+/// 1-based) and no history.
+fn payload(strings: &[&str], offline: &[u64]) -> Vec<u8> {
+    let mut p = Vec::new();
+    put_varint(&mut p, T0 * 1000 * 2); // saved at T0 (zigzag)
+    p.extend_from_slice(&[0, 0]); // peak 0 at the epoch
+    put_varint(&mut p, strings.len() as u64);
+    for s in strings {
+        put_varint(&mut p, s.len() as u64);
+        p.extend_from_slice(s.as_bytes());
+    }
+    p.push(0); // sessions
+    put_varint(&mut p, offline.len() as u64);
+    for &user in offline {
+        put_varint(&mut p, user);
+        p.extend_from_slice(&[0, 0]);
+    }
+    p.push(0); // history
+    p
+}
+
+#[test]
+fn an_offline_user_name_longer_than_the_write_path_accepts_is_refused_on_load() {
+    let dir = dir("long-offline-name");
+    let long = "x".repeat(presence_tracker::MAX_USER_LEN + 1);
+    let fine = "y".repeat(presence_tracker::MAX_USER_LEN);
+    // The same file with a name at the limit restores that user.
+    let path = dir.join("presence.snapshot");
+    fs::write(&path, with_header(&payload(&[&fine], &[1]))).unwrap();
+    let (presence, _) = restart(wall(T0), &path);
+    assert!(matches!(presence.user(&fine), UserStatus::Offline { .. }));
+    drop(presence);
+    fs::remove_file(&path).unwrap();
+    let bytes = with_header(&payload(&[&long], &[1]));
+    starts_empty_and_moves_aside(&dir, &bytes, "an offline user's name too long");
     fs::remove_dir_all(dir).unwrap();
 }

@@ -17,6 +17,7 @@ fn online(status: UserStatus) -> (usize, SystemTime, bool, bool) {
             last_seen,
             idle,
             hidden,
+            ..
         } => (sessions, last_seen, idle, hidden),
         other => panic!("expected Online, got {other:?}"),
     }
@@ -129,9 +130,7 @@ fn user_offline_keeps_last_seen_until_remember_users_for() {
     assert!(presence.heartbeat(tab));
     clock.advance(secs(2));
     presence.leave(tab);
-    let expected = UserStatus::Offline {
-        last_seen: built + secs(3),
-    };
+    let expected = UserStatus::offline(built + secs(3));
     assert_eq!(presence.user("alice"), expected);
     clock.advance(secs(60) - ms(1));
     assert_eq!(presence.user("alice"), expected);

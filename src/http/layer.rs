@@ -67,8 +67,9 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 ///    `Max-Age`);
 /// 2. classifies the visitor with the [`classify`](PresenceLayer::classify) closure
 ///    (default: [`Kind::Guest`]);
-/// 3. records activity with [`Presence::visit`] on the request path (or
-///    [`Presence::touch`] when [`track_pages`](PresenceLayer::track_pages) is off),
+/// 3. records activity with [`Presence::visit`] on the request path when the request is a
+///    *document navigation* (see below), else with [`Presence::touch`] (always a touch
+///    when [`track_pages`](PresenceLayer::track_pages) is off),
 ///    **if the request returned a valid cookie**. A request that had to be given a fresh
 ///    id records nothing: the visitor counts from the first request that brings the
 ///    cookie back (the next page, or the page script's first call after load). Clients
@@ -79,6 +80,15 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 ///    only calls [`Presence::heartbeat`]);
 /// 4. puts the [`SessionId`] in the request extensions, where handlers read it with the
 ///    [`PresenceSession`](super::PresenceSession) extractor (fresh ids included).
+///
+/// # Which requests set the page
+///
+/// Only a document navigation sets "the page this visitor views": a request with
+/// `Sec-Fetch-Dest: document` (every current browser sends it), or, when that header is
+/// absent, one whose `Accept` prefers `text/html` (lists it with no other type ranked
+/// higher). A stylesheet, an image, a script, a `fetch` or an API call is a touch: it keeps
+/// the visitor online and leaves their page as the document's path. So the layer can wrap
+/// the whole application, static files included.
 ///
 /// # Made-up ids
 ///
@@ -259,9 +269,11 @@ impl PresenceLayer {
         self.with(|s| s.skip = Some(Arc::new(skip)))
     }
 
-    /// Whether requests record the page they are on ([`Presence::visit`] with the URI
-    /// path, feeding [`Presence::page_count`]) or only that the visitor is active
-    /// ([`Presence::touch`]). Default: `true`.
+    /// Whether document navigations record the page they are on ([`Presence::visit`] with
+    /// the URI path, feeding [`Presence::page_count`]) or only that the visitor is active
+    /// ([`Presence::touch`]). Other requests (stylesheets, images, `fetch`) are a touch
+    /// either way; see [which requests set the page](PresenceLayer#which-requests-set-the-page).
+    /// Default: `true`.
     pub fn track_pages(self, track: bool) -> Self {
         self.with(|s| s.track_pages = track)
     }
@@ -369,7 +381,7 @@ where
                 countable,
             });
         } else if countable {
-            let recorded = if shared.track_pages {
+            let recorded = if shared.track_pages && is_document(&parts.headers) {
                 shared.presence.visit(id, kind, page_key(path))
             } else {
                 shared.presence.touch(id, kind)
@@ -423,6 +435,60 @@ where
 }
 
 /// Whether `path` belongs to the presence routes, which record activity themselves.
+/// Whether a request is a document navigation, whose path is the visitor's page:
+/// `Sec-Fetch-Dest: document`, or without that header an `Accept` that prefers `text/html`.
+pub(crate) fn is_document(headers: &http::HeaderMap) -> bool {
+    if let Some(dest) = headers.get("sec-fetch-dest") {
+        return dest.as_bytes().eq_ignore_ascii_case(b"document");
+    }
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(prefers_html)
+}
+
+/// Whether an `Accept` value names `text/html` with a weight above zero and no other media
+/// range weighted higher (`*/*` alone, as `fetch` and curl send, does not prefer it). Looks
+/// at the first 32 ranges only: the work is bounded whatever the header.
+fn prefers_html(accept: &str) -> bool {
+    let mut html = None::<u32>;
+    let mut best_other = 0u32;
+    for range in accept.split(',').take(32) {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+            .map(weight)
+            .next()
+            .unwrap_or(1000);
+        if media.eq_ignore_ascii_case("text/html") {
+            html = Some(html.map_or(q, |h| h.max(q)));
+        } else {
+            best_other = best_other.max(q);
+        }
+    }
+    html.is_some_and(|h| h > 0 && h >= best_other)
+}
+
+/// A `q` value in thousandths; anything malformed weighs 0.
+fn weight(q: &str) -> u32 {
+    let q = q.trim();
+    let (int, frac) = q.split_once('.').unwrap_or((q, ""));
+    let whole = match int {
+        "1" => 1000,
+        "0" => 0,
+        _ => return 0,
+    };
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    let mut thousandths = 0;
+    for (i, b) in frac.bytes().enumerate() {
+        thousandths += u32::from(b - b'0') * [100, 10, 1][i];
+    }
+    (whole + thousandths).min(1000)
+}
+
 pub(crate) fn is_presence_route(path: &str) -> bool {
     path.strip_prefix(ROUTES_PREFIX)
         .is_some_and(|rest| rest.starts_with('/'))
@@ -606,6 +672,46 @@ mod tests {
             "the first one is logged"
         );
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 999);
+    }
+
+    #[test]
+    fn only_document_navigations_are_pages() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, http::HeaderValue::from_static(v));
+            }
+            h
+        };
+        let navigation = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(is_document(&headers(&[("sec-fetch-dest", "document")])));
+        assert!(is_document(&headers(&[("sec-fetch-dest", "Document")])));
+        for dest in ["style", "image", "script", "empty", "iframe", "font"] {
+            let h = headers(&[("sec-fetch-dest", dest), ("accept", navigation)]);
+            assert!(!is_document(&h), "{dest}: the fetch header decides");
+        }
+        assert!(is_document(&headers(&[("accept", navigation)])));
+        assert!(is_document(&headers(&[("accept", "text/html")])));
+        assert!(is_document(&headers(&[(
+            "accept",
+            "text/html;q=0.5, text/plain;q=0.5"
+        )])));
+        for accept in [
+            "*/*",
+            "text/css,*/*;q=0.1",
+            "image/avif,image/webp,*/*;q=0.8",
+            "application/json",
+            "application/json, text/html;q=0.9",
+            "text/html;q=0",
+            "text/html;q=x",
+            "",
+        ] {
+            assert!(!is_document(&headers(&[("accept", accept)])), "{accept:?}");
+        }
+        assert!(!is_document(&headers(&[])), "neither header: a touch");
+        assert_eq!(weight("0.8"), 800);
+        assert_eq!(weight("1.000"), 1000);
+        assert_eq!(weight("0.0001"), 0);
     }
 
     #[test]

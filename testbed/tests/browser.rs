@@ -802,3 +802,129 @@ async fn two_nodes_one_visitor_each_both_pages_show_the_cluster() {
     b.close().await.unwrap();
     drop(driver);
 }
+
+/// What the server saw of one request: its path, whether it brought the presence cookie,
+/// and its `Sec-Fetch-Dest`.
+type Seen = std::sync::Arc<parking_lot::Mutex<Vec<(String, bool, String)>>>;
+
+/// A page with a stylesheet, an image and a `fetch`, and a home page, behind the layer.
+async fn serve_article(presence: &Presence, seen: Seen) -> String {
+    use axum::http::{HeaderMap, Uri, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    async fn record(seen: &Seen, uri: &Uri, headers: &HeaderMap) {
+        let cookie = headers
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("presence_id="));
+        let dest = headers
+            .get("sec-fetch-dest")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        seen.lock().push((uri.path().to_owned(), cookie, dest));
+    }
+    let handler = |body: &'static str, kind: &'static str| {
+        move |axum::extract::State(seen): axum::extract::State<Seen>,
+              uri: Uri,
+              headers: HeaderMap| async move {
+            record(&seen, &uri, &headers).await;
+            (
+                [
+                    (header::CONTENT_TYPE, kind),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                body,
+            )
+                .into_response()
+        }
+    };
+    const ARTICLE: &str = r#"<!doctype html><html><head><title>Article</title>
+<link rel="stylesheet" href="/static/site.css"></head><body>
+<h1>An article</h1><img id="logo" src="/static/logo.svg" alt="logo">
+<p id="done"></p>
+<script>
+fetch('/api/comments').then(r => r.text()).then(t => {
+  document.getElementById('done').textContent = t;
+});
+</script></body></html>"#;
+    const SVG: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>"#;
+    let app = axum::Router::new()
+        .route("/", get(handler("<!doctype html><p>home</p>", "text/html")))
+        .route("/articles/42", get(handler(ARTICLE, "text/html")))
+        .route(
+            "/static/site.css",
+            get(handler("h1 { color: teal }", "text/css")),
+        )
+        .route("/static/logo.svg", get(handler(SVG, "image/svg+xml")))
+        .route(
+            "/api/comments",
+            get(handler("comments loaded", "text/plain")),
+        )
+        .with_state(seen)
+        .layer(presence_http::PresenceLayer::new(presence.clone()).secure(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_a_stylesheet_an_image_and_a_fetch_stays_the_documents_page() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder().build();
+    let seen = Seen::default();
+    let base = serve_article(&presence, seen.clone()).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(1);
+    let client = browser(&driver, &chrome, &profile).await;
+
+    // The first request is given the cookie; from the next one the visitor counts.
+    client.goto(&format!("{base}/")).await.unwrap();
+    client.goto(&format!("{base}/articles/42")).await.unwrap();
+    eventually!(Duration::from_secs(10), "the fetch answered", {
+        text(&client, "#done").await == "comments loaded"
+    });
+    let id = session_of(&client).await;
+    // Every subresource reached the server with the cookie, each with its own destination:
+    // they were counted (touches), not skipped.
+    eventually!(
+        Duration::from_secs(5),
+        "the image and the stylesheet were loaded",
+        {
+            let seen = seen.lock();
+            ["/static/site.css", "/static/logo.svg", "/api/comments"]
+                .iter()
+                .all(|p| seen.iter().any(|(path, cookie, _)| path == p && *cookie))
+        }
+    );
+    {
+        let seen = seen.lock();
+        let dest = |p: &str| {
+            seen.iter()
+                .rev()
+                .find(|(path, _, _)| path == p)
+                .map(|(_, _, d)| d.clone())
+                .unwrap()
+        };
+        assert_eq!(dest("/articles/42"), "document");
+        assert_eq!(dest("/static/site.css"), "style");
+        assert_eq!(dest("/static/logo.svg"), "image");
+        assert_eq!(dest("/api/comments"), "empty");
+        // The document came first, so a subresource setting the page would have won.
+        let first = |p: &str| seen.iter().position(|(path, _, _)| path == p).unwrap();
+        assert!(first("/articles/42") < first("/api/comments"));
+    }
+    let session = presence.session(id).expect("the visitor is online");
+    assert_eq!(session.page.as_deref(), Some("/articles/42"));
+    assert_eq!(presence.page_count("/articles/42"), 1);
+    for p in ["/static/site.css", "/static/logo.svg", "/api/comments"] {
+        assert_eq!(presence.page_count(p), 0, "{p}");
+    }
+    assert_eq!(presence.top_pages(10), [("/articles/42".to_owned(), 1)]);
+    client.close().await.unwrap();
+}

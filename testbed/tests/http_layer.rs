@@ -85,8 +85,23 @@ fn app(presence: &Presence, layer: PresenceLayer) -> Router {
         .layer(layer)
 }
 
+/// A page view, as a browser's navigation sends it (only those set the visitor's page).
 fn get_req(path: &str) -> axum::http::request::Builder {
-    Request::builder().uri(path)
+    Request::builder()
+        .uri(path)
+        .header("sec-fetch-dest", "document")
+}
+
+/// A request for a subresource or an API (a stylesheet, an image, a `fetch`).
+fn sub_req(path: &str, dest: Option<&str>, accept: Option<&str>) -> axum::http::request::Builder {
+    let mut req = Request::builder().uri(path);
+    if let Some(dest) = dest {
+        req = req.header("sec-fetch-dest", dest);
+    }
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    req
 }
 
 fn post_req(path: &str) -> axum::http::request::Builder {
@@ -1680,4 +1695,46 @@ async fn demo_nodes_of_one_cluster_render_the_same_numbers_on_every_page() {
         let html = body_text(send(node, get_req("/topic/2")).await).await;
         assert!(!html.contains("carol"));
     }
+}
+
+#[tokio::test]
+async fn only_document_navigations_set_the_page_other_requests_are_a_touch() {
+    let (presence, clock) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, id) = join(&app).await;
+    let with = |req: axum::http::request::Builder| req.header(COOKIE, cookie.clone());
+    send(&app, with(get_req("/topic/1"))).await;
+    let page = |presence: &Presence| presence.session(id).unwrap().page;
+    assert_eq!(page(&presence).as_deref(), Some("/topic/1"));
+    let navigation = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let subresources = [
+        ("/static/app.css", Some("style"), Some("text/css,*/*;q=0.1")),
+        (
+            "/static/app.css",
+            Some("image"),
+            Some("image/avif,image/webp,*/*;q=0.8"),
+        ),
+        ("/topic/2", Some("empty"), Some("*/*")),
+        // The fetch header decides, whatever `Accept` says.
+        ("/topic/2", Some("iframe"), Some(navigation)),
+        // Without it (an old browser, a client), `Accept` decides.
+        ("/topic/2", None, Some("*/*")),
+        ("/topic/2", None, Some("application/json")),
+        ("/topic/2", None, None),
+    ];
+    for (path, dest, accept) in subresources {
+        let before = presence.session(id).unwrap().last_active;
+        clock.advance(Duration::from_secs(1));
+        let res = send(&app, with(sub_req(path, dest, accept))).await;
+        assert!(res.status().is_success());
+        let after = presence.session(id).unwrap();
+        let what = format!("{path} {dest:?} {accept:?}");
+        assert_eq!(after.page.as_deref(), Some("/topic/1"), "{what}");
+        assert!(after.last_active > before, "{what}: a touch");
+    }
+    assert_eq!(presence.page_count("/topic/2"), 0);
+    // A navigation without the fetch header, known by its `Accept`.
+    send(&app, with(sub_req("/topic/2", None, Some(navigation)))).await;
+    assert_eq!(page(&presence).as_deref(), Some("/topic/2"));
+    assert_eq!(presence.page_count("/topic/1"), 0);
 }
