@@ -36,9 +36,10 @@
 //! # On a shared Redis
 //! The Redis a site gives this crate also holds its caches, queues and sessions, so the view
 //! is a quiet tenant:
-//! - **Short calls.** A flush sends its operations in chunks of bounded work (a few
-//!   milliseconds of Redis time each), pipelined in one round trip; Redis serves its other
-//!   clients between them. Sweeps (a dead node's sessions, a bye) go the same way.
+//! - **Short calls.** A flush sends its operations in calls of bounded work, sized from
+//!   their measured time to take about 2 ms of Redis time each, one call in flight at a
+//!   time, so Redis serves its other clients between any two. Sweeps (a dead node's
+//!   sessions, a bye) go the same way.
 //! - **Cheap.** A plain touch or heartbeat sends nothing; a page change rewrites one session
 //!   record, and the page counts, page member lists, users and counters it moves are written
 //!   once per call, however many sessions changed them. A busy session's claim is renewed
@@ -95,13 +96,12 @@
 //! (not hidden) session puts its user on a page's member list.
 //!
 //! # Failures
-//! - Redis unreachable or stalled: `touch` and every local read are unaffected. Each round
-//!   trip is bounded by a timeout (`flush_interval`, between 250 and 750 ms, per pipelined
-//!   call); the view keeps its last value with [`ClusterCounts::stale`] set; errors go to
+//! - Redis unreachable or stalled: `touch` and every local read are unaffected. Each script
+//!   call is bounded by a timeout (`flush_interval`, between 250 and 750 ms); the view keeps its last value with [`ClusterCounts::stale`] set; errors go to
 //!   `tracing` (the first of each kind at once, then once a minute). [`Cluster::sync`] fails
 //!   within 2 s.
-//! - A node that stops flushing (crash, runtime dropped, partition) for `node_timeout` is
-//!   declared dead by the next flush of any node; its claims are released in batches, so the
+//! - A node that stops flushing (crash, runtime dropped, partition) for its own
+//!   `node_timeout` is declared dead by the next flush of any node; its claims are released in batches, so the
 //!   sessions no live node claims leave the view. If it comes back, it registers anew and
 //!   sends everything again.
 //! - Two live processes under one `node_id`: the second is refused
@@ -276,9 +276,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// How often this node flushes what changed and reads the view back: one round trip
-    /// per interval. Default 1 s; between 10 ms and 1 h. A change shows on every node
-    /// within two intervals.
+    /// How often this node flushes what changed and reads the view back: one script call
+    /// per interval when little changed (more, each about 2 ms of Redis time, for a burst).
+    /// Default 1 s; between 10 ms and 1 h. A change shows on every node within two
+    /// intervals.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.flush_interval = interval;
         self
