@@ -152,6 +152,11 @@ impl PresenceBuilder {
     /// [`PresenceError::Full`](crate::PresenceError::Full) while existing ones keep working;
     /// nothing is ever dropped silently. Default: unbounded.
     ///
+    /// At the limit, a newcomer first evicts one small batch of sessions already due (so it
+    /// never waits on a large reap); when none of that batch was due, or a reap is running
+    /// at that moment, it is refused although due sessions remain, and the reaper frees them
+    /// within one `reap_interval`.
+    ///
     /// # Panics
     /// If `max` is 0.
     pub fn max_sessions(mut self, max: usize) -> Self {
