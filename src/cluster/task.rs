@@ -872,7 +872,8 @@ impl Flusher {
     }
 }
 
-/// Reads `reads` with the read script, a few dozen per call, all calls in one round trip.
+/// Reads `reads` with the read script, a few dozen per call, one call at a time (as the
+/// flush's calls: a bystander waits for one at most).
 pub(super) async fn read_many(
     conn: &mut Conn,
     script: &Lua,
@@ -880,16 +881,18 @@ pub(super) async fn read_many(
     reads: &[Read],
     timeout: Duration,
 ) -> Result<Vec<Answer>, ClusterError> {
-    let calls: Vec<Vec<Vec<u8>>> = reads
-        .chunks(READS_PER_CALL)
-        .map(|chunk| chunk.iter().flat_map(|r| r.args()).collect())
-        .collect();
     let key = format!("{prefix}n");
-    let answers = tokio::time::timeout(timeout, conn::eval_many(conn, script, &key, &calls))
-        .await
-        .map_err(|_| ClusterError::Timeout(timeout))??;
     let mut out = Vec::with_capacity(reads.len());
-    for (chunk, answer) in reads.chunks(READS_PER_CALL).zip(answers) {
+    for chunk in reads.chunks(READS_PER_CALL) {
+        let call: Vec<Vec<u8>> = chunk.iter().flat_map(|r| r.args()).collect();
+        let answer = tokio::time::timeout(
+            timeout,
+            conn::eval_many(conn, script, &key, std::slice::from_ref(&call)),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout(timeout))??
+        .pop()
+        .ok_or_else(|| ClusterError::Protocol("read script: no answer".into()))?;
         let list: Vec<Value> = redis::from_redis_value(answer?)
             .map_err(|e| ClusterError::Protocol(format!("read script answer: {e}")))?;
         if list.len() != chunk.len() {
