@@ -114,6 +114,29 @@ async fn two_nodes_answer_the_same_counts_and_take_up_each_others_sessions() {
         assert_eq!(c["stale"], false, "{c}");
     }
 
+    // Polls cost Redis nothing: the counts, the page's count and its names come from each
+    // node's cache, which the flush task refreshes once per flush interval.
+    let evalsha = || {
+        server
+            .cli(&["INFO", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|v| v.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (before, start) = (evalsha(), std::time::Instant::now());
+    for i in 0..300 {
+        let c = counts(if i % 2 == 0 { &a } else { &b }, "/").await;
+        assert_eq!(c["page"], 2, "{c}");
+    }
+    let calls = evalsha() - before;
+    // Each node's own flushes and cache refreshes, at most a few per 150 ms interval.
+    let flushes = (start.elapsed().as_millis() / 150 + 2) as u64 * 2 * 3;
+    assert!(
+        calls <= flushes,
+        "300 polls made {calls} script calls (flushes allow {flushes})"
+    );
+
     // No sticky sessions: visitor one's heartbeat reaches node b, which never saw it.
     let (status, body) = request(b.addr, "POST", "/presence/heartbeat", one).await;
     assert_eq!(status, 200, "taken up from the cluster, not 410: {body}");
