@@ -24,7 +24,8 @@
 //!
 //! Restarts keep the visitors: the tracker is saved to `PRESENCE_SNAPSHOT` (default
 //! `whos_online-<PORT>.snapshot` in the temporary directory, one file per node; empty: no
-//! snapshot) on Ctrl-C or SIGTERM, after a graceful shutdown, and restored at start, with the
+//! snapshot) as soon as Ctrl-C or SIGTERM arrives (then open connections get
+//! `PRESENCE_DRAIN_SECS`, default 10, to finish), and restored at start, with the
 //! cookie signing key kept beside it (`<snapshot>.key`) so that returning browsers keep their
 //! sessions. `/admin` charts "users online, last 24 hours" from `Presence::history`;
 //! `PRESENCE_HISTORY_INTERVAL` (seconds, may be fractional; default 60) samples faster to
@@ -1238,11 +1239,38 @@ async fn serve() -> Result<(), String> {
         .local_addr()
         .map_err(|err| format!("cannot listen: {err}"))?;
     println!("who's online demo on http://{addr}/");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|err| format!("serving stopped: {err}"))?;
-    // Requests are done: save who is online for the next start.
+    // Save as soon as the signal comes, then drain the connections for a bounded time:
+    // axum's graceful shutdown waits for every connection, and one client that never ends
+    // its request would otherwise keep the save from ever running (until SIGKILL).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let mut stopped = stopped;
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    shutdown_signal().await;
+    save(&presence);
+    let _ = stop.send(true);
+    let drain = env_secs("PRESENCE_DRAIN_SECS").unwrap_or(Duration::from_secs(10));
+    match tokio::time::timeout(drain, server).await {
+        Ok(Ok(Ok(()))) => save(&presence), // what changed during the drain
+        Ok(Ok(Err(err))) => return Err(format!("serving stopped: {err}")),
+        Ok(Err(err)) => return Err(format!("serving stopped: {err}")),
+        Err(_) => println!("connections still open after {drain:?}: closed"),
+    }
+    // With a snapshot just saved, the cluster keeps this node's sessions for its restart.
+    #[cfg(feature = "redis")]
+    if let View::Cluster(cluster) = &view {
+        cluster.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Saves who is online for the next start (nothing without a snapshot file).
+fn save(presence: &Presence) {
     match presence.save_snapshot() {
         Ok(()) => println!(
             "saved {}",
@@ -1251,12 +1279,6 @@ async fn serve() -> Result<(), String> {
         Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {}
         Err(err) => tracing::error!("snapshot not saved: {err}"),
     }
-    // With a snapshot just saved, the cluster keeps this node's sessions for its restart.
-    #[cfg(feature = "redis")]
-    if let View::Cluster(cluster) = &view {
-        cluster.shutdown().await;
-    }
-    Ok(())
 }
 
 /// Ctrl-C, or SIGTERM (what a service manager or a container runtime sends).
