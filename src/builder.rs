@@ -244,6 +244,35 @@ impl PresenceBuilder {
     /// it while the tracker lives: a second process, or a second tracker, saving to the
     /// same path gets [`std::io::ErrorKind::ResourceBusy`].
     ///
+    /// # Saving in a server
+    /// Save when the stop signal arrives, *then* drain the connections with a time cap. Do
+    /// not save only after `axum::serve(..).with_graceful_shutdown(..)` returns: it waits
+    /// for every connection, so one client that never finishes its request keeps the save
+    /// from running until the service manager's SIGKILL loses every session.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "axum")]
+    /// # async fn serve(presence: presence_tracker::Presence, app: axum::Router) -> std::io::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// let (stop, stopped) = tokio::sync::watch::channel(false);
+    /// let server = tokio::spawn(
+    ///     axum::serve(listener, app)
+    ///         .with_graceful_shutdown(async move {
+    ///             let mut stopped = stopped;
+    ///             let _ = stopped.wait_for(|s| *s).await;
+    ///         })
+    ///         .into_future(),
+    /// );
+    /// tokio::signal::ctrl_c().await?; // or SIGTERM
+    /// presence.save_snapshot()?; // at once: nothing can hold it up
+    /// let _ = stop.send(true);
+    /// let _ = tokio::time::timeout(Duration::from_secs(10), server).await; // drain, capped
+    /// presence.save_snapshot()?; // what changed during the drain
+    /// # Ok(()) }
+    /// ```
+    ///
     /// ```
     /// use presence_tracker::{Kind, Presence, Reaper, SessionId};
     ///
