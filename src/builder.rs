@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, TimeSource};
-use crate::reaper::Reaper;
+use crate::core::reaper::Reaper;
 
 /// Longest accepted `idle_timeout`, `idle_after` and `heartbeat_limit`: 7 days. Presence is
 /// about who is here now; longer values are almost certainly a unit mistake.

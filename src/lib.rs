@@ -97,41 +97,24 @@
 
 // Modules, the API on top and plain data at the bottom; each imports only from the layers
 // below it:
-//   presence (the API) > lifecycle (the write path) > tracker (state, reads, reaping)
-//   > builder, reaper > users, pages, expiry, changes, map > session, counters, info, error,
-//   events > clock, kind, id.
+//   presence, builder > core > persist, observe > clock, kind, id, ...
 mod builder;
-mod changes;
 mod clock;
-mod counters;
+mod core;
 mod error;
 mod events;
-mod expiry;
-mod history;
 mod id;
 mod info;
 mod kind;
-mod lifecycle;
+mod observe;
+mod persist;
+mod presence;
+mod sync;
+
+/// The session map, for the workspace's benchmarks; not part of the API.
 #[cfg(feature = "__bench_internals")]
 #[doc(hidden)]
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    clippy::new_without_default,
-    clippy::len_without_is_empty
-)]
-pub mod map;
-#[cfg(not(feature = "__bench_internals"))]
-mod map;
-mod metrics;
-mod pages;
-mod presence;
-mod reaper;
-mod session;
-mod snapshot;
-mod sync;
-mod tracker;
-mod users;
+pub use crate::core::map;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -148,17 +131,17 @@ pub mod cluster;
 #[path = "internals.rs"]
 pub mod __internals;
 
-pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
+pub use crate::builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
+pub use crate::core::counters::{Counts, Peak};
+pub use crate::core::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
+pub use crate::core::reaper::Reaper;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use counters::{Counts, Peak};
 pub use error::PresenceError;
 pub use events::{Event, LeaveReason};
 pub use id::{ParseSessionIdError, SessionId};
 pub use info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
 pub use kind::{Kind, UserId};
-pub use lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
 pub use presence::Presence;
-pub use reaper::Reaper;
 
 #[cfg(feature = "redis")]
 pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::builder::PresenceBuilder;
-use crate::changes::ChangeLog;
-use crate::counters::Counts;
+use crate::core::changes::ChangeLog;
+use crate::core::counters::Counts;
+use crate::core::tracker::Tracker;
 use crate::error::PresenceError;
 use crate::events::Event;
 use crate::info::{SessionCursor, SessionInfo, Touch, UserStatus};
-use crate::tracker::Tracker;
 use crate::{Kind, SessionId, UserId};
 
 /// The "who is online" tracker. Cheap to clone (an `Arc`); all methods take `&self` and may

@@ -46,10 +46,10 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::clock::Tick;
-use crate::history::{SAMPLES as HISTORY_SAMPLES, from_unix_ms, unix_ms};
-use crate::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN, Saved};
-use crate::session::KindTag;
-use crate::tracker::Tracker;
+use crate::core::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN, Saved};
+use crate::core::session::KindTag;
+use crate::core::tracker::Tracker;
+use crate::observe::history::{SAMPLES as HISTORY_SAMPLES, from_unix_ms, unix_ms};
 use crate::{Kind, SessionId, UserId};
 
 const MAGIC: &[u8; 8] = b"PRESENCE";

@@ -22,20 +22,20 @@ use parking_lot::Mutex;
 
 use crate::SessionId;
 use crate::builder::PresenceBuilder;
-use crate::changes::ChangeLog;
 use crate::clock::{Tick, TimeSource, WallClock, millis};
-use crate::counters::{Counters, Counts};
+use crate::core::changes::ChangeLog;
+use crate::core::counters::{Counters, Counts};
+use crate::core::expiry::ExpiryIndex;
+use crate::core::map::{Cold, Entry as MapEntry, SessionMap};
+use crate::core::pages::PageTable;
+use crate::core::reaper::{Reap, ReaperControl};
+use crate::core::session::{Config, Details, Session, narrow};
+use crate::core::users::{UserSnapshot, UserTable};
 use crate::events::{EventQueue, LeaveReason};
-use crate::expiry::ExpiryIndex;
-use crate::history::History;
 use crate::info::{SessionCursor, SessionInfo, SessionState, UserStatus};
-use crate::map::{Cold, Entry as MapEntry, SessionMap};
-use crate::metrics::Refusals;
-use crate::pages::PageTable;
-use crate::reaper::{Reap, ReaperControl};
-use crate::session::{Config, Details, Session, narrow};
-use crate::snapshot::SnapshotFile;
-use crate::users::{UserSnapshot, UserTable};
+use crate::observe::history::History;
+use crate::observe::metrics::Refusals;
+use crate::persist::format::SnapshotFile;
 
 /// Due sessions a read or a write settles itself at most; the reaper does the rest.
 const READ_BATCH: usize = 256;
@@ -160,7 +160,7 @@ impl Tracker {
         self.users.tidy();
         self.history
             .sample(now, &self.wall, || self.counters.online());
-        crate::metrics::reap_pass(|| self.counters.read(&self.wall), took);
+        crate::observe::metrics::reap_pass(|| self.counters.read(&self.wall), took);
     }
 
     /// Evicts up to `limit` due items; returns how many sessions it evicted and whether more

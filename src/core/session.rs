@@ -264,7 +264,7 @@ mod tests {
     fn a_session_stays_small() {
         // Memory per session is a tracked figure: 16 + 24 bytes here, 56 with its id in the
         // map, whose hot part (id and `Session`) must fit its 32 bytes.
-        assert_eq!(crate::map::hot_slot_bytes::<Session>(), 32);
+        assert_eq!(crate::core::map::hot_slot_bytes::<Session>(), 32);
         assert!(
             std::mem::size_of::<Details>() <= 24,
             "{}",

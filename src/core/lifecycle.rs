@@ -9,14 +9,14 @@
 use std::sync::atomic::Ordering;
 
 use crate::clock::Tick;
+use crate::core::map::{Entry as MapEntry, SlotRef};
+use crate::core::session::{Details, KindTag, Session, narrow, widen};
+use crate::core::tracker::Tracker;
+use crate::core::users::UserSession;
 use crate::error::PresenceError;
 use crate::events::{Event, LeaveReason};
 use crate::info::Touch;
 use crate::kind::SharedStr;
-use crate::map::{Entry as MapEntry, SlotRef};
-use crate::session::{Details, KindTag, Session, narrow, widen};
-use crate::tracker::Tracker;
-use crate::users::UserSession;
 use crate::{Kind, SessionId, UserId};
 
 /// Longest user name the tracker accepts, in bytes; a longer one is refused with
@@ -100,7 +100,7 @@ impl Tracker {
                     let reason = session.leave_reason(&self.cfg, now);
                     self.end(id, session, details, reason, now);
                     let (fresh, fresh_details, check) = self.start(id, kind, page, now);
-                    crate::metrics::joined();
+                    crate::observe::metrics::joined();
                     (*session, *details) = (fresh, fresh_details);
                     self.expiry.schedule(check, slot);
                     return Ok(Touch::Joined);
@@ -122,7 +122,7 @@ impl Tracker {
                         continue;
                     }
                     let (fresh, details, check) = self.start(id, kind, page, now);
-                    crate::metrics::joined();
+                    crate::observe::metrics::joined();
                     match entry.insert(fresh, details) {
                         Ok(slot) => self.expiry.schedule(check, slot),
                         Err((fresh, details)) => {
@@ -268,7 +268,7 @@ impl Tracker {
         now: Tick,
     ) {
         self.changes.record(id);
-        crate::metrics::left(reason);
+        crate::observe::metrics::left(reason);
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Left {
