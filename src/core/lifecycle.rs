@@ -8,33 +8,56 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::clock::Tick;
-use crate::core::map::{Entry as MapEntry, SlotRef};
-use crate::core::session::{Details, KindTag, Session, narrow, widen};
-use crate::core::tracker::Tracker;
-use crate::core::users::UserSession;
+use parking_lot::Mutex;
+
+use crate::clock::{Tick, WallClock};
+use crate::core::changes::ChangeLog;
+use crate::core::counters::Counters;
+use crate::core::expiry::ExpiryIndex;
+use crate::core::map::{Cold, Entry as MapEntry, SessionMap, SlotRef};
+use crate::core::pages::PageTable;
+use crate::core::session::{Config, Details, KindTag, Session, narrow, widen};
+use crate::core::users::{UserSession, UserSnapshot, UserTable};
+use crate::counts::Counts;
 use crate::error::PresenceError;
-use crate::events::{Event, LeaveReason};
+use crate::events::{Event, EventQueue, LeaveReason};
 use crate::info::Touch;
 use crate::kind::SharedStr;
+use crate::limits::check_lengths;
+use crate::observe::metrics::Refusals;
 use crate::{Kind, SessionId, UserId};
 
-/// Longest user name the tracker accepts, in bytes; a longer one is refused with
-/// [`PresenceError::UserTooLong`]. Names are kept while online and remembered for last-seen,
-/// so they are bounded.
-pub const MAX_USER_LEN: usize = 256;
+/// Due sessions a read or a write settles itself at most; the reaper does the rest.
+pub(crate) const READ_BATCH: usize = 256;
+/// Due sessions one reaper step evicts under one hold of the locks.
+const REAP_BATCH: usize = 2048;
 
-/// Longest page the tracker accepts, in bytes; a longer one is refused with
-/// [`PresenceError::PageTooLong`]. The HTTP layer truncates request paths to this before
-/// calling.
-pub const MAX_PAGE_LEN: usize = 1024;
+/// The sessions and every table kept in step with them: the map, the counters (capacity
+/// included), users, pages, the expiry index, the change log and the event queue. Its fields
+/// are private: a session starts in [`start`](Self::start), changes in
+/// [`change`](Self::change) and ends in [`end`](Self::end), and only those touch the tables.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    cfg: Config,
+    sessions: SessionMap<Session, Details>,
+    counters: Counters,
+    users: UserTable,
+    pages: PageTable,
+    expiry: ExpiryIndex,
+    /// Serialises reaps; a read or write that finds one in flight does not wait.
+    reaping: Mutex<()>,
+    events: EventQueue,
+    /// Sessions changed on a write path, for the cluster view (off unless one is attached).
+    changes: ChangeLog,
+    refusals: Refusals,
+}
 
-/// A session as a snapshot saved it, for [`Tracker::restore_all`].
+/// A session as a snapshot saved it, for [`Lifecycle::restore_all`].
 #[derive(Debug)]
 pub(crate) struct Saved {
     pub(crate) id: SessionId,
     pub(crate) kind: Kind,
-    /// Its page, as an index into the pages handed to [`Tracker::restore_all`].
+    /// Its page, as an index into the pages handed to [`Lifecycle::restore_all`].
     pub(crate) page: Option<u32>,
     /// Last seen, last active, first seen.
     pub(crate) times: (Tick, Tick, Tick),
@@ -46,15 +69,41 @@ enum Step {
     Remove,
 }
 
-impl Tracker {
+/// What becomes of an ended session's place in the map.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The entry is removed (or was never inserted): its place counts no more.
+    Freed,
+    /// A new session takes the entry over at once: it keeps the place.
+    Reused,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(cfg: Config, now: Tick, max_remembered_users: usize, events: usize) -> Self {
+        Lifecycle {
+            cfg,
+            sessions: SessionMap::new(),
+            counters: Counters::new(now),
+            users: UserTable::new(max_remembered_users),
+            pages: PageTable::default(),
+            expiry: ExpiryIndex::new(),
+            reaping: Mutex::new(()),
+            events: EventQueue::new(events),
+            changes: ChangeLog::default(),
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// Activity of session `id` at `now`: the hot path (a live session of unchanged kind and
+    /// page, under a shard read lock), else the write path.
     #[inline]
     pub(crate) fn activity(
         &self,
         id: SessionId,
         kind: Kind,
         page: Option<&str>,
+        now: Tick,
     ) -> Result<Touch, PresenceError> {
-        let now = self.clock.now();
         let refreshed = self.sessions.read(&id, |s, d| {
             let unchanged = !s.idle
                 && s.is(|| d.get(), &kind)
@@ -93,14 +142,13 @@ impl Tracker {
                     let slot = entry.slot_ref();
                     let (session, details) = entry.get_mut();
                     if now < session.deadline(&self.cfg, now) {
-                        self.refresh_live(id, slot, (session, details), kind, page, now);
+                        self.change(id, slot, (session, details), kind, page, now);
                         return Ok(Touch::Refreshed);
                     }
                     // Due but not yet reaped: it ends, and a new session starts in its place.
                     let reason = session.leave_reason(&self.cfg, now);
-                    self.end(id, session, details, reason, now);
+                    self.end(id, session, details, reason, now, Place::Reused);
                     let (fresh, fresh_details, check) = self.start(id, kind, page, now);
-                    crate::observe::metrics::joined();
                     (*session, *details) = (fresh, fresh_details);
                     self.expiry.schedule(check, slot);
                     return Ok(Touch::Joined);
@@ -122,13 +170,11 @@ impl Tracker {
                         continue;
                     }
                     let (fresh, details, check) = self.start(id, kind, page, now);
-                    crate::observe::metrics::joined();
                     match entry.insert(fresh, details) {
                         Ok(slot) => self.expiry.schedule(check, slot),
                         Err((fresh, details)) => {
                             // No slot left in this shard (2^26 sessions): as full as it gets.
-                            self.end(id, &fresh, &details, LeaveReason::Left, now);
-                            self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+                            self.end(id, &fresh, &details, LeaveReason::Left, now, Place::Freed);
                             let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
                             self.refusals.refused(max_sessions, now);
                             return Err(PresenceError::Full { max_sessions });
@@ -158,7 +204,7 @@ impl Tracker {
 
     /// Activity on a live session that the hot path could not take: it was counted idle, or
     /// its kind or page changes. Under the shard write lock.
-    fn refresh_live(
+    fn change(
         &self,
         id: SessionId,
         slot: SlotRef,
@@ -173,8 +219,13 @@ impl Tracker {
             self.counters.active.fetch_add(1, Ordering::Relaxed);
             self.counters.idle.fetch_sub(1, Ordering::Relaxed);
         }
-        if !session.is(|| details, &kind) {
+        let kind_changes = !session.is(|| details, &kind);
+        let page_changes =
+            page.filter(|&p| details.page.as_ref().map(SharedStr::as_str) != Some(p));
+        if kind_changes || page_changes.is_some() {
             self.changes.record(id);
+        }
+        if kind_changes {
             let events = self.events.wanted().then_some(&self.events);
             if let Some(events) = events {
                 events.push(Event::KindChanged {
@@ -205,13 +256,10 @@ impl Tracker {
             }
             (session.tag, details.user) = KindTag::split(kind);
         }
-        if let Some(page) = page {
-            if details.page.as_ref().map(SharedStr::as_str) != Some(page) {
-                self.changes.record(id);
-                let member = listed(session.tag, details.user.as_ref());
-                let from = details.page.as_ref().map(|p| (p, member));
-                details.page = Some(self.pages.change(from, page, member));
-            }
+        if let Some(page) = page_changes {
+            let member = listed(session.tag, details.user.as_ref());
+            let from = details.page.as_ref().map(|p| (p, member));
+            details.page = Some(self.pages.change(from, page, member));
         }
         // Activity only moves the session's times later, so its current expiry item usually
         // still fires early enough. The exception: a session counted idle becomes active and
@@ -233,6 +281,7 @@ impl Tracker {
         now: Tick,
     ) -> (Session, Details, Tick) {
         self.changes.record(id);
+        crate::observe::metrics::joined();
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
             events.push(Event::Joined {
@@ -257,17 +306,22 @@ impl Tracker {
         (session, details, check)
     }
 
-    /// Uncounts a session that ends and announces it. Under the shard write lock; the caller
-    /// removes or replaces the entry.
-    pub(crate) fn end(
+    /// Uncounts a session that ends and announces it, and frees its place unless a new
+    /// session takes it over. Under the shard write lock; the caller removes or replaces the
+    /// entry.
+    fn end(
         &self,
         id: SessionId,
         session: &Session,
         details: &Details,
         reason: LeaveReason,
         now: Tick,
+        place: Place,
     ) {
         self.changes.record(id);
+        if place == Place::Freed {
+            self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+        }
         crate::observe::metrics::left(reason);
         let events = self.events.wanted().then_some(&self.events);
         if let Some(events) = events {
@@ -402,8 +456,14 @@ impl Tracker {
                 MapEntry::Occupied(_) => (session, details),
             };
             // Counted above: uncount it.
-            self.end(s.id, &failed.0, &failed.1, LeaveReason::Left, now);
-            self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+            self.end(
+                s.id,
+                &failed.0,
+                &failed.1,
+                LeaveReason::Left,
+                now,
+                Place::Freed,
+            );
             lost += 1;
         }
         self.expiry.schedule_all(checks);
@@ -425,21 +485,254 @@ impl Tracker {
     }
 }
 
-/// Refuses a user name or page longer than the tracker stores.
-fn check_lengths(kind: &Kind, page: Option<&str>) -> Result<(), PresenceError> {
-    if let Some(user) = kind.user().filter(|u| u.len() > MAX_USER_LEN) {
-        return Err(PresenceError::UserTooLong {
-            len: user.len(),
-            max: MAX_USER_LEN,
-        });
+impl Lifecycle {
+    /// Keeps live session `id` online without counting as activity; `false` if it is unknown
+    /// or due (then not revived). The hot path: a shard read lock.
+    pub(crate) fn heartbeat(&self, id: SessionId, now: Tick) -> bool {
+        let live = |s: &Session, _: Cold<'_, Details>| {
+            let live = now < s.deadline(&self.cfg, now);
+            if live {
+                s.refresh(now, false);
+            }
+            live
+        };
+        self.sessions.read(&id, live).unwrap_or(false)
     }
-    if let Some(page) = page.filter(|p| p.len() > MAX_PAGE_LEN) {
-        return Err(PresenceError::PageTooLong {
-            len: page.len(),
-            max: MAX_PAGE_LEN,
-        });
+
+    /// Ends session `id` now (an explicit leave, or a due session found first by this call);
+    /// returns `on_live` of it if it was live. Its events wait for [`deliver`](Self::deliver).
+    pub(crate) fn leave<R>(
+        &self,
+        id: SessionId,
+        now: Tick,
+        on_live: impl FnOnce(&Session, &Details) -> R,
+    ) -> Option<R> {
+        match self.sessions.entry(id) {
+            MapEntry::Occupied(entry) => {
+                let (session, details) = entry.get();
+                let live = now < session.deadline(&self.cfg, now);
+                let info = live.then(|| on_live(session, details));
+                let reason = if live {
+                    self.changes.record_left(id);
+                    LeaveReason::Left
+                } else {
+                    session.leave_reason(&self.cfg, now)
+                };
+                self.end(id, session, details, reason, now, Place::Freed);
+                entry.remove();
+                info
+            }
+            MapEntry::Vacant(_) => None,
+        }
     }
-    Ok(())
+
+    /// Evicts up to [`READ_BATCH`] due sessions, unless a reap is already in flight (then
+    /// the reaper is on it, and this caller does not wait). Returns whether it reaped.
+    ///
+    /// So a read or a write never waits on a large reap: during an expiry storm a read may
+    /// count a due session for up to one reap interval; with fewer than `READ_BATCH` due (the
+    /// usual case, and every test under [`Reaper::Manual`](crate::Reaper::Manual) that does
+    /// not storm) the read is exact.
+    pub(crate) fn settle_at(&self, now: Tick) -> bool {
+        if !self.expiry.may_be_due(now) {
+            return false;
+        }
+        let Some(_reaping) = self.reaping.try_lock() else {
+            return false;
+        };
+        self.reap_batch(now, READ_BATCH);
+        true
+    }
+
+    /// Evicts everything due now, in batches that each release the locks, so that requests
+    /// go on between them.
+    pub(crate) fn reap_all(&self, now: Tick) -> usize {
+        let mut evicted = 0;
+        loop {
+            let (n, more) = {
+                let _reaping = self.reaping.lock();
+                self.reap_batch(now, REAP_BATCH)
+            };
+            evicted += n;
+            if !more {
+                return evicted;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// One reaper step: one batch of what is due; returns whether more is due.
+    pub(crate) fn reap_step(&self, now: Tick) -> bool {
+        let _reaping = self.reaping.lock();
+        self.reap_batch(now, REAP_BATCH).1
+    }
+
+    /// Evicts up to `limit` due items; returns how many sessions it evicted and whether more
+    /// are due. The caller holds `reaping`.
+    fn reap_batch(&self, now: Tick, limit: usize) -> (usize, bool) {
+        let mut due = Vec::new();
+        let more = self.expiry.take_due(now, &mut due, limit);
+        let mut later = Vec::new();
+        let mut evicted = 0;
+        // What the closure below will evict: a current item (not left stale by a reschedule
+        // or by the session leaving) whose session is past its deadline.
+        let evicts =
+            |at: Tick, s: &Session| s.next_check == narrow(at) && s.deadline(&self.cfg, now) <= now;
+        self.sessions.at_each(&due, evicts, |at, slot, mut entry| {
+            let id = entry.id();
+            let (session, details) = entry.get_mut();
+            if session.next_check != narrow(at) {
+                return; // a stale item: the session was rescheduled, or left and another came
+            }
+            if session.deadline(&self.cfg, now) <= now {
+                let reason = session.leave_reason(&self.cfg, now);
+                self.end(id, session, details, reason, now, Place::Freed);
+                entry.remove();
+                evicted += 1;
+                return;
+            }
+            if !session.idle && session.idle_at(&self.cfg, now) <= now {
+                session.idle = true;
+                self.counters.idle.fetch_add(1, Ordering::Relaxed);
+                self.counters.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            let next = session.next_change(&self.cfg, now);
+            session.next_check = narrow(next);
+            later.push((next, slot));
+        });
+        self.expiry.schedule_all(later);
+        self.expiry.finish();
+        let forget_more = self.forget_due(now, limit);
+        (evicted, more || forget_more)
+    }
+
+    /// Forgets up to `limit` offline users past `remember_users_for`; returns whether more
+    /// are due.
+    pub(crate) fn forget_due(&self, now: Tick, limit: usize) -> bool {
+        self.users
+            .forget_due(now, self.cfg.remember_users_for, limit)
+    }
+
+    /// Remembers an offline user's last-seen (a restore).
+    pub(crate) fn remember_offline(&self, user: &UserId, last_seen: Tick, since: Tick) {
+        self.users.remember_offline(user, last_seen, since);
+    }
+
+    /// Sets the peak (a restore).
+    pub(crate) fn restore_peak(&self, online: usize, at: Tick) {
+        self.counters.restore_peak(online, at);
+    }
+
+    /// Gives the user table's memory back after a flood was forgotten.
+    pub(crate) fn tidy(&self) {
+        self.users.tidy();
+    }
+
+    /// Delivers the queued events, once every lock is released.
+    pub(crate) fn deliver(&self) {
+        self.events.deliver();
+    }
+
+    /// A receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The change log, for its consumer (the cluster view) to enable and drain.
+    pub(crate) fn changes(&self) -> &ChangeLog {
+        &self.changes
+    }
+
+    /// The settings in ticks.
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// `f` of session `id`'s parts, under its shard read lock.
+    pub(crate) fn read<R>(
+        &self,
+        id: &SessionId,
+        f: impl FnOnce(&Session, Cold<'_, Details>) -> R,
+    ) -> Option<R> {
+        self.sessions.read(id, f)
+    }
+
+    /// `f` of every stored session (due ones included), shard by shard under read locks.
+    pub(crate) fn for_each(&self, f: impl FnMut(SessionId, &Session, &Details)) {
+        self.sessions.for_each(f);
+    }
+
+    /// `f` of up to `limit` stored sessions from position `from`; the next position.
+    pub(crate) fn for_each_from(
+        &self,
+        from: u64,
+        limit: usize,
+        f: impl FnMut(SessionId, &Session, &Details),
+    ) -> Option<u64> {
+        self.sessions.for_each_from(from, limit, f)
+    }
+
+    /// Sessions stored (live, or due and not yet reaped).
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Places left under `max_sessions`.
+    pub(crate) fn room(&self) -> usize {
+        self.cfg.max_sessions.map_or(usize::MAX, |max| {
+            max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Every counter, read once.
+    pub(crate) fn counts(&self, wall: &WallClock) -> Counts {
+        self.counters.read(wall)
+    }
+
+    /// People online.
+    pub(crate) fn online(&self) -> usize {
+        self.counters.online()
+    }
+
+    /// The peak: online, and when.
+    pub(crate) fn peak(&self) -> (usize, Tick) {
+        self.counters.peak()
+    }
+
+    /// Where user `user` stands in the user table.
+    pub(crate) fn user_snapshot(&self, user: &str) -> UserSnapshot {
+        self.users.snapshot(user)
+    }
+
+    /// Listed users online, by name.
+    pub(crate) fn listed(&self, limit: usize) -> Vec<UserId> {
+        self.users.listed(limit)
+    }
+
+    /// The offline users remembered, oldest first: (user, last seen, offline since).
+    pub(crate) fn export_offline(&self) -> Vec<(UserId, Tick, Tick)> {
+        self.users.export_offline()
+    }
+
+    /// Offline users a restore keeps at most.
+    pub(crate) fn max_offline(&self) -> usize {
+        self.users.max_offline()
+    }
+
+    /// Live sessions on `page`.
+    pub(crate) fn page_count(&self, page: &str) -> usize {
+        self.pages.count(page)
+    }
+
+    /// The busiest pages.
+    pub(crate) fn top_pages(&self, n: usize) -> Vec<(String, usize)> {
+        self.pages.top(n)
+    }
+
+    /// Listed users on `page`, by name.
+    pub(crate) fn page_members(&self, page: &str, limit: usize) -> Vec<UserId> {
+        self.pages.members(page, limit)
+    }
 }
 
 fn user_session(id: SessionId, tag: KindTag, user: Option<&UserId>) -> Option<UserSession<'_>> {

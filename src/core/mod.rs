@@ -27,5 +27,6 @@ pub(crate) mod map;
 pub(crate) mod pages;
 pub(crate) mod reaper;
 pub(crate) mod session;
+pub(crate) mod snapshot;
 pub(crate) mod tracker;
 pub(crate) mod users;

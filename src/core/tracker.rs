@@ -1,6 +1,7 @@
 //! The tracker: the shared state behind every [`Presence`](crate::Presence) handle, its
-//! construction, the reads, and reaping. What a write does to a session is in
-//! `lifecycle.rs`.
+//! construction, the reads, and reaping. The sessions and every table kept in step with them
+//! are the write path's ([`Lifecycle`], `lifecycle.rs`): the tracker reads them and asks it
+//! for changes, never touching a table itself.
 //!
 //! # Locks
 //! In the order they may be taken (a thread holding one may take only later ones):
@@ -14,142 +15,125 @@
 //! changes became visible. Events are delivered after all locks are released. No user code
 //! runs under any of these locks.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use crate::SessionId;
-use crate::builder::PresenceBuilder;
 use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::core::changes::ChangeLog;
-use crate::core::counters::{Counters, Counts};
-use crate::core::expiry::ExpiryIndex;
-use crate::core::map::{Cold, Entry as MapEntry, SessionMap};
-use crate::core::pages::PageTable;
-use crate::core::reaper::{Reap, ReaperControl};
-use crate::core::session::{Config, Details, Session, narrow};
-use crate::core::users::{UserSnapshot, UserTable};
-use crate::events::{EventQueue, LeaveReason};
-use crate::info::{SessionCursor, SessionInfo, SessionState, UserStatus};
+use crate::core::lifecycle::{Lifecycle, READ_BATCH};
+use crate::core::map::Cold;
+use crate::core::reaper::{Reap, Reaper, ReaperControl};
+use crate::core::session::{Config, Details, Session};
+use crate::core::users::UserSnapshot;
+use crate::counts::Counts;
+use crate::error::PresenceError;
+use crate::events::Event;
+use crate::info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
+use crate::kind::{Kind, UserId};
 use crate::observe::history::History;
-use crate::observe::metrics::Refusals;
 use crate::persist::format::SnapshotFile;
 
-/// Due sessions a read or a write settles itself at most; the reaper does the rest.
-const READ_BATCH: usize = 256;
-/// Due sessions one reaper step evicts under one hold of the locks.
-const REAP_BATCH: usize = 2048;
+/// A tracker's settings, as the builder validated them.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) idle_after: Duration,
+    pub(crate) heartbeat_limit: Duration,
+    pub(crate) reap_interval: Duration,
+    pub(crate) max_sessions: Option<usize>,
+    pub(crate) remember_users_for: Duration,
+    pub(crate) max_remembered_users: usize,
+    pub(crate) event_capacity: usize,
+    pub(crate) clock: TimeSource,
+    pub(crate) reaper: Reaper,
+    pub(crate) snapshot_file: Option<PathBuf>,
+    pub(crate) max_snapshot_size: u64,
+    pub(crate) history_interval: Duration,
+}
 
 /// The shared state behind every [`Presence`](crate::Presence) handle.
 pub(crate) struct Tracker {
-    pub(crate) cfg: Config,
-    pub(crate) clock: TimeSource,
-    pub(crate) wall: WallClock,
-    pub(crate) sessions: SessionMap<Session, Details>,
-    pub(crate) counters: Counters,
-    pub(crate) users: UserTable,
-    pub(crate) pages: PageTable,
-    pub(crate) expiry: ExpiryIndex,
-    reaping: Mutex<()>,
-    pub(crate) events: EventQueue,
-    /// Sessions changed on a write path, for the cluster view (off unless one is attached).
-    pub(crate) changes: ChangeLog,
-    pub(crate) reaper: ReaperControl,
+    pub(super) clock: TimeSource,
+    pub(super) wall: WallClock,
+    /// The sessions and every table kept in step with them: changed only through its methods.
+    pub(super) life: Lifecycle,
+    reaper: ReaperControl,
     /// `online` once per `history_interval`, the last 1440 of them.
-    pub(crate) history: History,
+    pub(super) history: History,
     /// Where the tracker is saved across restarts, if anywhere.
-    pub(crate) snapshot: Option<SnapshotFile>,
-    pub(crate) refusals: Refusals,
+    pub(super) snapshot: Option<SnapshotFile>,
 }
 
 impl Tracker {
-    /// A tracker with `b`'s settings, its reaper started.
-    pub(crate) fn new(b: PresenceBuilder) -> Arc<Self> {
+    /// A tracker with settings `b`, its reaper started.
+    pub(crate) fn new(b: Settings) -> Arc<Self> {
         let now = b.clock.now();
+        let cfg = Config {
+            idle_timeout: millis(b.idle_timeout).max(1),
+            idle_after: millis(b.idle_after).max(1),
+            heartbeat_limit: millis(b.heartbeat_limit).max(1),
+            reap_interval: b.reap_interval,
+            max_sessions: b.max_sessions,
+            remember_users_for: millis(b.remember_users_for),
+        };
+        let reap_interval = cfg.reap_interval;
         let tracker = Arc::new(Tracker {
-            cfg: Config {
-                idle_timeout: millis(b.idle_timeout).max(1),
-                idle_after: millis(b.idle_after).max(1),
-                heartbeat_limit: millis(b.heartbeat_limit).max(1),
-                reap_interval: b.reap_interval,
-                max_sessions: b.max_sessions,
-                remember_users_for: millis(b.remember_users_for),
-            },
             wall: WallClock::new(now, b.clock.wall_now()),
             clock: b.clock,
-            sessions: SessionMap::new(),
-            counters: Counters::new(now),
-            users: UserTable::new(b.max_remembered_users),
-            pages: PageTable::default(),
-            expiry: ExpiryIndex::new(),
-            reaping: Mutex::new(()),
-            events: EventQueue::new(b.event_capacity),
-            changes: ChangeLog::default(),
+            life: Lifecycle::new(cfg, now, b.max_remembered_users, b.event_capacity),
             reaper: ReaperControl::default(),
             history: History::new(b.history_interval),
             snapshot: b
                 .snapshot_file
                 .map(|path| SnapshotFile::new(path, b.max_snapshot_size)),
-            refusals: Refusals::default(),
         });
         let weak = Arc::downgrade(&tracker);
+        tracker.reaper.start(b.reaper, weak, reap_interval);
         tracker
-            .reaper
-            .start(b.reaper, weak, tracker.cfg.reap_interval);
-        tracker
+    }
+
+    /// The settings in ticks.
+    pub(crate) fn cfg(&self) -> &Config {
+        self.life.cfg()
+    }
+
+    /// The clock the tracker reads.
+    pub(crate) fn clock(&self) -> &TimeSource {
+        &self.clock
+    }
+
+    /// Sessions stored (live, or due and not yet reaped).
+    pub(crate) fn len(&self) -> usize {
+        self.life.len()
     }
 
     /// Reads the clock and settles a bounded batch of what is due; returns now.
     pub(crate) fn settle(&self) -> Tick {
         let now = self.clock.now();
-        if self.settle_at(now) {
-            self.events.deliver();
+        if self.life.settle_at(now) {
+            self.life.deliver();
         }
         now
     }
 
-    /// Evicts up to [`READ_BATCH`] due sessions, unless a reap is already in flight (then
-    /// the reaper is on it, and this caller does not wait). Returns whether it reaped.
-    ///
-    /// So a read or a write never waits on a large reap: during an expiry storm a read may
-    /// count a due session for up to one reap interval; with fewer than `READ_BATCH` due (the
-    /// usual case, and every test under [`Reaper::Manual`](crate::Reaper::Manual) that does
-    /// not storm) the read is exact.
-    pub(crate) fn settle_at(&self, now: Tick) -> bool {
-        if !self.expiry.may_be_due(now) {
-            return false;
-        }
-        let Some(_reaping) = self.reaping.try_lock() else {
-            return false;
-        };
-        self.reap_batch(now, READ_BATCH);
-        true
-    }
-
-    /// Evicts everything due now, in batches that each release the locks, so that requests
-    /// go on between them.
-    pub(crate) fn reap_all(&self, now: Tick) -> usize {
-        let mut evicted = 0;
-        loop {
-            let (n, more) = {
-                let _reaping = self.reaping.lock();
-                self.reap_batch(now, REAP_BATCH)
-            };
-            evicted += n;
-            if !more {
-                return evicted;
-            }
-            std::thread::yield_now();
-        }
+    /// Activity of session `id` (a touch or a visit): the write path's.
+    #[inline]
+    pub(crate) fn activity(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+    ) -> Result<Touch, PresenceError> {
+        self.life.activity(id, kind, page, self.clock.now())
     }
 
     /// [`Presence::reap`](crate::Presence::reap): everything due now, then its events.
     pub(crate) fn reap(&self) -> usize {
         let started = Instant::now();
-        let evicted = self.reap_all(self.clock.now());
-        self.events.deliver();
+        let evicted = self.life.reap_all(self.clock.now());
+        self.life.deliver();
         self.after_pass(self.clock.now(), started.elapsed());
         evicted
     }
@@ -157,157 +141,137 @@ impl Tracker {
     /// After a reap pass: a history sample if one is due, the gauges, a word if it was slow,
     /// and the user table's memory back after a flood was forgotten (off the request path).
     fn after_pass(&self, now: Tick, took: Duration) {
-        self.users.tidy();
-        self.history
-            .sample(now, &self.wall, || self.counters.online());
-        crate::observe::metrics::reap_pass(|| self.counters.read(&self.wall), took);
-    }
-
-    /// Evicts up to `limit` due items; returns how many sessions it evicted and whether more
-    /// are due. The caller holds `reaping`.
-    fn reap_batch(&self, now: Tick, limit: usize) -> (usize, bool) {
-        let mut due = Vec::new();
-        let more = self.expiry.take_due(now, &mut due, limit);
-        let mut later = Vec::new();
-        let mut evicted = 0;
-        // What the closure below will evict: a current item (not left stale by a reschedule
-        // or by the session leaving) whose session is past its deadline.
-        let evicts =
-            |at: Tick, s: &Session| s.next_check == narrow(at) && s.deadline(&self.cfg, now) <= now;
-        self.sessions.at_each(&due, evicts, |at, slot, mut entry| {
-            let id = entry.id();
-            let (session, details) = entry.get_mut();
-            if session.next_check != narrow(at) {
-                return; // a stale item: the session was rescheduled, or left and another came
-            }
-            if session.deadline(&self.cfg, now) <= now {
-                let reason = session.leave_reason(&self.cfg, now);
-                self.end(id, session, details, reason, now);
-                entry.remove();
-                self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
-                evicted += 1;
-                return;
-            }
-            if !session.idle && session.idle_at(&self.cfg, now) <= now {
-                session.idle = true;
-                self.counters.idle.fetch_add(1, Ordering::Relaxed);
-                self.counters.active.fetch_sub(1, Ordering::Relaxed);
-            }
-            let next = session.next_change(&self.cfg, now);
-            session.next_check = narrow(next);
-            later.push((next, slot));
-        });
-        self.expiry.schedule_all(later);
-        self.expiry.finish();
-        let forget_more = self
-            .users
-            .forget_due(now, self.cfg.remember_users_for, limit);
-        (evicted, more || forget_more)
+        self.life.tidy();
+        self.history.sample(now, &self.wall, || self.life.online());
+        crate::observe::metrics::reap_pass(|| self.life.counts(&self.wall), took);
     }
 
     pub(crate) fn counts(&self) -> Counts {
         let now = self.settle();
-        self.history
-            .sample(now, &self.wall, || self.counters.online());
-        self.counters.read(&self.wall)
+        self.history.sample(now, &self.wall, || self.life.online());
+        self.life.counts(&self.wall)
+    }
+
+    /// `online` over the history's samples, oldest first.
+    pub(crate) fn history(&self) -> Vec<(std::time::SystemTime, usize)> {
+        let now = self.settle();
+        self.history.sample(now, &self.wall, || self.life.online());
+        self.history.read(self.wall.at(now))
     }
 
     pub(crate) fn heartbeat(&self, id: SessionId) -> bool {
-        let tracker = self;
-        let now = tracker.clock.now();
-        let live = |s: &Session, _: Cold<'_, Details>| {
-            let live = now < s.deadline(&tracker.cfg, now);
-            if live {
-                s.refresh(now, false);
-            }
-            live
-        };
-        tracker.sessions.read(&id, live).unwrap_or(false)
+        self.life.heartbeat(id, self.clock.now())
     }
 
     pub(crate) fn leave(&self, id: SessionId) -> Option<SessionInfo> {
-        let tracker = self;
-        let now = tracker.clock.now();
-        let info = match tracker.sessions.entry(id) {
-            MapEntry::Occupied(entry) => {
-                let (session, details) = entry.get();
-                let live = now < session.deadline(&tracker.cfg, now);
-                let info = live.then(|| tracker.info(id, session, details, now));
-                let reason = if live {
-                    tracker.changes.record_left(id);
-                    LeaveReason::Left
-                } else {
-                    session.leave_reason(&tracker.cfg, now)
-                };
-                tracker.end(id, session, details, reason, now);
-                entry.remove();
-                tracker.counters.occupied.fetch_sub(1, Ordering::Relaxed);
-                info
-            }
-            MapEntry::Vacant(_) => None,
-        };
-        tracker.events.deliver();
+        let now = self.clock.now();
+        let info = self.life.leave(id, now, |s, d| self.info(id, s, d, now));
+        self.life.deliver();
         info
     }
 
+    /// Live sessions on `page`.
+    pub(crate) fn page_count(&self, page: &str) -> usize {
+        self.settle();
+        self.life.page_count(page)
+    }
+
+    /// The busiest pages.
+    pub(crate) fn top_pages(&self, n: usize) -> Vec<(String, usize)> {
+        self.settle();
+        self.life.top_pages(n)
+    }
+
+    /// Listed users online, by name.
+    pub(crate) fn online_members(&self, limit: usize) -> Vec<UserId> {
+        self.settle();
+        self.life.listed(limit)
+    }
+
+    /// Listed users on `page`, by name.
+    pub(crate) fn page_members(&self, page: &str, limit: usize) -> Vec<UserId> {
+        self.settle();
+        self.life.page_members(page, limit)
+    }
+
+    /// A receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.life.subscribe()
+    }
+
+    /// The log of sessions changed on a write path, for the cluster view.
+    pub(crate) fn changes(&self) -> &ChangeLog {
+        self.life.changes()
+    }
+
+    /// Whether a snapshot file is set.
+    pub(crate) fn has_snapshot_file(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The tracker's "now" as wall-clock time.
+    pub(crate) fn now_wall(&self) -> std::time::SystemTime {
+        self.wall.at(self.clock.now())
+    }
+
+    /// Stops the background reaper.
+    pub(crate) fn stop_reaper(&self) {
+        self.reaper.stop();
+    }
+
     pub(crate) fn session(&self, id: SessionId) -> Option<SessionInfo> {
-        let tracker = self;
-        let now = tracker.clock.now();
-        tracker
-            .sessions
+        let now = self.clock.now();
+        let cfg = self.cfg();
+        self.life
             .read(&id, |s, d| {
-                (now < s.deadline(&tracker.cfg, now)).then(|| tracker.info(id, s, d.get(), now))
+                (now < s.deadline(cfg, now)).then(|| self.info(id, s, d.get(), now))
             })
             .flatten()
     }
 
     pub(crate) fn session_lease(&self, id: SessionId) -> Option<(SessionInfo, Duration)> {
-        let tracker = self;
-        let now = tracker.clock.now();
-        tracker
-            .sessions
+        let now = self.clock.now();
+        let cfg = self.cfg();
+        self.life
             .read(&id, |s, d| {
-                let deadline = s.deadline(&tracker.cfg, now);
+                let deadline = s.deadline(cfg, now);
                 (now < deadline).then(|| {
                     let left = Duration::from_millis(deadline - now);
-                    (tracker.info(id, s, d.get(), now), left)
+                    (self.info(id, s, d.get(), now), left)
                 })
             })
             .flatten()
     }
 
     pub(crate) fn user(&self, user: &str) -> UserStatus {
-        let tracker = self;
-        let now = tracker.settle();
-        tracker
-            .users
-            .forget_due(now, tracker.cfg.remember_users_for, READ_BATCH);
-        match tracker.users.snapshot(user) {
+        let now = self.settle();
+        let cfg = self.cfg();
+        self.life.forget_due(now, READ_BATCH);
+        match self.life.user_snapshot(user) {
             UserSnapshot::Unknown => UserStatus::Unknown,
             // The forget queue is only roughly ordered; the read is exact.
             UserSnapshot::Offline { since, .. }
-                if since.saturating_add(tracker.cfg.remember_users_for) <= now =>
+                if since.saturating_add(cfg.remember_users_for) <= now =>
             {
                 UserStatus::Unknown
             }
             UserSnapshot::Offline { last_seen, .. } => UserStatus::Offline {
-                last_seen: tracker.wall.at(last_seen),
+                last_seen: self.wall.at(last_seen),
             },
             UserSnapshot::Online { sessions, hidden } => {
                 let mut last_seen = 0;
                 let mut idle = true;
                 for id in &sessions {
-                    let times = |s: &Session, _: Cold<'_, Details>| {
-                        (s.last_seen(now), s.idle_at(&tracker.cfg, now))
-                    };
-                    if let Some((seen, idle_at)) = tracker.sessions.read(id, times) {
+                    let times =
+                        |s: &Session, _: Cold<'_, Details>| (s.last_seen(now), s.idle_at(cfg, now));
+                    if let Some((seen, idle_at)) = self.life.read(id, times) {
                         last_seen = last_seen.max(seen);
                         idle &= idle_at <= now;
                     }
                 }
                 UserStatus::Online {
                     sessions: sessions.len(),
-                    last_seen: tracker.wall.at(last_seen),
+                    last_seen: self.wall.at(last_seen),
                     idle,
                     hidden,
                 }
@@ -316,12 +280,12 @@ impl Tracker {
     }
 
     pub(crate) fn sessions(&self) -> Vec<SessionInfo> {
-        let tracker = self;
-        let now = tracker.settle();
+        let now = self.settle();
+        let cfg = self.cfg();
         let mut list = Vec::new();
-        tracker.sessions.for_each(|id, s, d| {
-            if now < s.deadline(&tracker.cfg, now) {
-                list.push(tracker.info(id, s, d, now));
+        self.life.for_each(|id, s, d| {
+            if now < s.deadline(cfg, now) {
+                list.push(self.info(id, s, d, now));
             }
         });
         list
@@ -333,9 +297,10 @@ impl Tracker {
         limit: usize,
     ) -> (Vec<SessionInfo>, Option<SessionCursor>) {
         let now = self.settle();
+        let cfg = self.cfg();
         let mut list = Vec::with_capacity(limit.min(1024));
-        let next = self.sessions.for_each_from(from.0, limit, |id, s, d| {
-            if now < s.deadline(&self.cfg, now) {
+        let next = self.life.for_each_from(from.0, limit, |id, s, d| {
+            if now < s.deadline(cfg, now) {
                 list.push(self.info(id, s, d, now));
             }
         });
@@ -343,6 +308,7 @@ impl Tracker {
     }
 
     pub(crate) fn info(&self, id: SessionId, s: &Session, d: &Details, now: Tick) -> SessionInfo {
+        let cfg = self.cfg();
         SessionInfo {
             id,
             kind: s.kind(d),
@@ -350,7 +316,7 @@ impl Tracker {
             first_seen: self.wall.at(d.first_seen),
             last_seen: self.wall.at(s.last_seen(now)),
             last_active: self.wall.at(s.last_active(now)),
-            state: if s.idle_at(&self.cfg, now) <= now {
+            state: if s.idle_at(cfg, now) <= now {
                 SessionState::Idle
             } else {
                 SessionState::Active
@@ -361,12 +327,8 @@ impl Tracker {
 
 impl Reap for Tracker {
     fn reap_step(&self) -> bool {
-        let now = self.clock.now();
-        let more = {
-            let _reaping = self.reaping.lock();
-            self.reap_batch(now, REAP_BATCH).1
-        };
-        self.events.deliver();
+        let more = self.life.reap_step(self.clock.now());
+        self.life.deliver();
         more
     }
 
