@@ -1,6 +1,10 @@
-//! A session's life under the write path: start, refresh (activity the hot path could not
-//! take: an idle session waking, a kind or page change), end; with the counters, users,
-//! pages, change log and events each change implies.
+//! The write path: [`Lifecycle`] owns the session map and every table kept in step with it
+//! (counters and capacity, users, pages, the expiry index, the change log, the event queue),
+//! its fields private. One function starts a session (`start`), one changes it (`change`:
+//! activity the hot path could not take, a kind or page change), one ends it (`end`); the
+//! counters, users, pages, capacity, change log and events move there and nowhere else. The
+//! operations (activity, leave, reaping, the bulk restore) call them; the tracker above
+//! reads through methods.
 //!
 //! Every change to a session, and what it implies, happens under that session's shard
 //! *write* lock (see the lock order in the tracker's docs); events are queued there and
@@ -746,4 +750,116 @@ fn user_session(id: SessionId, tag: KindTag, user: Option<&UserId>) -> Option<Us
 /// The user a page lists a session under: its user if it is a listed member's session.
 fn listed(tag: KindTag, user: Option<&UserId>) -> Option<&UserId> {
     user.filter(|_| tag == KindTag::Member)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn lifecycle(max_sessions: Option<usize>) -> Lifecycle {
+        let cfg = Config {
+            idle_timeout: 1_000,
+            idle_after: 500,
+            heartbeat_limit: 10_000,
+            reap_interval: Duration::from_secs(1),
+            max_sessions,
+            remember_users_for: 60_000,
+        };
+        let life = Lifecycle::new(cfg, 0, 100, 16);
+        life.changes().enable();
+        life
+    }
+
+    fn changed(life: &Lifecycle) -> Vec<SessionId> {
+        life.changes().drain()
+    }
+
+    fn occupied(life: &Lifecycle) -> usize {
+        life.counters.occupied.load(Ordering::Relaxed)
+    }
+
+    /// Each way a session starts, changes or ends puts it in the change log (which the
+    /// cluster view sends from), and keeps the capacity count in step; the hot path and a
+    /// refusal record nothing. A write path that skipped the log would fail here.
+    #[test]
+    fn every_write_path_records_its_session_in_the_change_log() {
+        let life = lifecycle(Some(2));
+        let a = SessionId::new_v4();
+
+        // Starts.
+        assert!(matches!(
+            life.activity(a, Kind::Guest, None, 10),
+            Ok(Touch::Joined)
+        ));
+        assert_eq!(changed(&life), [a]);
+        // The hot path and a heartbeat change nothing the log carries.
+        assert!(matches!(
+            life.activity(a, Kind::Guest, None, 20),
+            Ok(Touch::Refreshed)
+        ));
+        assert!(life.heartbeat(a, 30));
+        assert!(changed(&life).is_empty());
+        // Changes kind, then page.
+        life.activity(a, Kind::member("alice"), None, 40).unwrap();
+        assert_eq!(changed(&life), [a]);
+        life.activity(a, Kind::member("alice"), Some("/x"), 50)
+            .unwrap();
+        assert_eq!(changed(&life), [a]);
+        // Both at once: recorded once.
+        life.activity(a, Kind::Bot, Some("/y"), 60).unwrap();
+        assert_eq!(changed(&life), [a]);
+        // Leaves.
+        assert!(life.leave(a, 70, |_, _| ()).is_some());
+        assert_eq!(changed(&life), [a]);
+        assert_eq!(life.changes().drain_left(), [a]);
+        assert_eq!(occupied(&life), 0);
+
+        // Expires, evicted by a reap.
+        let b = SessionId::new_v4();
+        life.activity(b, Kind::Guest, None, 100).unwrap();
+        assert_eq!(changed(&life), [b]);
+        assert_eq!(life.reap_all(100 + 1_000), 1);
+        assert_eq!(changed(&life), [b]);
+        assert_eq!(occupied(&life), 0);
+
+        // Due but not yet evicted (a reap in flight), then active again: it ends and a new
+        // session starts in its place, keeping the place.
+        let c = SessionId::new_v4();
+        life.activity(c, Kind::Guest, None, 2_000).unwrap();
+        assert_eq!(changed(&life), [c]);
+        {
+            let _reaping = life.reaping.lock();
+            assert!(matches!(
+                life.activity(c, Kind::Bot, None, 3_500),
+                Ok(Touch::Joined)
+            ));
+        }
+        assert_eq!(changed(&life), [c]);
+        assert_eq!(occupied(&life), 1);
+        assert_eq!(life.counters.bots.load(Ordering::Relaxed), 1);
+        assert_eq!(life.counters.guests.load(Ordering::Relaxed), 0);
+
+        // Restored from a snapshot.
+        let d = SessionId::new_v4();
+        let saved = Saved {
+            id: d,
+            kind: Kind::Guest,
+            page: None,
+            times: (3_500, 3_500, 3_500),
+        };
+        assert_eq!(life.restore_all(vec![saved], &[], 3_500), 1);
+        assert_eq!(changed(&life), [d]);
+        assert_eq!(occupied(&life), 2);
+
+        // Refused at `max_sessions`: nothing recorded, nothing counted.
+        let e = SessionId::new_v4();
+        assert!(matches!(
+            life.activity(e, Kind::Guest, None, 3_600),
+            Err(PresenceError::Full { max_sessions: 2 })
+        ));
+        assert!(changed(&life).is_empty());
+        assert_eq!(occupied(&life), 2);
+    }
 }
