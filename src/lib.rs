@@ -163,7 +163,8 @@ pub use presence::Presence;
 #[cfg(feature = "redis")]
 pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};
 
-#[cfg(feature = "serde")]
+// The cluster view's serialized times, by their old path.
+#[cfg(all(feature = "serde", feature = "redis"))]
 use crate::clock::unix_millis;
 
 const _: () = {
