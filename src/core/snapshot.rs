@@ -18,6 +18,14 @@ use crate::persist::format::{
 };
 use crate::{Kind, UserId};
 
+/// Here, beside the save it makes, so that the tracker's module calls nothing above it.
+impl Drop for Tracker {
+    /// The last handle is gone: a best-effort save (a failure is logged).
+    fn drop(&mut self) {
+        self.save_on_exit();
+    }
+}
+
 impl Tracker {
     /// [`Presence::save_snapshot`](crate::Presence::save_snapshot).
     pub(crate) fn save_snapshot(&self) -> io::Result<()> {

@@ -336,10 +336,3 @@ impl Reap for Tracker {
         self.after_pass(self.clock.now(), took);
     }
 }
-
-impl Drop for Tracker {
-    /// The last handle is gone: a best-effort save (a failure is logged).
-    fn drop(&mut self) {
-        self.save_on_exit();
-    }
-}
