@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, TimeSource};
-use crate::reaper::Reaper;
+use crate::core::reaper::Reaper;
+use crate::core::tracker::Settings;
 
 /// Longest accepted `idle_timeout`, `idle_after` and `heartbeat_limit`: 7 days. Presence is
 /// about who is here now; longer values are almost certainly a unit mistake.
@@ -70,6 +71,27 @@ impl Default for PresenceBuilder {
             snapshot_file: None,
             max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
             history_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl PresenceBuilder {
+    /// The settings, for the tracker to start from.
+    pub(crate) fn settings(self) -> Settings {
+        Settings {
+            idle_timeout: self.idle_timeout,
+            idle_after: self.idle_after,
+            heartbeat_limit: self.heartbeat_limit,
+            reap_interval: self.reap_interval,
+            max_sessions: self.max_sessions,
+            remember_users_for: self.remember_users_for,
+            max_remembered_users: self.max_remembered_users,
+            event_capacity: self.event_capacity,
+            clock: self.clock,
+            reaper: self.reaper,
+            snapshot_file: self.snapshot_file,
+            max_snapshot_size: self.max_snapshot_size,
+            history_interval: self.history_interval,
         }
     }
 }

@@ -249,6 +249,18 @@ impl WallClock {
     }
 }
 
+/// Serializes a time as integer milliseconds since the Unix epoch.
+#[cfg(feature = "serde")]
+pub(crate) fn unix_millis<S: serde::Serializer>(
+    t: &std::time::SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    s.serialize_u64(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

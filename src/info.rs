@@ -40,13 +40,13 @@ pub struct SessionInfo {
     /// The page of its last [`visit`](crate::Presence::visit), if any.
     pub page: Option<String>,
     /// When it started.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::clock::unix_millis"))]
     pub first_seen: SystemTime,
     /// Its last touch, visit or heartbeat.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::clock::unix_millis"))]
     pub last_seen: SystemTime,
     /// Its last touch or visit (activity; heartbeats do not count).
-    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::clock::unix_millis"))]
     pub last_active: SystemTime,
     /// Active or idle, now.
     pub state: SessionState,
@@ -71,7 +71,7 @@ pub enum UserStatus {
         /// How many live sessions (tabs, browsers, devices).
         sessions: usize,
         /// The latest touch, visit or heartbeat of any of them.
-        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::clock::unix_millis"))]
         last_seen: SystemTime,
         /// Whether every session is idle.
         idle: bool,
@@ -82,7 +82,7 @@ pub enum UserStatus {
     #[non_exhaustive]
     Offline {
         /// The last touch, visit or heartbeat of their last session.
-        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::unix_millis"))]
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::clock::unix_millis"))]
         last_seen: SystemTime,
     },
     /// Never seen, or offline for longer than `remember_users_for`.

@@ -6,11 +6,11 @@
 //! It owns thin wrappers only; each call goes straight to the structure it wraps.
 
 use crate::SessionId;
-use crate::map::{Entry, SessionMap};
+use crate::core::map::{Entry, SessionMap};
 
 /// Where a session lives in a [`SessionMapHandle`]: stable for the session's life, and
 /// possibly reused by another session after it is removed.
-pub type SlotRef = crate::map::SlotRef;
+pub type SlotRef = crate::core::map::SlotRef;
 
 /// The tracker's session map with a `u64` hot part and a `u64` cold part per session.
 #[derive(Debug)]
@@ -154,7 +154,7 @@ impl EventQueueHandle {
 /// The expiry index: items by due time, and the lock-free "may anything be due" bound.
 #[derive(Debug)]
 pub struct ExpiryIndexHandle {
-    index: crate::expiry::ExpiryIndex,
+    index: crate::core::expiry::ExpiryIndex,
 }
 
 impl Default for ExpiryIndexHandle {
@@ -167,7 +167,7 @@ impl ExpiryIndexHandle {
     /// An empty index.
     pub fn new() -> Self {
         ExpiryIndexHandle {
-            index: crate::expiry::ExpiryIndex::new(),
+            index: crate::core::expiry::ExpiryIndex::new(),
         }
     }
 
@@ -200,7 +200,7 @@ impl ExpiryIndexHandle {
 /// Decodes a snapshot file's bytes as the reader at build does: the numbers of sessions,
 /// offline users and history samples it holds, or why it is refused.
 pub fn decode_snapshot(file: &[u8]) -> Result<(usize, usize, usize), &'static str> {
-    crate::snapshot::decode(file)
+    crate::persist::format::decode(file)
         .map(|d| d.len())
         .map_err(|e| e.0)
 }
@@ -208,7 +208,7 @@ pub fn decode_snapshot(file: &[u8]) -> Result<(usize, usize, usize), &'static st
 /// Restores a snapshot file's bytes into `presence` as `build()` would from its file;
 /// returns whether the bytes were a snapshot.
 pub fn restore_snapshot_bytes(presence: &crate::Presence, file: &[u8]) -> bool {
-    match crate::snapshot::decode(file) {
+    match crate::persist::format::decode(file) {
         Ok(decoded) => {
             presence.tracker().restore_decoded(&decoded);
             true
@@ -220,5 +220,5 @@ pub fn restore_snapshot_bytes(presence: &crate::Presence, file: &[u8]) -> bool {
 /// `payload` with a valid header (magic, version, length, CRC): a fuzz target's way past the
 /// checksum to the records.
 pub fn snapshot_with_header(payload: &[u8]) -> Vec<u8> {
-    crate::snapshot::with_header(payload)
+    crate::persist::format::with_header(payload)
 }

@@ -236,6 +236,36 @@ impl fmt::Display for Kind {
     }
 }
 
+/// A [`Kind`] without its user, which the session keeps beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KindTag {
+    Guest,
+    Bot,
+    Member,
+    Hidden,
+}
+
+impl KindTag {
+    /// The tag and the user a session keeps for `kind`.
+    pub(crate) fn split(kind: Kind) -> (Self, Option<UserId>) {
+        let tag = Self::of(&kind);
+        let user = match kind {
+            Kind::Member(u) | Kind::HiddenMember(u) => Some(u),
+            Kind::Guest | Kind::Bot => None,
+        };
+        (tag, user)
+    }
+
+    pub(crate) fn of(kind: &Kind) -> Self {
+        match kind {
+            Kind::Guest => KindTag::Guest,
+            Kind::Bot => KindTag::Bot,
+            Kind::Member(_) => KindTag::Member,
+            Kind::HiddenMember(_) => KindTag::Hidden,
+        }
+    }
+}
+
 #[cfg(feature = "serde")]
 mod serde_impls {
     use super::{Kind, UserId};

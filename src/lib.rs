@@ -95,43 +95,43 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, missing_debug_implementations)]
 
-// Modules, the API on top and plain data at the bottom; each imports only from the layers
-// below it:
-//   presence (the API) > lifecycle (the write path) > tracker (state, reads, reaping)
-//   > builder, reaper > users, pages, expiry, changes, map > session, counters, info, error,
-//   events > clock, kind, id.
+// The parts: `core/` the tracker (the session map and the tables kept in step with it, the
+// write path, reads, reaping, save and restore), `persist/` the snapshot file's format and
+// I/O, `observe/` metrics and history, `http/` (feature "axum") and `cluster/` (feature
+// "redis") over the API; the plain types at the root.
+//
+// The layers, top first. A module uses only modules of its own layer or below, and no two
+// use each other (no cycle); `tests/layers.rs` checks both against the code:
+//   http cluster __internals  the optional parts and the internals' surface, over the API
+//   presence  the API: each operation a few lines over the tracker
+//   builder  the settings, validated
+//   core::snapshot  the tracker's save and restore
+//   core::tracker  the tracker: state, reads, reaping
+//   core::lifecycle  the write path: starts, changes and ends a session
+//   core::users core::pages core::expiry core::counters core::reaper  the tables
+//   core::map core::session core::changes  the map, a session's stored form, the change log
+//   persist observe  the snapshot file's format and I/O; metrics and history
+//   events info limits counts  plain types: events, read results, bounds, counts
+//   error clock kind id sync  plain types: errors, time, kinds, ids, the sync primitives
 mod builder;
-mod changes;
 mod clock;
-mod counters;
+mod core;
+mod counts;
 mod error;
 mod events;
-mod expiry;
-mod history;
 mod id;
 mod info;
 mod kind;
-mod lifecycle;
+mod limits;
+mod observe;
+mod persist;
+mod presence;
+mod sync;
+
+/// The session map, for the workspace's benchmarks; not part of the API.
 #[cfg(feature = "__bench_internals")]
 #[doc(hidden)]
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    clippy::new_without_default,
-    clippy::len_without_is_empty
-)]
-pub mod map;
-#[cfg(not(feature = "__bench_internals"))]
-mod map;
-mod metrics;
-mod pages;
-mod presence;
-mod reaper;
-mod session;
-mod snapshot;
-mod sync;
-mod tracker;
-mod users;
+pub use crate::core::map;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -148,28 +148,24 @@ pub mod cluster;
 #[path = "internals.rs"]
 pub mod __internals;
 
-pub use builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
+pub use crate::builder::{MAX_REAP_INTERVAL, MAX_REMEMBER, MAX_TIMEOUT, PresenceBuilder};
+pub use crate::core::reaper::Reaper;
+pub use crate::counts::{Counts, Peak};
+pub use crate::limits::{MAX_PAGE_LEN, MAX_USER_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use counters::{Counts, Peak};
 pub use error::PresenceError;
 pub use events::{Event, LeaveReason};
 pub use id::{ParseSessionIdError, SessionId};
 pub use info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
 pub use kind::{Kind, UserId};
-pub use lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN};
 pub use presence::Presence;
-pub use reaper::Reaper;
 
 #[cfg(feature = "redis")]
 pub use cluster::{Cluster, ClusterBuilder, ClusterCounts, ClusterError};
 
-#[cfg(feature = "serde")]
-fn unix_millis<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    s.serialize_u64(ms)
-}
+// The cluster view's serialized times, by their old path.
+#[cfg(all(feature = "serde", feature = "redis"))]
+use crate::clock::unix_millis;
 
 const _: () = {
     const fn handle<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::builder::PresenceBuilder;
-use crate::changes::ChangeLog;
-use crate::counters::Counts;
+use crate::core::changes::ChangeLog;
+use crate::core::tracker::Tracker;
+use crate::counts::Counts;
 use crate::error::PresenceError;
 use crate::events::Event;
 use crate::info::{SessionCursor, SessionInfo, Touch, UserStatus};
-use crate::tracker::Tracker;
 use crate::{Kind, SessionId, UserId};
 
 /// The "who is online" tracker. Cheap to clone (an `Arc`); all methods take `&self` and may
@@ -122,14 +122,12 @@ impl Presence {
 
     /// Live sessions whose last [`visit`](Self::visit) was `page`.
     pub fn page_count(&self, page: &str) -> usize {
-        self.tracker.settle();
-        self.tracker.pages.count(page)
+        self.tracker.page_count(page)
     }
 
     /// The `n` pages with the most live sessions, busiest first (ties by name).
     pub fn top_pages(&self, n: usize) -> Vec<(String, usize)> {
-        self.tracker.settle();
-        self.tracker.pages.top(n)
+        self.tracker.top_pages(n)
     }
 
     /// Listed users online, each once however many tabs, sorted by name case-insensitively
@@ -150,8 +148,7 @@ impl Presence {
     /// assert_eq!(presence.online_members(1), ["alice"]);
     /// ```
     pub fn online_members(&self, limit: usize) -> Vec<UserId> {
-        self.tracker.settle();
-        self.tracker.users.listed(limit)
+        self.tracker.online_members(limit)
     }
 
     /// Listed users with a listed live session on `page`, by name as
@@ -171,8 +168,7 @@ impl Presence {
     /// assert_eq!(presence.page_count("/t/1") - names.len(), 1); // "and 1 guest"
     /// ```
     pub fn page_members(&self, page: &str, limit: usize) -> Vec<UserId> {
-        self.tracker.settle();
-        self.tracker.pages.members(page, limit)
+        self.tracker.page_members(page, limit)
     }
 
     /// One live session, or `None` if unknown or due.
@@ -196,21 +192,20 @@ impl Presence {
     /// Whether a snapshot file is set: shutdown saves the sessions for the next start.
     #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn has_snapshot_file(&self) -> bool {
-        self.tracker.snapshot.is_some()
+        self.tracker.has_snapshot_file()
     }
 
     /// The log of sessions changed on a write path, for the cluster view.
     #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn changes(&self) -> &ChangeLog {
-        &self.tracker.changes
+        self.tracker.changes()
     }
 
     /// The tracker's own "now" as wall-clock time, on the scale of [`SessionInfo`]'s times:
     /// the cluster view sends ages (now minus `last_seen`), never timestamps.
     #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn now_wall(&self) -> std::time::SystemTime {
-        let tracker = &*self.tracker;
-        tracker.wall.at(tracker.clock.now())
+        self.tracker.now_wall()
     }
 
     /// Where user `user` stands: online (with how many sessions, whether idle or hidden),
@@ -271,7 +266,7 @@ impl Presence {
     /// A receiver of every [`Event`] from now on. Events are built only while someone is
     /// subscribed.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.tracker.events.subscribe()
+        self.tracker.subscribe()
     }
 
     /// Stops the background reaper (for every clone of this handle) and, with a
@@ -284,7 +279,7 @@ impl Presence {
     /// [`save_snapshot`](Self::save_snapshot) for its cost); in an async server, call it
     /// once the server has stopped, or from `spawn_blocking`.
     pub fn shutdown(&self) {
-        self.tracker.reaper.stop();
+        self.tracker.stop_reaper();
         self.tracker.save_on_exit();
     }
 
@@ -328,37 +323,32 @@ impl Presence {
     /// # Ok::<(), presence_tracker::PresenceError>(())
     /// ```
     pub fn history(&self) -> Vec<(SystemTime, usize)> {
-        let tracker = &*self.tracker;
-        let now = tracker.settle();
-        tracker
-            .history
-            .sample(now, &tracker.wall, || tracker.counters.online());
-        tracker.history.read(tracker.wall.at(now))
+        self.tracker.history()
     }
 
     /// The configured `idle_timeout`.
     pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.tracker.cfg.idle_timeout)
+        Duration::from_millis(self.tracker.cfg().idle_timeout)
     }
 
     /// The configured `idle_after`.
     pub fn idle_after(&self) -> Duration {
-        Duration::from_millis(self.tracker.cfg.idle_after)
+        Duration::from_millis(self.tracker.cfg().idle_after)
     }
 
     /// The configured `heartbeat_limit`.
     pub fn heartbeat_limit(&self) -> Duration {
-        Duration::from_millis(self.tracker.cfg.heartbeat_limit)
+        Duration::from_millis(self.tracker.cfg().heartbeat_limit)
     }
 
     /// The configured `reap_interval`.
     pub fn reap_interval(&self) -> Duration {
-        self.tracker.cfg.reap_interval
+        self.tracker.cfg().reap_interval
     }
 
     /// The configured `max_sessions`, if any.
     pub fn max_sessions(&self) -> Option<usize> {
-        self.tracker.cfg.max_sessions
+        self.tracker.cfg().max_sessions
     }
 }
 
@@ -366,9 +356,9 @@ impl fmt::Debug for Presence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tracker = &*self.tracker;
         f.debug_struct("Presence")
-            .field("entries", &tracker.sessions.len())
-            .field("config", &tracker.cfg)
-            .field("clock", &tracker.clock)
+            .field("entries", &tracker.len())
+            .field("config", tracker.cfg())
+            .field("clock", tracker.clock())
             .finish_non_exhaustive()
     }
 }
@@ -377,7 +367,7 @@ impl PresenceBuilder {
     /// Builds the tracker, restores its [`snapshot_file`](Self::snapshot_file) if one is
     /// set, and starts its reaper.
     pub fn build(self) -> Presence {
-        let tracker = Tracker::new(self);
+        let tracker = Tracker::new(self.settings());
         tracker.restore_snapshot();
         Presence { tracker }
     }

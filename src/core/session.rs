@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::clock::Tick;
 use crate::events::LeaveReason;
+pub(crate) use crate::kind::KindTag;
 use crate::kind::SharedStr;
 use crate::{Kind, UserId};
 
@@ -55,36 +56,6 @@ pub(crate) struct Details {
     pub(crate) user: Option<UserId>,
     pub(crate) page: Option<SharedStr>,
     pub(crate) first_seen: Tick,
-}
-
-/// A [`Kind`] without its user, which the session keeps beside it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KindTag {
-    Guest,
-    Bot,
-    Member,
-    Hidden,
-}
-
-impl KindTag {
-    /// The tag and the user a session keeps for `kind`.
-    pub(crate) fn split(kind: Kind) -> (Self, Option<UserId>) {
-        let tag = Self::of(&kind);
-        let user = match kind {
-            Kind::Member(u) | Kind::HiddenMember(u) => Some(u),
-            Kind::Guest | Kind::Bot => None,
-        };
-        (tag, user)
-    }
-
-    pub(crate) fn of(kind: &Kind) -> Self {
-        match kind {
-            Kind::Guest => KindTag::Guest,
-            Kind::Bot => KindTag::Bot,
-            Kind::Member(_) => KindTag::Member,
-            Kind::HiddenMember(_) => KindTag::Hidden,
-        }
-    }
 }
 
 /// The full tick of `t`, the low 32 bits of a tick within +-24 days of `now`.
@@ -264,7 +235,7 @@ mod tests {
     fn a_session_stays_small() {
         // Memory per session is a tracked figure: 16 + 24 bytes here, 56 with its id in the
         // map, whose hot part (id and `Session`) must fit its 32 bytes.
-        assert_eq!(crate::map::hot_slot_bytes::<Session>(), 32);
+        assert_eq!(crate::core::map::hot_slot_bytes::<Session>(), 32);
         assert!(
             std::mem::size_of::<Details>() <= 24,
             "{}",

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::Tick;
-use crate::counters::Counts;
+use crate::counts::Counts;
 use crate::events::LeaveReason;
 
 /// A reap pass longer than this is reported through `tracing`.

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::clock::Tick;
-use crate::map::SlotRef;
+use crate::core::map::SlotRef;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 
 /// Width of a bucket. A power of two so that bucket and offset are a shift and a mask.

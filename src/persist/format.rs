@@ -41,16 +41,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::clock::Tick;
-use crate::history::{SAMPLES as HISTORY_SAMPLES, from_unix_ms, unix_ms};
-use crate::lifecycle::{MAX_PAGE_LEN, MAX_USER_LEN, Saved};
-use crate::session::KindTag;
-use crate::tracker::Tracker;
-use crate::{Kind, SessionId, UserId};
+use crate::SessionId;
+use crate::kind::KindTag;
+use crate::limits::{MAX_PAGE_LEN, MAX_USER_LEN};
 
 const MAGIC: &[u8; 8] = b"PRESENCE";
 /// The format version this build writes and reads.
@@ -59,23 +55,23 @@ const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// The fewest bytes a session takes: id, kind, user, page, three ages.
 const MIN_SESSION_LEN: usize = 16 + 1 + 1 + 1 + 3;
 
-type Hasher = foldhash::fast::RandomState;
+pub(crate) type Hasher = foldhash::fast::RandomState;
 
 /// A tracker's snapshot file and what it knows about it.
 #[derive(Debug)]
 pub(crate) struct SnapshotFile {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The largest file the reader reads.
-    max_size: u64,
+    pub(crate) max_size: u64,
     /// Why saves are refused: the file found at build could not be read nor moved aside.
-    blocked: Mutex<Option<String>>,
+    pub(crate) blocked: Mutex<Option<String>>,
     /// One save at a time.
-    saving: Mutex<()>,
+    pub(crate) saving: Mutex<()>,
     /// The advisory lock on `<path>.lock`, taken at the first save (so `build()` cannot
     /// fail) and held open while the tracker lives, so that a second process (or a second
     /// tracker) saving to the same file gets a clear error instead of overwriting the first
     /// one's sessions with its own.
-    lock: Mutex<Option<File>>,
+    pub(crate) lock: Mutex<Option<File>>,
 }
 
 impl SnapshotFile {
@@ -103,7 +99,7 @@ impl SnapshotFile {
     /// # Errors
     /// [`io::ErrorKind::ResourceBusy`] when another process (or another tracker in this one)
     /// holds it; the I/O error when the lock file cannot be opened.
-    fn lock(&self) -> io::Result<()> {
+    pub(crate) fn lock(&self) -> io::Result<()> {
         let mut held = self.lock.lock();
         if held.is_some() {
             return Ok(());
@@ -162,306 +158,37 @@ fn create_private(options: &mut OpenOptions) -> &mut OpenOptions {
 /// records are parsed again, already checked, as the restore walks them.
 #[derive(Debug)]
 pub(crate) struct Decoded<'a> {
-    saved_at: i64,
-    peak: (u64, i64),
+    pub(crate) saved_at: i64,
+    pub(crate) peak: (u64, i64),
     /// The strings section, and where each string starts in it (at its length).
-    string_bytes: &'a [u8],
-    strings: Vec<u32>,
-    sessions: Section<'a>,
-    offline: Section<'a>,
-    history: Section<'a>,
+    pub(crate) string_bytes: &'a [u8],
+    pub(crate) strings: Vec<u32>,
+    pub(crate) sessions: Section<'a>,
+    pub(crate) offline: Section<'a>,
+    pub(crate) history: Section<'a>,
 }
 
 /// A checked run of `count` records.
 #[derive(Clone, Copy, Debug)]
-struct Section<'a> {
-    bytes: &'a [u8],
-    count: usize,
+pub(crate) struct Section<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) count: usize,
 }
 
 /// One session as saved.
 #[derive(Debug)]
-struct Record {
-    id: SessionId,
-    tag: KindTag,
-    user: Option<u32>,
-    page: Option<u32>,
+pub(crate) struct Record {
+    pub(crate) id: SessionId,
+    pub(crate) tag: KindTag,
+    pub(crate) user: Option<u32>,
+    pub(crate) page: Option<u32>,
     /// Ages (ms before "saved at") of last seen, last active, first seen.
-    ages: [u64; 3],
+    pub(crate) ages: [u64; 3],
 }
 
 /// Why a file is not a snapshot this build can read.
 #[derive(Debug)]
 pub(crate) struct Corrupt(pub(crate) &'static str);
-
-impl Tracker {
-    /// [`Presence::save_snapshot`](crate::Presence::save_snapshot).
-    pub(crate) fn save_snapshot(&self) -> io::Result<()> {
-        let Some(file) = &self.snapshot else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no snapshot file is set (PresenceBuilder::snapshot_file)",
-            ));
-        };
-        let _saving = file.saving.lock();
-        {
-            let mut blocked = file.blocked.lock();
-            if let Some(why) = &*blocked {
-                match fs::symlink_metadata(&file.path) {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => *blocked = None,
-                    _ => {
-                        return Err(io::Error::other(format!(
-                            "refusing to overwrite {}: {why}; move or remove it to save again",
-                            file.path.display()
-                        )));
-                    }
-                }
-            }
-        }
-        file.lock()?;
-        let started = Instant::now();
-        // Sessions due now end first, so that their users are saved as offline with their
-        // last-seen time.
-        let now = self.clock.now();
-        self.reap_all(now);
-        self.events.deliver();
-        let (bytes, sessions) = self.encode(now);
-        write_atomic(&file.path, &bytes)?;
-        tracing::info!(
-            path = %file.path.display(),
-            bytes = bytes.len(),
-            sessions,
-            took_ms = started.elapsed().as_millis() as u64,
-            "presence: snapshot saved"
-        );
-        Ok(())
-    }
-
-    /// A save at shutdown or drop: best effort, a failure is logged.
-    pub(crate) fn save_on_exit(&self) {
-        if let Some(file) = &self.snapshot {
-            if let Err(err) = self.save_snapshot() {
-                tracing::error!(
-                    path = %file.path.display(),
-                    error = %err,
-                    "presence: snapshot not saved"
-                );
-            }
-        }
-    }
-
-    /// Restores what the snapshot file holds, if one is set; see
-    /// [`PresenceBuilder::snapshot_file`](crate::PresenceBuilder::snapshot_file).
-    pub(crate) fn restore_snapshot(&self) {
-        let Some(file) = &self.snapshot else {
-            return;
-        };
-        let started = Instant::now();
-        let max_size = file.max_size;
-        let problem = match read_bounded(&file.path, max_size) {
-            Ok(bytes) => match decode(&bytes) {
-                Ok(decoded) => {
-                    let (restored, ended) = self.restore_decoded(&decoded);
-                    tracing::info!(
-                        path = %file.path.display(),
-                        bytes = bytes.len(),
-                        sessions = restored,
-                        ended_while_down = ended,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "presence: snapshot restored"
-                    );
-                    return;
-                }
-                Err(Corrupt(why)) => why.to_owned(),
-            },
-            Err(Unreadable::Missing) => return,
-            Err(Unreadable::NotAFile(what)) => {
-                // Never renamed nor replaced: a FIFO or a device node is somebody's, and
-                // renaming `/dev/null` as root would break the machine.
-                tracing::error!(
-                    path = %file.path.display(),
-                    found = what,
-                    "presence: the snapshot path is not a regular file; starting empty, and \
-                     saves are refused until it is replaced by a file or removed"
-                );
-                *file.blocked.lock() = Some(format!("it is {what}, not a regular file"));
-                return;
-            }
-            Err(Unreadable::TooLarge { size }) => format!(
-                "{size} bytes, larger than the limit of {max_size} \
-                 (PresenceBuilder::max_snapshot_size)"
-            ),
-            Err(Unreadable::Io(e)) => format!("cannot be read: {e}"),
-        };
-        let secs = unix_ms(self.wall.at(self.clock.now())).div_euclid(1000);
-        match move_aside(&file.path, secs) {
-            Ok(aside) => tracing::warn!(
-                path = %file.path.display(),
-                moved_to = %aside.display(),
-                problem = %problem,
-                "presence: snapshot unusable, moved aside; starting empty"
-            ),
-            Err(err) => {
-                tracing::warn!(
-                    path = %file.path.display(),
-                    problem = %problem,
-                    error = %err,
-                    "presence: snapshot unusable and cannot be moved aside; starting empty, \
-                     and saves are refused until it is removed"
-                );
-                *file.blocked.lock() = Some(format!("it is not a usable snapshot ({problem})"));
-            }
-        }
-    }
-
-    /// The snapshot of the tracker at `now`, and how many sessions it holds.
-    fn encode(&self, now: Tick) -> (Vec<u8>, usize) {
-        let mut strings = Strings::default();
-        let mut sessions = Vec::with_capacity(self.sessions.len() * 32);
-        let mut count = 0usize;
-        self.sessions.for_each(|id, s, d| {
-            if s.deadline(&self.cfg, now) <= now {
-                return;
-            }
-            count += 1;
-            sessions.extend_from_slice(id.as_uuid().as_bytes());
-            sessions.push(match s.tag {
-                KindTag::Guest => 0,
-                KindTag::Bot => 1,
-                KindTag::Member => 2,
-                KindTag::Hidden => 3,
-            });
-            let user = d.user.as_ref().map_or(0, |u| strings.index(u.as_str()) + 1);
-            put_varint(&mut sessions, user);
-            let page = d.page.as_ref().map_or(0, |p| strings.index(p.as_str()) + 1);
-            put_varint(&mut sessions, page);
-            for t in [s.last_seen(now), s.last_active(now), d.first_seen] {
-                put_varint(&mut sessions, now.saturating_sub(t));
-            }
-        });
-        let offline = self.users.export_offline();
-        let mut users = Vec::with_capacity(offline.len() * 8);
-        for (user, last_seen, since) in &offline {
-            put_varint(&mut users, strings.index(user.as_str()) + 1);
-            put_varint(&mut users, now.saturating_sub(*last_seen));
-            put_varint(&mut users, now.saturating_sub(*since));
-        }
-        let history = self.history.export();
-
-        let mut payload = Vec::with_capacity(
-            32 + strings.bytes.len() + sessions.len() + users.len() + history.len() * 8,
-        );
-        put_zigzag(&mut payload, unix_ms(self.wall.at(now)));
-        let (peak, peak_at) = self.counters.peak();
-        put_varint(&mut payload, peak as u64);
-        put_zigzag(&mut payload, unix_ms(self.wall.at(peak_at)));
-        put_varint(&mut payload, strings.count);
-        payload.extend_from_slice(&strings.bytes);
-        put_varint(&mut payload, count as u64);
-        payload.extend_from_slice(&sessions);
-        put_varint(&mut payload, offline.len() as u64);
-        payload.extend_from_slice(&users);
-        put_varint(&mut payload, history.len() as u64);
-        for (at, online) in history {
-            put_zigzag(&mut payload, at);
-            put_varint(&mut payload, online);
-        }
-
-        (with_header(&payload), count)
-    }
-
-    /// Restores a decoded snapshot; returns the sessions restored and those that ended while
-    /// the process was down. What it allocates follows what it restores: sessions up to
-    /// `max_sessions`, the distinct users and pages they name, offline users up to
-    /// `max_remembered_users`, the history's fixed ring; never one entry per string of the
-    /// file.
-    pub(crate) fn restore_decoded(&self, snap: &Decoded<'_>) -> (usize, usize) {
-        let now = self.clock.now();
-        // The tick of "saved at"; every saved time is an age before it. A time after now
-        // (the wall clock went back across the restart) is taken as now.
-        let saved_at = self.wall.tick_of(from_unix_ms(snap.saved_at));
-        let tick = |age: u64| saved_at.saturating_sub(age).min(now);
-        // Users named by the records restored, each made once.
-        let mut names: HashMap<u32, UserId, Hasher> = HashMap::default();
-        let mut name = |i: u32| {
-            names
-                .entry(i)
-                .or_insert_with(|| UserId::from(snap.string(i)))
-                .clone()
-        };
-        // Pages named by the sessions restored, as dense indices into `pages`.
-        let mut page_index: HashMap<u32, u32, Hasher> = HashMap::default();
-        let mut pages: Vec<&str> = Vec::new();
-        let room = self.cfg.max_sessions.map_or(usize::MAX, |max| {
-            max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed))
-        });
-        let mut offline: HashMap<UserId, (Tick, Tick), Hasher> = HashMap::default();
-        let (mut ended, mut over) = (0, 0);
-        let mut live = Vec::with_capacity(snap.sessions.count.min(room));
-        for r in snap.sessions() {
-            let [seen, active, first] = r.ages.map(tick);
-            let deadline = (seen + self.cfg.idle_timeout).min(active + self.cfg.heartbeat_limit);
-            if deadline <= now {
-                // It ended while the process was down: not restored, but its user was seen.
-                ended += 1;
-                if let Some(user) = r.user.map(&mut name) {
-                    let (last, since) = offline.entry(user).or_insert((seen, deadline));
-                    *last = (*last).max(seen);
-                    *since = (*since).max(deadline);
-                }
-                continue;
-            }
-            if live.len() == room {
-                over += 1;
-                continue;
-            }
-            let kind = match (r.tag, r.user.map(&mut name)) {
-                (KindTag::Member, Some(u)) => Kind::Member(u),
-                (KindTag::Hidden, Some(u)) => Kind::HiddenMember(u),
-                (KindTag::Bot, _) => Kind::Bot,
-                _ => Kind::Guest,
-            };
-            let page = r.page.map(|p| {
-                *page_index.entry(p).or_insert_with(|| {
-                    pages.push(snap.string(p));
-                    (pages.len() - 1) as u32
-                })
-            });
-            live.push(Saved {
-                id: r.id,
-                kind,
-                page,
-                times: (seen, active, first),
-            });
-        }
-        let total = live.len() + over;
-        let restored = self.restore_all(live, &pages, now);
-        if restored < total {
-            tracing::warn!(
-                not_restored = total - restored,
-                "presence: sessions in the snapshot not restored (max_sessions reached, or a \
-                 session twice)"
-            );
-        }
-        // Oldest first, as saved: only the newest `max_remembered_users` are kept anyway.
-        let skip = snap.offline.count.saturating_sub(self.users.max_offline());
-        for (user, last_age, since_age) in snap.offline().skip(skip) {
-            self.users
-                .remember_offline(&name(user), tick(last_age), tick(since_age));
-        }
-        for (user, (last_seen, since)) in offline {
-            self.users.remember_offline(&user, last_seen, since);
-        }
-        let (peak, peak_at) = snap.peak;
-        self.counters.restore_peak(
-            usize::try_from(peak).unwrap_or(usize::MAX),
-            self.wall.tick_of(from_unix_ms(peak_at)),
-        );
-        let skip = snap.history.count.saturating_sub(HISTORY_SAMPLES);
-        self.history.restore(snap.history().skip(skip).collect());
-        (restored, ended)
-    }
-}
 
 /// A whole file: the header (magic, version, length, CRC) and `payload`.
 pub(crate) fn with_header(payload: &[u8]) -> Vec<u8> {
@@ -476,14 +203,14 @@ pub(crate) fn with_header(payload: &[u8]) -> Vec<u8> {
 
 /// User names and pages, each written once.
 #[derive(Default)]
-struct Strings {
-    index: HashMap<Box<str>, u64, Hasher>,
-    bytes: Vec<u8>,
-    count: u64,
+pub(crate) struct Strings {
+    pub(crate) index: HashMap<Box<str>, u64, Hasher>,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) count: u64,
 }
 
 impl Strings {
-    fn index(&mut self, s: &str) -> u64 {
+    pub(crate) fn index(&mut self, s: &str) -> u64 {
         if let Some(&i) = self.index.get(s) {
             return i;
         }
@@ -496,7 +223,7 @@ impl Strings {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -504,7 +231,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn put_zigzag(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
@@ -719,7 +446,7 @@ fn string_at(table: &[u8], at: u32) -> &str {
 }
 
 impl<'a> Decoded<'a> {
-    fn string(&self, i: u32) -> &'a str {
+    pub(crate) fn string(&self, i: u32) -> &'a str {
         string_at(self.string_bytes, self.strings[i as usize])
     }
 
@@ -732,17 +459,17 @@ impl<'a> Decoded<'a> {
         (0..section.count).map_while(move |_| parse(&mut r).ok())
     }
 
-    fn sessions(&self) -> impl Iterator<Item = Record> + use<'a> {
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = Record> + use<'a> {
         let strings = self.strings.len();
         Self::records(self.sessions, move |r| parse_session(r, strings))
     }
 
-    fn offline(&self) -> impl Iterator<Item = (u32, u64, u64)> + use<'a> {
+    pub(crate) fn offline(&self) -> impl Iterator<Item = (u32, u64, u64)> + use<'a> {
         let strings = self.strings.len();
         Self::records(self.offline, move |r| parse_offline(r, strings))
     }
 
-    fn history(&self) -> impl Iterator<Item = (i64, u64)> + use<'a> {
+    pub(crate) fn history(&self) -> impl Iterator<Item = (i64, u64)> + use<'a> {
         Self::records(self.history, parse_history)
     }
 
@@ -755,7 +482,7 @@ impl<'a> Decoded<'a> {
 
 /// Why the snapshot file was not read.
 #[derive(Debug)]
-enum Unreadable {
+pub(crate) enum Unreadable {
     Missing,
     /// A FIFO, a device, a socket: what it is.
     NotAFile(&'static str),
@@ -769,7 +496,7 @@ enum Unreadable {
 /// the size come from metadata before a byte is read, and the file is opened without
 /// blocking (a FIFO swapped in between never hangs the start), then checked again on the
 /// open handle. Reads no more than `max` bytes whatever the file does meanwhile.
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, Unreadable> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, Unreadable> {
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Unreadable::Missing),
@@ -834,7 +561,7 @@ fn check_kind(meta: &fs::Metadata) -> Result<(), Unreadable> {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename over `path`, fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
@@ -870,7 +597,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Renames an unusable snapshot to `<path>.corrupt-<secs>` (with `-1`, `-2`… if that
 /// exists: a rename must never replace an earlier one).
-fn move_aside(path: &Path, secs: i64) -> io::Result<PathBuf> {
+pub(crate) fn move_aside(path: &Path, secs: i64) -> io::Result<PathBuf> {
     let base = format!("{}.corrupt-{secs}", path.display());
     for n in 0..1000 {
         let aside = PathBuf::from(if n == 0 {

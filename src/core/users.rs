@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use parking_lot::Mutex;
 
 use crate::clock::Tick;
-use crate::counters::UserDelta;
+use crate::core::counters::UserDelta;
 use crate::events::{Event, EventQueue};
 use crate::kind::ByName;
 use crate::{SessionId, UserId};

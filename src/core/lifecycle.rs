@@ -1,0 +1,865 @@
+//! The write path: [`Lifecycle`] owns the session map and every table kept in step with it
+//! (counters and capacity, users, pages, the expiry index, the change log, the event queue),
+//! its fields private. One function starts a session (`start`), one changes it (`change`:
+//! activity the hot path could not take, a kind or page change), one ends it (`end`); the
+//! counters, users, pages, capacity, change log and events move there and nowhere else. The
+//! operations (activity, leave, reaping, the bulk restore) call them; the tracker above
+//! reads through methods.
+//!
+//! Every change to a session, and what it implies, happens under that session's shard
+//! *write* lock (see the lock order in the tracker's docs); events are queued there and
+//! delivered after every lock is released.
+
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+
+use crate::clock::{Tick, WallClock};
+use crate::core::changes::ChangeLog;
+use crate::core::counters::Counters;
+use crate::core::expiry::ExpiryIndex;
+use crate::core::map::{Cold, Entry as MapEntry, SessionMap, SlotRef};
+use crate::core::pages::PageTable;
+use crate::core::session::{Config, Details, KindTag, Session, narrow, widen};
+use crate::core::users::{UserSession, UserSnapshot, UserTable};
+use crate::counts::Counts;
+use crate::error::PresenceError;
+use crate::events::{Event, EventQueue, LeaveReason};
+use crate::info::Touch;
+use crate::kind::SharedStr;
+use crate::limits::check_lengths;
+use crate::observe::metrics::Refusals;
+use crate::{Kind, SessionId, UserId};
+
+/// Due sessions a read or a write settles itself at most; the reaper does the rest.
+pub(crate) const READ_BATCH: usize = 256;
+/// Due sessions one reaper step evicts under one hold of the locks.
+const REAP_BATCH: usize = 2048;
+
+/// The sessions and every table kept in step with them: the map, the counters (capacity
+/// included), users, pages, the expiry index, the change log and the event queue. Its fields
+/// are private: a session starts in [`start`](Self::start), changes in
+/// [`change`](Self::change) and ends in [`end`](Self::end), and only those touch the tables.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    cfg: Config,
+    sessions: SessionMap<Session, Details>,
+    counters: Counters,
+    users: UserTable,
+    pages: PageTable,
+    expiry: ExpiryIndex,
+    /// Serialises reaps; a read or write that finds one in flight does not wait.
+    reaping: Mutex<()>,
+    events: EventQueue,
+    /// Sessions changed on a write path, for the cluster view (off unless one is attached).
+    changes: ChangeLog,
+    refusals: Refusals,
+}
+
+/// A session as a snapshot saved it, for [`Lifecycle::restore_all`].
+#[derive(Debug)]
+pub(crate) struct Saved {
+    pub(crate) id: SessionId,
+    pub(crate) kind: Kind,
+    /// Its page, as an index into the pages handed to [`Lifecycle::restore_all`].
+    pub(crate) page: Option<u32>,
+    /// Last seen, last active, first seen.
+    pub(crate) times: (Tick, Tick, Tick),
+}
+
+/// What an operation does to the session counters.
+enum Step {
+    Add,
+    Remove,
+}
+
+/// What becomes of an ended session's place in the map.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The entry is removed (or was never inserted): its place counts no more.
+    Freed,
+    /// A new session takes the entry over at once: it keeps the place.
+    Reused,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(cfg: Config, now: Tick, max_remembered_users: usize, events: usize) -> Self {
+        Lifecycle {
+            cfg,
+            sessions: SessionMap::new(),
+            counters: Counters::new(now),
+            users: UserTable::new(max_remembered_users),
+            pages: PageTable::default(),
+            expiry: ExpiryIndex::new(),
+            reaping: Mutex::new(()),
+            events: EventQueue::new(events),
+            changes: ChangeLog::default(),
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// Activity of session `id` at `now`: the hot path (a live session of unchanged kind and
+    /// page, under a shard read lock), else the write path.
+    #[inline]
+    pub(crate) fn activity(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) -> Result<Touch, PresenceError> {
+        let refreshed = self.sessions.read(&id, |s, d| {
+            let unchanged = !s.idle
+                && s.is(|| d.get(), &kind)
+                && page.is_none_or(|p| d.get().page.as_ref().map(SharedStr::as_str) == Some(p))
+                && now < s.deadline(&self.cfg, now);
+            if unchanged {
+                s.refresh(now, true);
+            }
+            unchanged
+        });
+        if refreshed == Some(true) {
+            return Ok(Touch::Refreshed);
+        }
+        // A due session is logically gone: evict it before starting or changing one, so that
+        // a newcomer is not counted alongside it (peak) and its user's `UserOffline` /
+        // `UserOnline` are not lost. A bounded batch: during an expiry storm the reaper does
+        // the rest, and no request waits on it.
+        check_lengths(&kind, page)?;
+        self.settle_at(now);
+        let result = self.activity_slow(id, kind, page, now);
+        self.events.deliver();
+        result
+    }
+
+    fn activity_slow(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) -> Result<Touch, PresenceError> {
+        let mut settled = false;
+        loop {
+            match self.sessions.entry(id) {
+                MapEntry::Occupied(mut entry) => {
+                    let slot = entry.slot_ref();
+                    let (session, details) = entry.get_mut();
+                    if now < session.deadline(&self.cfg, now) {
+                        self.change(id, slot, (session, details), kind, page, now);
+                        return Ok(Touch::Refreshed);
+                    }
+                    // Due but not yet reaped: it ends, and a new session starts in its place.
+                    let reason = session.leave_reason(&self.cfg, now);
+                    self.end(id, session, details, reason, now, Place::Reused);
+                    let (fresh, fresh_details, check) = self.start(id, kind, page, now);
+                    (*session, *details) = (fresh, fresh_details);
+                    self.expiry.schedule(check, slot);
+                    return Ok(Touch::Joined);
+                }
+                MapEntry::Vacant(entry) => {
+                    if !self.reserve() {
+                        drop(entry);
+                        if settled {
+                            let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            self.refusals.refused(max_sessions, now);
+                            return Err(PresenceError::Full { max_sessions });
+                        }
+                        // Full: evict one bounded batch of what is due (without waiting
+                        // on a reap in flight), then try once more. Never the whole
+                        // backlog: a refused visitor must not wait on an expiry storm, and
+                        // the reaper frees the rest of the room within a reap interval.
+                        self.settle_at(now);
+                        settled = true;
+                        continue;
+                    }
+                    let (fresh, details, check) = self.start(id, kind, page, now);
+                    match entry.insert(fresh, details) {
+                        Ok(slot) => self.expiry.schedule(check, slot),
+                        Err((fresh, details)) => {
+                            // No slot left in this shard (2^26 sessions): as full as it gets.
+                            self.end(id, &fresh, &details, LeaveReason::Left, now, Place::Freed);
+                            let max_sessions = self.cfg.max_sessions.unwrap_or(usize::MAX);
+                            self.refusals.refused(max_sessions, now);
+                            return Err(PresenceError::Full { max_sessions });
+                        }
+                    }
+                    return Ok(Touch::Joined);
+                }
+            }
+        }
+    }
+
+    /// Takes one place for a new entry, if `max_sessions` allows.
+    fn reserve(&self) -> bool {
+        let occupied = &self.counters.occupied;
+        match self.cfg.max_sessions {
+            None => {
+                occupied.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(max) => occupied
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    /// Activity on a live session that the hot path could not take: it was counted idle, or
+    /// its kind or page changes. Under the shard write lock.
+    fn change(
+        &self,
+        id: SessionId,
+        slot: SlotRef,
+        (session, details): (&mut Session, &mut Details),
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) {
+        session.refresh(now, true);
+        if session.idle {
+            session.idle = false;
+            self.counters.active.fetch_add(1, Ordering::Relaxed);
+            self.counters.idle.fetch_sub(1, Ordering::Relaxed);
+        }
+        let kind_changes = !session.is(|| details, &kind);
+        let page_changes =
+            page.filter(|&p| details.page.as_ref().map(SharedStr::as_str) != Some(p));
+        if kind_changes || page_changes.is_some() {
+            self.changes.record(id);
+        }
+        if kind_changes {
+            let events = self.events.wanted().then_some(&self.events);
+            if let Some(events) = events {
+                events.push(Event::KindChanged {
+                    session: id,
+                    from: session.kind(details),
+                    to: kind.clone(),
+                });
+            }
+            let new_tag = KindTag::of(&kind);
+            let mut people =
+                self.count_kind(new_tag, Step::Add) - self.count_kind(session.tag, Step::Remove);
+            people += self.counters.apply_users(
+                self.users.apply(
+                    user_session(id, session.tag, details.user.as_ref())
+                        .map(|s| (s, session.last_seen(now))),
+                    user_session(id, new_tag, kind.user()),
+                    now,
+                    events,
+                ),
+            );
+            self.counters.add_people(people, now);
+            if let Some(page) = &details.page {
+                self.pages.relist(
+                    page,
+                    listed(session.tag, details.user.as_ref()),
+                    listed(new_tag, kind.user()),
+                );
+            }
+            (session.tag, details.user) = KindTag::split(kind);
+        }
+        if let Some(page) = page_changes {
+            let member = listed(session.tag, details.user.as_ref());
+            let from = details.page.as_ref().map(|p| (p, member));
+            details.page = Some(self.pages.change(from, page, member));
+        }
+        // Activity only moves the session's times later, so its current expiry item usually
+        // still fires early enough. The exception: a session counted idle becomes active and
+        // may now go idle again before that item.
+        let next = session.next_change(&self.cfg, now);
+        if next < widen(now, session.next_check) {
+            session.next_check = narrow(next);
+            self.expiry.schedule(next, slot);
+        }
+    }
+
+    /// A new session, counted and announced, and the time of its first check. Under the
+    /// shard write lock.
+    fn start(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) -> (Session, Details, Tick) {
+        self.changes.record(id);
+        crate::observe::metrics::joined();
+        let events = self.events.wanted().then_some(&self.events);
+        if let Some(events) = events {
+            events.push(Event::Joined {
+                session: id,
+                kind: kind.clone(),
+            });
+        }
+        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        let tag = KindTag::of(&kind);
+        let mut people = self.count_kind(tag, Step::Add);
+        people += self.counters.apply_users(self.users.apply(
+            None,
+            user_session(id, tag, kind.user()),
+            now,
+            events,
+        ));
+        self.counters.add_people(people, now);
+        let page = page.map(|p| self.pages.change(None, p, listed(tag, kind.user())));
+        let (mut session, details) = Session::new(kind, page, now);
+        let check = session.next_change(&self.cfg, now);
+        session.next_check = narrow(check);
+        (session, details, check)
+    }
+
+    /// Uncounts a session that ends and announces it, and frees its place unless a new
+    /// session takes it over. Under the shard write lock; the caller removes or replaces the
+    /// entry.
+    fn end(
+        &self,
+        id: SessionId,
+        session: &Session,
+        details: &Details,
+        reason: LeaveReason,
+        now: Tick,
+        place: Place,
+    ) {
+        self.changes.record(id);
+        if place == Place::Freed {
+            self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
+        }
+        crate::observe::metrics::left(reason);
+        let events = self.events.wanted().then_some(&self.events);
+        if let Some(events) = events {
+            events.push(Event::Left {
+                session: id,
+                kind: session.kind(details),
+                reason,
+            });
+        }
+        let counter = if session.idle {
+            &self.counters.idle
+        } else {
+            &self.counters.active
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+        let mut people = -self.count_kind(session.tag, Step::Remove);
+        // A due session ended at its deadline, however late that is noticed.
+        let ended = now.min(session.deadline(&self.cfg, now));
+        people += self.counters.apply_users(
+            self.users.apply(
+                user_session(id, session.tag, details.user.as_ref())
+                    .map(|s| (s, session.last_seen(now))),
+                None,
+                ended,
+                events,
+            ),
+        );
+        self.counters.add_people(people, now);
+        if let Some(page) = &details.page {
+            self.pages
+                .leave(page, listed(session.tag, details.user.as_ref()));
+        }
+    }
+
+    /// Sessions restored from a snapshot at build, in bulk: each table (users, pages,
+    /// counters, expiry) is updated once for all of them, not once a session, so that a
+    /// million sessions restore in about the time it takes to read them. Sessions are
+    /// counted as [`start`](Self::start) counts a new one, with their saved times (idle if
+    /// they are), and announced to no one: nobody can have subscribed yet, and a restart is
+    /// not a join. `pages` holds the page names `Saved::page` refers to. Past
+    /// `max_sessions` the rest are not restored. Returns how many were.
+    pub(crate) fn restore_all(&self, mut saved: Vec<Saved>, pages: &[&str], now: Tick) -> usize {
+        if let Some(max) = self.cfg.max_sessions {
+            let room = max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed));
+            saved.truncate(room);
+        }
+        self.counters
+            .occupied
+            .fetch_add(saved.len(), Ordering::Relaxed);
+
+        // Pages: each page's sessions and listed users, counted in at once.
+        let mut per_page: Vec<Option<(usize, Vec<UserId>)>> = Vec::new();
+        per_page.resize_with(pages.len(), || None);
+        for s in &saved {
+            if let Some(p) = s.page {
+                let (sessions, members) = per_page[p as usize].get_or_insert_default();
+                *sessions += 1;
+                if let Kind::Member(user) = &s.kind {
+                    members.push(user.clone());
+                }
+            }
+        }
+        let used: Vec<usize> = (0..pages.len())
+            .filter(|&p| per_page[p].is_some())
+            .collect();
+        let interned = self.pages.restore(
+            used.iter()
+                .filter_map(|&p| {
+                    let (sessions, members) = per_page[p].take()?;
+                    Some((pages[p], sessions, members))
+                })
+                .collect(),
+        );
+        let mut page_names: Vec<Option<SharedStr>> = vec![None; pages.len()];
+        for (p, name) in used.into_iter().zip(interned) {
+            page_names[p] = Some(name);
+        }
+
+        // Users, then the counters, all before the sessions are visible.
+        let members: Vec<(UserId, bool, SessionId, Tick)> = saved
+            .iter()
+            .filter_map(|s| {
+                let user = s.kind.user()?.clone();
+                Some((user, s.kind.is_hidden(), s.id, s.times.0))
+            })
+            .collect();
+        let mut people = self
+            .counters
+            .apply_users(self.users.restore_sessions(&members));
+        let (mut guests, mut bots, mut idle) = (0, 0, 0);
+        for s in &saved {
+            match KindTag::of(&s.kind) {
+                KindTag::Guest => guests += 1,
+                KindTag::Bot => bots += 1,
+                KindTag::Member | KindTag::Hidden => {}
+            }
+            if s.times.1 + self.cfg.idle_after <= now {
+                idle += 1;
+            }
+        }
+        let c = &self.counters;
+        c.guests.fetch_add(guests, Ordering::Relaxed);
+        c.bots.fetch_add(bots, Ordering::Relaxed);
+        c.idle.fetch_add(idle, Ordering::Relaxed);
+        c.active.fetch_add(saved.len() - idle, Ordering::Relaxed);
+        people += isize::try_from(guests).unwrap_or(isize::MAX);
+        c.add_people(people, now);
+
+        // The sessions themselves, and their first checks in one go.
+        let restored = saved.len();
+        let mut checks = Vec::with_capacity(restored);
+        let mut lost = 0;
+        for s in saved {
+            let (seen, active, first_seen) = s.times;
+            let page = s.page.and_then(|p| page_names[p as usize].clone());
+            let (mut session, mut details) = Session::new(s.kind, page, seen);
+            session.set_times(seen, active);
+            details.first_seen = first_seen;
+            session.idle = active + self.cfg.idle_after <= now;
+            let check = session.next_change(&self.cfg, now);
+            session.next_check = narrow(check);
+            self.changes.record(s.id);
+            let failed = match self.sessions.entry(s.id) {
+                MapEntry::Vacant(entry) => match entry.insert(session, details) {
+                    Ok(slot) => {
+                        checks.push((check, slot));
+                        continue;
+                    }
+                    Err(failed) => failed,
+                },
+                // Ids in a snapshot are distinct, and the map is empty at build.
+                MapEntry::Occupied(_) => (session, details),
+            };
+            // Counted above: uncount it.
+            self.end(
+                s.id,
+                &failed.0,
+                &failed.1,
+                LeaveReason::Left,
+                now,
+                Place::Freed,
+            );
+            lost += 1;
+        }
+        self.expiry.schedule_all(checks);
+        restored - lost
+    }
+
+    /// Counts a guest or bot session in or out; returns the guests it adds to `people`.
+    fn count_kind(&self, tag: KindTag, step: Step) -> isize {
+        let counter = match tag {
+            KindTag::Guest => &self.counters.guests,
+            KindTag::Bot => &self.counters.bots,
+            KindTag::Member | KindTag::Hidden => return 0,
+        };
+        match step {
+            Step::Add => counter.fetch_add(1, Ordering::Relaxed),
+            Step::Remove => counter.fetch_sub(1, Ordering::Relaxed),
+        };
+        isize::from(tag == KindTag::Guest)
+    }
+}
+
+impl Lifecycle {
+    /// Keeps live session `id` online without counting as activity; `false` if it is unknown
+    /// or due (then not revived). The hot path: a shard read lock.
+    pub(crate) fn heartbeat(&self, id: SessionId, now: Tick) -> bool {
+        let live = |s: &Session, _: Cold<'_, Details>| {
+            let live = now < s.deadline(&self.cfg, now);
+            if live {
+                s.refresh(now, false);
+            }
+            live
+        };
+        self.sessions.read(&id, live).unwrap_or(false)
+    }
+
+    /// Ends session `id` now (an explicit leave, or a due session found first by this call);
+    /// returns `on_live` of it if it was live. Its events wait for [`deliver`](Self::deliver).
+    pub(crate) fn leave<R>(
+        &self,
+        id: SessionId,
+        now: Tick,
+        on_live: impl FnOnce(&Session, &Details) -> R,
+    ) -> Option<R> {
+        match self.sessions.entry(id) {
+            MapEntry::Occupied(entry) => {
+                let (session, details) = entry.get();
+                let live = now < session.deadline(&self.cfg, now);
+                let info = live.then(|| on_live(session, details));
+                let reason = if live {
+                    self.changes.record_left(id);
+                    LeaveReason::Left
+                } else {
+                    session.leave_reason(&self.cfg, now)
+                };
+                self.end(id, session, details, reason, now, Place::Freed);
+                entry.remove();
+                info
+            }
+            MapEntry::Vacant(_) => None,
+        }
+    }
+
+    /// Evicts up to [`READ_BATCH`] due sessions, unless a reap is already in flight (then
+    /// the reaper is on it, and this caller does not wait). Returns whether it reaped.
+    ///
+    /// So a read or a write never waits on a large reap: during an expiry storm a read may
+    /// count a due session for up to one reap interval; with fewer than `READ_BATCH` due (the
+    /// usual case, and every test under [`Reaper::Manual`](crate::Reaper::Manual) that does
+    /// not storm) the read is exact.
+    pub(crate) fn settle_at(&self, now: Tick) -> bool {
+        if !self.expiry.may_be_due(now) {
+            return false;
+        }
+        let Some(_reaping) = self.reaping.try_lock() else {
+            return false;
+        };
+        self.reap_batch(now, READ_BATCH);
+        true
+    }
+
+    /// Evicts everything due now, in batches that each release the locks, so that requests
+    /// go on between them.
+    pub(crate) fn reap_all(&self, now: Tick) -> usize {
+        let mut evicted = 0;
+        loop {
+            let (n, more) = {
+                let _reaping = self.reaping.lock();
+                self.reap_batch(now, REAP_BATCH)
+            };
+            evicted += n;
+            if !more {
+                return evicted;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// One reaper step: one batch of what is due; returns whether more is due.
+    pub(crate) fn reap_step(&self, now: Tick) -> bool {
+        let _reaping = self.reaping.lock();
+        self.reap_batch(now, REAP_BATCH).1
+    }
+
+    /// Evicts up to `limit` due items; returns how many sessions it evicted and whether more
+    /// are due. The caller holds `reaping`.
+    fn reap_batch(&self, now: Tick, limit: usize) -> (usize, bool) {
+        let mut due = Vec::new();
+        let more = self.expiry.take_due(now, &mut due, limit);
+        let mut later = Vec::new();
+        let mut evicted = 0;
+        // What the closure below will evict: a current item (not left stale by a reschedule
+        // or by the session leaving) whose session is past its deadline.
+        let evicts =
+            |at: Tick, s: &Session| s.next_check == narrow(at) && s.deadline(&self.cfg, now) <= now;
+        self.sessions.at_each(&due, evicts, |at, slot, mut entry| {
+            let id = entry.id();
+            let (session, details) = entry.get_mut();
+            if session.next_check != narrow(at) {
+                return; // a stale item: the session was rescheduled, or left and another came
+            }
+            if session.deadline(&self.cfg, now) <= now {
+                let reason = session.leave_reason(&self.cfg, now);
+                self.end(id, session, details, reason, now, Place::Freed);
+                entry.remove();
+                evicted += 1;
+                return;
+            }
+            if !session.idle && session.idle_at(&self.cfg, now) <= now {
+                session.idle = true;
+                self.counters.idle.fetch_add(1, Ordering::Relaxed);
+                self.counters.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            let next = session.next_change(&self.cfg, now);
+            session.next_check = narrow(next);
+            later.push((next, slot));
+        });
+        self.expiry.schedule_all(later);
+        self.expiry.finish();
+        let forget_more = self.forget_due(now, limit);
+        (evicted, more || forget_more)
+    }
+
+    /// Forgets up to `limit` offline users past `remember_users_for`; returns whether more
+    /// are due.
+    pub(crate) fn forget_due(&self, now: Tick, limit: usize) -> bool {
+        self.users
+            .forget_due(now, self.cfg.remember_users_for, limit)
+    }
+
+    /// Remembers an offline user's last-seen (a restore).
+    pub(crate) fn remember_offline(&self, user: &UserId, last_seen: Tick, since: Tick) {
+        self.users.remember_offline(user, last_seen, since);
+    }
+
+    /// Sets the peak (a restore).
+    pub(crate) fn restore_peak(&self, online: usize, at: Tick) {
+        self.counters.restore_peak(online, at);
+    }
+
+    /// Gives the user table's memory back after a flood was forgotten.
+    pub(crate) fn tidy(&self) {
+        self.users.tidy();
+    }
+
+    /// Delivers the queued events, once every lock is released.
+    pub(crate) fn deliver(&self) {
+        self.events.deliver();
+    }
+
+    /// A receiver of every event from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The change log, for its consumer (the cluster view) to enable and drain.
+    pub(crate) fn changes(&self) -> &ChangeLog {
+        &self.changes
+    }
+
+    /// The settings in ticks.
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// `f` of session `id`'s parts, under its shard read lock.
+    pub(crate) fn read<R>(
+        &self,
+        id: &SessionId,
+        f: impl FnOnce(&Session, Cold<'_, Details>) -> R,
+    ) -> Option<R> {
+        self.sessions.read(id, f)
+    }
+
+    /// `f` of every stored session (due ones included), shard by shard under read locks.
+    pub(crate) fn for_each(&self, f: impl FnMut(SessionId, &Session, &Details)) {
+        self.sessions.for_each(f);
+    }
+
+    /// `f` of up to `limit` stored sessions from position `from`; the next position.
+    pub(crate) fn for_each_from(
+        &self,
+        from: u64,
+        limit: usize,
+        f: impl FnMut(SessionId, &Session, &Details),
+    ) -> Option<u64> {
+        self.sessions.for_each_from(from, limit, f)
+    }
+
+    /// Sessions stored (live, or due and not yet reaped).
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Places left under `max_sessions`.
+    pub(crate) fn room(&self) -> usize {
+        self.cfg.max_sessions.map_or(usize::MAX, |max| {
+            max.saturating_sub(self.counters.occupied.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Every counter, read once.
+    pub(crate) fn counts(&self, wall: &WallClock) -> Counts {
+        self.counters.read(wall)
+    }
+
+    /// People online.
+    pub(crate) fn online(&self) -> usize {
+        self.counters.online()
+    }
+
+    /// The peak: online, and when.
+    pub(crate) fn peak(&self) -> (usize, Tick) {
+        self.counters.peak()
+    }
+
+    /// Where user `user` stands in the user table.
+    pub(crate) fn user_snapshot(&self, user: &str) -> UserSnapshot {
+        self.users.snapshot(user)
+    }
+
+    /// Listed users online, by name.
+    pub(crate) fn listed(&self, limit: usize) -> Vec<UserId> {
+        self.users.listed(limit)
+    }
+
+    /// The offline users remembered, oldest first: (user, last seen, offline since).
+    pub(crate) fn export_offline(&self) -> Vec<(UserId, Tick, Tick)> {
+        self.users.export_offline()
+    }
+
+    /// Offline users a restore keeps at most.
+    pub(crate) fn max_offline(&self) -> usize {
+        self.users.max_offline()
+    }
+
+    /// Live sessions on `page`.
+    pub(crate) fn page_count(&self, page: &str) -> usize {
+        self.pages.count(page)
+    }
+
+    /// The busiest pages.
+    pub(crate) fn top_pages(&self, n: usize) -> Vec<(String, usize)> {
+        self.pages.top(n)
+    }
+
+    /// Listed users on `page`, by name.
+    pub(crate) fn page_members(&self, page: &str, limit: usize) -> Vec<UserId> {
+        self.pages.members(page, limit)
+    }
+}
+
+fn user_session(id: SessionId, tag: KindTag, user: Option<&UserId>) -> Option<UserSession<'_>> {
+    user.map(|user| UserSession {
+        user,
+        hidden: tag == KindTag::Hidden,
+        session: id,
+    })
+}
+
+/// The user a page lists a session under: its user if it is a listed member's session.
+fn listed(tag: KindTag, user: Option<&UserId>) -> Option<&UserId> {
+    user.filter(|_| tag == KindTag::Member)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn lifecycle(max_sessions: Option<usize>) -> Lifecycle {
+        let cfg = Config {
+            idle_timeout: 1_000,
+            idle_after: 500,
+            heartbeat_limit: 10_000,
+            reap_interval: Duration::from_secs(1),
+            max_sessions,
+            remember_users_for: 60_000,
+        };
+        let life = Lifecycle::new(cfg, 0, 100, 16);
+        life.changes().enable();
+        life
+    }
+
+    fn changed(life: &Lifecycle) -> Vec<SessionId> {
+        life.changes().drain()
+    }
+
+    fn occupied(life: &Lifecycle) -> usize {
+        life.counters.occupied.load(Ordering::Relaxed)
+    }
+
+    /// Each way a session starts, changes or ends puts it in the change log (which the
+    /// cluster view sends from), and keeps the capacity count in step; the hot path and a
+    /// refusal record nothing. A write path that skipped the log would fail here.
+    #[test]
+    fn every_write_path_records_its_session_in_the_change_log() {
+        let life = lifecycle(Some(2));
+        let a = SessionId::new_v4();
+
+        // Starts.
+        assert!(matches!(
+            life.activity(a, Kind::Guest, None, 10),
+            Ok(Touch::Joined)
+        ));
+        assert_eq!(changed(&life), [a]);
+        // The hot path and a heartbeat change nothing the log carries.
+        assert!(matches!(
+            life.activity(a, Kind::Guest, None, 20),
+            Ok(Touch::Refreshed)
+        ));
+        assert!(life.heartbeat(a, 30));
+        assert!(changed(&life).is_empty());
+        // Changes kind, then page.
+        life.activity(a, Kind::member("alice"), None, 40).unwrap();
+        assert_eq!(changed(&life), [a]);
+        life.activity(a, Kind::member("alice"), Some("/x"), 50)
+            .unwrap();
+        assert_eq!(changed(&life), [a]);
+        // Both at once: recorded once.
+        life.activity(a, Kind::Bot, Some("/y"), 60).unwrap();
+        assert_eq!(changed(&life), [a]);
+        // Leaves.
+        assert!(life.leave(a, 70, |_, _| ()).is_some());
+        assert_eq!(changed(&life), [a]);
+        assert_eq!(life.changes().drain_left(), [a]);
+        assert_eq!(occupied(&life), 0);
+
+        // Expires, evicted by a reap.
+        let b = SessionId::new_v4();
+        life.activity(b, Kind::Guest, None, 100).unwrap();
+        assert_eq!(changed(&life), [b]);
+        assert_eq!(life.reap_all(100 + 1_000), 1);
+        assert_eq!(changed(&life), [b]);
+        assert_eq!(occupied(&life), 0);
+
+        // Due but not yet evicted (a reap in flight), then active again: it ends and a new
+        // session starts in its place, keeping the place.
+        let c = SessionId::new_v4();
+        life.activity(c, Kind::Guest, None, 2_000).unwrap();
+        assert_eq!(changed(&life), [c]);
+        {
+            let _reaping = life.reaping.lock();
+            assert!(matches!(
+                life.activity(c, Kind::Bot, None, 3_500),
+                Ok(Touch::Joined)
+            ));
+        }
+        assert_eq!(changed(&life), [c]);
+        assert_eq!(occupied(&life), 1);
+        assert_eq!(life.counters.bots.load(Ordering::Relaxed), 1);
+        assert_eq!(life.counters.guests.load(Ordering::Relaxed), 0);
+
+        // Restored from a snapshot.
+        let d = SessionId::new_v4();
+        let saved = Saved {
+            id: d,
+            kind: Kind::Guest,
+            page: None,
+            times: (3_500, 3_500, 3_500),
+        };
+        assert_eq!(life.restore_all(vec![saved], &[], 3_500), 1);
+        assert_eq!(changed(&life), [d]);
+        assert_eq!(occupied(&life), 2);
+
+        // Refused at `max_sessions`: nothing recorded, nothing counted.
+        let e = SessionId::new_v4();
+        assert!(matches!(
+            life.activity(e, Kind::Guest, None, 3_600),
+            Err(PresenceError::Full { max_sessions: 2 })
+        ));
+        assert!(changed(&life).is_empty());
+        assert_eq!(occupied(&life), 2);
+    }
+}

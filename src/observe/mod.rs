@@ -1,0 +1,8 @@
+//! What operators see: the `metrics` facade's gauges and counters, `tracing` words about
+//! slow reaps and refusals, and the `online` history ring for charts.
+//!
+//! It is told what happened (the core calls it) and never reads nor changes the tracker's
+//! tables itself. It uses only the plain types at the crate root.
+
+pub(crate) mod history;
+pub(crate) mod metrics;
