@@ -276,8 +276,10 @@ impl Presence {
     /// still works. Dropping the last handle does this too.
     ///
     /// The save is blocking file I/O in the calling thread (see
-    /// [`save_snapshot`](Self::save_snapshot) for its cost); in an async server, call it
-    /// once the server has stopped, or from `spawn_blocking`.
+    /// [`save_snapshot`](Self::save_snapshot) for its cost). In a server, save when the
+    /// stop signal arrives and then drain connections with a time cap, never only after a
+    /// graceful shutdown that waits for every connection: see
+    /// [`snapshot_file`](PresenceBuilder::snapshot_file), "Saving in a server".
     pub fn shutdown(&self) {
         self.tracker.stop_reaper();
         self.tracker.save_on_exit();
