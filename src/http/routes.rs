@@ -306,7 +306,7 @@ const MAX_LEAVE_GRACE: Duration = Duration::from_secs(60);
 const MAX_NAMES: usize = 1000;
 
 /// The most `pages=` one counts request is answered for; more are ignored.
-const MAX_WATCHED_PAGES: usize = 32;
+const MAX_PAGES_PER_REQUEST: usize = 32;
 
 /// The routes' shared state.
 #[derive(Clone)]
@@ -351,7 +351,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
         for (key, value) in pairs {
             match key.as_str() {
                 "page" if q.page.is_none() => q.page = Some(value),
-                "pages" if q.pages.len() < MAX_WATCHED_PAGES && is_page(&value) => {
+                "pages" if q.pages.len() < MAX_PAGES_PER_REQUEST && is_page(&value) => {
                     let page = page_key(&value);
                     if !q.pages.iter().any(|p| p == page) {
                         q.pages.push(page.to_owned());
