@@ -40,37 +40,28 @@ pub const MAX_REAP_INTERVAL: Duration = Duration::from_secs(3600);
 /// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct PresenceBuilder {
-    pub(crate) idle_timeout: Duration,
-    pub(crate) idle_after: Duration,
-    pub(crate) heartbeat_limit: Duration,
-    pub(crate) reap_interval: Duration,
-    pub(crate) max_sessions: Option<usize>,
-    pub(crate) remember_users_for: Duration,
-    pub(crate) max_remembered_users: usize,
-    pub(crate) event_capacity: usize,
-    pub(crate) clock: TimeSource,
-    pub(crate) reaper: Reaper,
-    pub(crate) snapshot_file: Option<PathBuf>,
-    pub(crate) max_snapshot_size: u64,
-    pub(crate) history_interval: Duration,
+    /// Everything the builder sets, handed to the tracker as it is at `build()`.
+    pub(crate) settings: Settings,
 }
 
 impl Default for PresenceBuilder {
     fn default() -> Self {
         PresenceBuilder {
-            idle_timeout: Duration::from_secs(300),
-            idle_after: Duration::from_secs(300),
-            heartbeat_limit: Duration::from_secs(20 * 60),
-            reap_interval: Duration::from_secs(1),
-            max_sessions: None,
-            remember_users_for: Duration::from_secs(24 * 3600),
-            max_remembered_users: DEFAULT_MAX_REMEMBERED_USERS,
-            event_capacity: 1024,
-            clock: TimeSource::System(SystemClock::new()),
-            reaper: Reaper::Auto,
-            snapshot_file: None,
-            max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
-            history_interval: Duration::from_secs(60),
+            settings: Settings {
+                idle_timeout: Duration::from_secs(300),
+                idle_after: Duration::from_secs(300),
+                heartbeat_limit: Duration::from_secs(20 * 60),
+                reap_interval: Duration::from_secs(1),
+                max_sessions: None,
+                remember_users_for: Duration::from_secs(24 * 3600),
+                max_remembered_users: DEFAULT_MAX_REMEMBERED_USERS,
+                event_capacity: 1024,
+                clock: TimeSource::System(SystemClock::new()),
+                reaper: Reaper::Auto,
+                snapshot_file: None,
+                max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
+                history_interval: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -78,21 +69,7 @@ impl Default for PresenceBuilder {
 impl PresenceBuilder {
     /// The settings, for the tracker to start from.
     pub(crate) fn settings(self) -> Settings {
-        Settings {
-            idle_timeout: self.idle_timeout,
-            idle_after: self.idle_after,
-            heartbeat_limit: self.heartbeat_limit,
-            reap_interval: self.reap_interval,
-            max_sessions: self.max_sessions,
-            remember_users_for: self.remember_users_for,
-            max_remembered_users: self.max_remembered_users,
-            event_capacity: self.event_capacity,
-            clock: self.clock,
-            reaper: self.reaper,
-            snapshot_file: self.snapshot_file,
-            max_snapshot_size: self.max_snapshot_size,
-            history_interval: self.history_interval,
-        }
+        self.settings
     }
 }
 
@@ -121,7 +98,7 @@ impl PresenceBuilder {
             Duration::from_millis(1),
             MAX_TIMEOUT,
         );
-        self.idle_timeout = timeout;
+        self.settings.idle_timeout = timeout;
         self
     }
 
@@ -132,7 +109,7 @@ impl PresenceBuilder {
     /// Below 1 ms or above [`MAX_TIMEOUT`].
     pub fn idle_after(mut self, after: Duration) -> Self {
         check("idle_after", after, Duration::from_millis(1), MAX_TIMEOUT);
-        self.idle_after = after;
+        self.settings.idle_after = after;
         self
     }
 
@@ -149,7 +126,7 @@ impl PresenceBuilder {
             Duration::from_millis(1),
             MAX_TIMEOUT,
         );
-        self.heartbeat_limit = limit;
+        self.settings.heartbeat_limit = limit;
         self
     }
 
@@ -166,7 +143,7 @@ impl PresenceBuilder {
             Duration::from_millis(1),
             MAX_REAP_INTERVAL,
         );
-        self.reap_interval = interval;
+        self.settings.reap_interval = interval;
         self
     }
 
@@ -183,7 +160,7 @@ impl PresenceBuilder {
     /// If `max` is 0.
     pub fn max_sessions(mut self, max: usize) -> Self {
         assert!(max > 0, "presence-tracker: max_sessions must be at least 1");
-        self.max_sessions = Some(max);
+        self.settings.max_sessions = Some(max);
         self
     }
 
@@ -194,7 +171,7 @@ impl PresenceBuilder {
     /// Above [`MAX_REMEMBER`]. Zero is allowed: forget users as soon as they go offline.
     pub fn remember_users_for(mut self, remember: Duration) -> Self {
         check("remember_users_for", remember, Duration::ZERO, MAX_REMEMBER);
-        self.remember_users_for = remember;
+        self.settings.remember_users_for = remember;
         self
     }
 
@@ -211,7 +188,7 @@ impl PresenceBuilder {
             max > 0,
             "presence-tracker: max_remembered_users must be at least 1"
         );
-        self.max_remembered_users = max;
+        self.settings.max_remembered_users = max;
         self
     }
 
@@ -225,20 +202,20 @@ impl PresenceBuilder {
             capacity > 0 && capacity <= usize::MAX / 2,
             "presence-tracker: event_capacity must be between 1 and usize::MAX / 2, got {capacity}"
         );
-        self.event_capacity = capacity;
+        self.settings.event_capacity = capacity;
         self
     }
 
     /// The time source. Default: [`SystemClock`], the coarse monotonic clock. Tests pass a
     /// [`ManualClock`](crate::ManualClock) and keep a clone to advance.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = TimeSource::Custom(Arc::new(clock));
+        self.settings.clock = TimeSource::Custom(Arc::new(clock));
         self
     }
 
     /// Who evicts quiet sessions. Default [`Reaper::Auto`].
     pub fn reaper(mut self, reaper: Reaper) -> Self {
-        self.reaper = reaper;
+        self.settings.reaper = reaper;
         self
     }
 
@@ -312,7 +289,7 @@ impl PresenceBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.snapshot_file = Some(path.into());
+        self.settings.snapshot_file = Some(path.into());
         self
     }
 
@@ -330,7 +307,7 @@ impl PresenceBuilder {
             bytes >= 1024,
             "presence-tracker: max_snapshot_size must be at least 1024 bytes, got {bytes}"
         );
-        self.max_snapshot_size = bytes;
+        self.settings.max_snapshot_size = bytes;
         self
     }
 
@@ -348,27 +325,15 @@ impl PresenceBuilder {
             Duration::from_millis(1),
             MAX_REAP_INTERVAL,
         );
-        self.history_interval = interval;
+        self.settings.history_interval = interval;
         self
     }
 }
 
 impl fmt::Debug for PresenceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PresenceBuilder")
-            .field("idle_timeout", &self.idle_timeout)
-            .field("idle_after", &self.idle_after)
-            .field("heartbeat_limit", &self.heartbeat_limit)
-            .field("reap_interval", &self.reap_interval)
-            .field("max_sessions", &self.max_sessions)
-            .field("remember_users_for", &self.remember_users_for)
-            .field("max_remembered_users", &self.max_remembered_users)
-            .field("event_capacity", &self.event_capacity)
-            .field("clock", &self.clock)
-            .field("reaper", &self.reaper)
-            .field("snapshot_file", &self.snapshot_file)
-            .field("max_snapshot_size", &self.max_snapshot_size)
-            .field("history_interval", &self.history_interval)
+        f.debug_tuple("PresenceBuilder")
+            .field(&self.settings)
             .finish()
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use presence_tracker::cluster::{Cluster, ClusterCounts, ClusterError};
 use presence_tracker::{Kind, ManualClock, Presence, Reaper, SessionId, UserStatus};
-use redis_server::{RedisCluster, RedisServer};
+use redis_server::{RedisCluster, RedisServer, eventually};
 
 const FLUSH: Duration = Duration::from_millis(150);
 const NODE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,18 +59,6 @@ async fn settle(nodes: &[&Cluster]) -> ClusterCounts {
         n.sync().await.expect("sync");
     }
     nodes[0].sync().await.expect("sync")
-}
-
-/// Polls `f` until it holds or `within` passes; returns how long it took.
-async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn id() -> SessionId {
@@ -682,23 +670,6 @@ async fn shutdown_removes_this_nodes_sessions_but_not_those_another_node_holds()
     assert_eq!(cb.sync().await.unwrap().sessions, 1);
 }
 
-/// All commands Redis ran since the last `CONFIG RESETSTAT` (script-internal ones included).
-fn redis_commands(server: &RedisServer) -> u64 {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_costs_what_changed_not_what_is_stored() {
     let Some(server) = RedisServer::start() else {
@@ -719,7 +690,7 @@ async fn a_flush_costs_what_changed_not_what_is_stored() {
     }
     server.cli(&["CONFIG", "RESETSTAT"]);
     ca.sync().await.unwrap();
-    let idle = redis_commands(&server);
+    let idle = server.commandstats("").1;
     assert!(
         idle < 60,
         "a flush with nothing changed ran {idle} commands"
@@ -732,7 +703,7 @@ async fn a_flush_costs_what_changed_not_what_is_stored() {
     }
     server.cli(&["CONFIG", "RESETSTAT"]);
     ca.sync().await.unwrap();
-    let ten = redis_commands(&server);
+    let ten = server.commandstats("").1;
     assert!(
         ten > idle && ten < idle + 10 * 40,
         "ten changes ran {ten} commands"

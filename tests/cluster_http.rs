@@ -116,14 +116,7 @@ async fn two_nodes_answer_the_same_counts_and_take_up_each_others_sessions() {
 
     // Polls cost Redis nothing: the counts, the page's count and its names come from each
     // node's cache, which the flush task refreshes once per flush interval.
-    let evalsha = || {
-        server
-            .cli(&["INFO", "commandstats"])
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|v| v.split(',').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let evalsha = || server.commandstats("evalsha").0;
     let (before, start) = (evalsha(), std::time::Instant::now());
     for i in 0..300 {
         let c = counts(if i % 2 == 0 { &a } else { &b }, "/").await;

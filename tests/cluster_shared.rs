@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use presence_tracker::cluster::{Cluster, ClusterCounts, ClusterError};
 use presence_tracker::{Kind, Presence, Reaper, SessionId};
-use redis_server::RedisServer;
+use redis_server::{RedisServer, eventually};
 
 const FLUSH: Duration = Duration::from_millis(150);
 
@@ -46,50 +46,12 @@ async fn node(url: &str, name: &str, p: &Presence) -> Cluster {
     node_with(url, name, p, FLUSH, Duration::from_secs(10)).await
 }
 
-async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn id() -> SessionId {
     SessionId::new_v4()
 }
 
 fn names(v: Vec<presence_tracker::UserId>) -> Vec<String> {
     v.into_iter().map(|u| u.as_str().to_owned()).collect()
-}
-
-/// `(calls, total)` of `INFO commandstats`: calls of `cmd`, and all commands but INFO and
-/// CONFIG (script-internal ones included).
-fn commandstats(server: &RedisServer, cmd: &str) -> (u64, u64) {
-    let info = server.cli(&["INFO", "commandstats"]);
-    let mut calls = 0;
-    let mut total = 0;
-    for l in info.lines() {
-        let Some(rest) = l.strip_prefix("cmdstat_") else {
-            continue;
-        };
-        let n: u64 = rest
-            .split("calls=")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if rest.starts_with("info:") || rest.starts_with("config") {
-            continue;
-        }
-        if rest.starts_with(&format!("{cmd}:")) {
-            calls += n;
-        }
-        total += n;
-    }
-    (calls, total)
 }
 
 fn mixed(i: usize) -> Kind {
@@ -173,7 +135,7 @@ async fn a_join_burst_goes_in_calls_of_bounded_work() {
     server.cli(&["CONFIG", "RESETSTAT"]);
     let v = c.sync().await.unwrap();
     assert_eq!(v.sessions, 12_000);
-    let (calls, total) = commandstats(&server, "evalsha");
+    let (calls, total) = server.commandstats("evalsha");
     let per_call = total / calls.max(1);
     println!("12k joins: {calls} script calls, {total} commands, {per_call} per call");
     // At most a few hundred joins a call, however fast this Redis is.
@@ -217,7 +179,7 @@ async fn reads_come_from_the_cache_and_cost_redis_nothing() {
     for _ in 0..1000 {
         assert_eq!(read_all().await, first);
     }
-    let (evalsha, total) = commandstats(&server, "evalsha");
+    let (evalsha, total) = server.commandstats("evalsha");
     assert_eq!((evalsha, total), (0, 0), "5000 reads made Redis calls");
 
     server.stall();

@@ -81,32 +81,6 @@ fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// All commands Redis executed (script-internal ones included), from `INFO commandstats`.
-fn commands(con: &mut redis::Connection) -> (u64, u64) {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    let mut total = 0;
-    let mut evalsha = 0;
-    for l in info.lines() {
-        let Some(rest) = l.strip_prefix("cmdstat_") else {
-            continue;
-        };
-        let calls: u64 = rest
-            .split("calls=")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if rest.starts_with("info:") || rest.starts_with("config") {
-            continue;
-        }
-        if rest.starts_with("evalsha:") {
-            evalsha += calls;
-        }
-        total += calls;
-    }
-    (evalsha, total)
-}
-
 /// Printed figures: Redis commands per flush, memory per session.
 fn report(server: &RedisServer) {
     let rt = runtime();
@@ -144,7 +118,7 @@ fn report(server: &RedisServer) {
     let t = Instant::now();
     rt.block_on(cluster.sync()).unwrap();
     let took = t.elapsed();
-    let (evalsha, total) = commands(&mut con);
+    let (evalsha, total) = server.commandstats("evalsha");
     println!(
         "cluster flush of {changed} changed sessions: {took:?}, {evalsha} EVALSHA round trips, \
          {total} Redis commands in all (script-internal ones included)"
@@ -154,7 +128,7 @@ fn report(server: &RedisServer) {
         .exec(&mut con)
         .unwrap();
     rt.block_on(cluster.sync()).unwrap();
-    let (evalsha, total) = commands(&mut con);
+    let (evalsha, total) = server.commandstats("evalsha");
     println!("cluster flush with nothing changed: {evalsha} EVALSHA, {total} commands in all");
     rt.block_on(cluster.shutdown());
 }

@@ -172,6 +172,31 @@ impl RedisServer {
         ping(self.port)
     }
 
+    /// `(calls of cmd, all calls)` from `INFO commandstats`, leaving out INFO and CONFIG
+    /// (script-internal commands included).
+    pub fn commandstats(&self, cmd: &str) -> (u64, u64) {
+        let (mut calls, mut total) = (0, 0);
+        for l in self.cli(&["INFO", "commandstats"]).lines() {
+            let Some(rest) = l.strip_prefix("cmdstat_") else {
+                continue;
+            };
+            if rest.starts_with("info:") || rest.starts_with("config") {
+                continue;
+            }
+            let n: u64 = rest
+                .split("calls=")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if rest.starts_with(&format!("{cmd}:")) {
+                calls += n;
+            }
+            total += n;
+        }
+        (calls, total)
+    }
+
     /// One command through `redis-cli`, its output trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -246,5 +271,18 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(RedisCluster { nodes })
+    }
+}
+
+/// Polls `f` until it holds or `within` passes (a failed assertion naming `what`); returns
+/// how long it took.
+pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
