@@ -4,35 +4,54 @@
 -- hash tag keeps them on one Redis Cluster slot.
 --
 -- Cost: the Redis a site gives us is shared with its caches and sessions, so a call is kept
--- short (the node sizes each chunk by a work budget) and cheap: a page change reads and writes
--- one session record; page counts, page members, user records and counters are aggregated
--- over the call and written once per page, user or counter at the end.
+-- short (the node sizes each chunk by a work budget) and cheap. A session's page is counted
+-- by one node, its page owner (the record's third field): the owner keeps the counts of its
+-- pages and its listed sessions' page entries itself and sends them as absolute values
+-- ("P", "A", "D" below), so a page change costs no per-session command at all. A node that
+-- starts counting a session another node counted ("take") leaves a message in that node's
+-- inbox, which drops it at its next flush. User records and counters are aggregated over
+-- the call and written once per user or counter at the end.
 --
 -- ARGV (header): 1 node name, 2 process token, 3 call sequence, 4 highest sequence this node
 -- saw acknowledged, 5 node timeout ms, 6 flush interval ms, 7 mode ("f" flush, "b" bye: release
 -- this node's claims, "k" bye that keeps: park them until their own expiry), 8 "1" when this
 -- node has no refill left to send, 9 peak online and 10 peak at (ms) this node last saw,
 -- 11 sweep budget (claims), 12 first session bucket and 13 number of buckets whose TTL to
--- refresh, 14 first page and 15 number of pages whose member list TTL to refresh, 16 key TTL ms.
+-- refresh, 14 first and 15 number of this node's page-member buckets whose TTL to refresh,
+-- 16 key TTL ms, 17 the highest inbox message this node has taken in (its score).
 -- Then one argument per operation, packed:
 --   "u" id(16) kind(1: g b m h) renew(1: 0/1) ttl_ms(8 hex) seen_age_ms(8 hex)
---       active_age_ms(8 hex) user_len(4 hex) user sortkey_len(4 hex) sortkey page
+--       active_age_ms(8 hex) user_len(4 hex) user sortkey_len(4 hex) sortkey take(1: 0/1)
+--                take: this node now counts the session's page
 --   "n" ...      the same, when only the claim's expiry is due: if the claim exists, only
 --                its expiry (and its user's last seen) moves; else as "u"
 --   "r" id(16)   release this node's claim
 --   "l" id(16)   leave: end the session for every claimant
+--   "P" count(8 hex) page          this node's sessions on the page, as it counts them now
+--   "A" bucket(4 hex) {len(4 hex) entry}...   page entries this node adds to a bucket of its
+--   "D" bucket(4 hex) {len(4 hex) entry}...   member lists, or removes; an entry is
+--       page_len(4 hex) page sortkey \0 user \0 id(16), one per listed session on the page
+--   "K" {id(16) len(4 hex) bucket(4 hex) page_len(4 hex) page entry}...   before a bye that
+--       parks: where this node counts its sessions, so that each leaves its page when it
+--       expires or another node takes it
 -- Nodes send ages and time left, never timestamps: Redis TIME scores everything.
 --
 -- Returns {status (1 ok, 2 node name in use by another live process, 3 an older call that
 -- arrived late: ignored), fresh, registered at seq, now ms, live nodes, sessions, guests, bots,
--- members, hidden, peak online, peak at, stale, more sweep work, done (bye)[, next page of
--- the TTL cycle]}.
+-- members, hidden, peak online, peak at, stale, more sweep work, done (bye), next member
+-- bucket of the TTL cycle (-1: none), the inbox stamp now, then this node's inbox messages:
+-- kind(1: "m" another node took the session's page, "o" its page owner let it go) id(16),
+-- stamp, ...}.
 local P = string.sub(KEYS[1], 1, #KEYS[1] - 1)
 local C, U, M, PG, PEAK = P .. 'c', P .. 'u', P .. 'm', P .. 'p', P .. 'peak'
 local N, NN, ND, NSEQ = P .. 'n', P .. 'nn', P .. 'nd', P .. 'nseq'
 local DEAD, PARKED, FILL, SINCE = P .. 'dead', P .. 'parked', P .. 'fill', P .. 'since'
-local FIXED = { C, U, M, PG, N, NN, ND, NSEQ, DEAD, PARKED, FILL, SINCE }
+local DRAIN, IBN = P .. 'drain', P .. 'ibn'
+local FIXED = { C, U, M, PG, N, NN, ND, NSEQ, DEAD, PARKED, FILL, SINCE, DRAIN, IBN }
 local BUCKETS = 4096
+-- A node's page entries are spread over this many member buckets by a hash of the page
+-- (computed by the node), so that each stays small and compact.
+local PM_BUCKETS = 256
 
 -- Sessions live in 4096 buckets by id so that each bucket stays within Redis's compact
 -- encoding (listpack) up to about 500k sessions.
@@ -43,7 +62,12 @@ local function skey(b) return P .. 's:' .. b end
 -- A node's claims, by bucket, scored by their expiry; and the buckets it has claims in.
 local function hkey(num, b) return P .. 'h:' .. num .. ':' .. b end
 local function hbkey(num) return P .. 'hb:' .. num end
-local function pmkey(page) return P .. 'pm:' .. page end
+-- A node's page counts, its page entries by member bucket, its inbox.
+local function pckey(num) return P .. 'pc:' .. num end
+local function pmkey(num, b) return P .. 'pm:' .. num .. ':' .. b end
+local function ibkey(num) return P .. 'ib:' .. num end
+-- A parked node's pages of its sessions: id -> bucket(4 hex) page_len(4 hex) page entry.
+local function ppkey(num) return P .. 'pp:' .. num end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -51,8 +75,8 @@ local name, token, seq, acked = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(AR
 local timeout, flushms, mode, filled = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
 local my_peak, my_peak_at, budget = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local ttl_b, ttl_bn, ttl_p, ttl_pn = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local keyttl = tonumber(ARGV[16])
-local FIRST_OP = 17
+local keyttl, inbox_seen = tonumber(ARGV[16]), tonumber(ARGV[17])
+local FIRST_OP = 18
 
 local function view(status, fresh, reg, more, done)
   local c = redis.call('HMGET', C, 'sessions', 'guests', 'bots', 'members', 'hidden')
@@ -74,21 +98,28 @@ local function view(status, fresh, reg, more, done)
   end
   if po then redis.call('PEXPIRE', PEAK, 30 * 86400000) end
   return { status, fresh, reg, now, redis.call('ZCARD', N), c[1], c[2], c[3], c[4], c[5],
-    po or 0, pat or 0, stale, more, done }
+    po or 0, pat or 0, stale, more, done, -1, tonumber(redis.call('GET', IBN) or '0') }
 end
 
--- Nodes silent past their own timeout are dead (the registry scores each node by the time
--- its timeout runs out): their claims are released below, in batches.
-for _, num in ipairs(redis.call('ZRANGEBYSCORE', N, '-inf', '(' .. now)) do
+-- A node leaves the registry: its claims are released below, in batches, and what it
+-- counted on pages is taken off the page counts.
+local function unregister(num, drain_pages)
   redis.call('ZREM', N, num)
-  redis.call('HSET', DEAD, num, 0)
   redis.call('SREM', FILL, num)
+  if drain_pages then redis.call('HSET', DRAIN, num, 0) end
   local v = redis.call('HGET', ND, num)
   redis.call('HDEL', ND, num)
   if v then
     local nm = cmsgpack.unpack(v)[1]
     if redis.call('HGET', NN, nm) == num then redis.call('HDEL', NN, nm) end
   end
+end
+
+-- Nodes silent past their own timeout are dead (the registry scores each node by the time
+-- its timeout runs out).
+for _, num in ipairs(redis.call('ZRANGEBYSCORE', N, '-inf', '(' .. now)) do
+  unregister(num, true)
+  redis.call('HSET', DEAD, num, 0)
 end
 
 -- This node. Its record: {name, token, last sequence applied, sequence it registered at}.
@@ -103,10 +134,7 @@ if me then
   if rec[3] < acked then
     -- Writes this node saw acknowledged are gone (Redis restored from an older dump): its
     -- claims here are outdated. Let them go as a dead node's and register anew.
-    redis.call('ZREM', N, me)
-    redis.call('HDEL', ND, me)
-    redis.call('HDEL', NN, name)
-    redis.call('SREM', FILL, me)
+    unregister(me, true)
     redis.call('HSET', DEAD, me, 0)
     me, lost = nil, true
   elseif seq <= rec[3] then
@@ -134,14 +162,46 @@ redis.call('HSET', ND, me, cmsgpack.pack({ name, token, seq, reg }))
 redis.call('ZADD', N, now + timeout, me)
 -- A refill is complete once the node, having seen its registration, says it sent everything.
 if filled and fresh == 0 and acked >= reg then redis.call('SREM', FILL, me) end
+-- A bye takes this node's pages off the page counts first (in the drain below).
+if mode == 'b' then redis.call('HSETNX', DRAIN, me, 0) end
+-- Inbox messages the node has taken in.
+if fresh == 0 and inbox_seen > 0 then
+  redis.call('ZREMRANGEBYSCORE', ibkey(me), '-inf', inbox_seen)
+end
 
 -- What this call changes, aggregated and written once at the end.
 local dc = { sessions = 0, guests = 0, bots = 0 }
-local dpage = {}         -- page -> change of its session count
-local pm_del, pm_add = {}, {} -- page -> {member entries}
 local users = {}         -- user -> {listed delta, hidden delta, sortkey, seen, active}
 local new_keys = {}      -- keys created here: they get their TTL at once
 local my_buckets = {}    -- buckets where this node took a new claim
+local stamp              -- this call's inbox stamp, once it sends a message
+
+-- A parked node no longer counts session `id` on its page: another node took it, or it
+-- ended. The node left the page it had there at its bye.
+local function parked_drop(num, id)
+  local v = redis.call('HGET', ppkey(num), id)
+  if not v then return end
+  redis.call('HDEL', ppkey(num), id)
+  local b, plen = tonumber(string.sub(v, 1, 4), 16), tonumber(string.sub(v, 5, 8), 16)
+  local page, entry = string.sub(v, 9, 8 + plen), string.sub(v, 9 + plen)
+  if tonumber(redis.call('ZINCRBY', pckey(num), -1, page)) <= 0 then redis.call('ZREM', pckey(num), page) end
+  if tonumber(redis.call('ZINCRBY', PG, -1, page)) <= 0 then redis.call('ZREM', PG, page) end
+  if #entry > 0 then redis.call('ZREM', pmkey(num, b), entry) end
+end
+
+-- Tells node `num` (if live) about session `id`: "m" another node counts its page now, "o"
+-- its page owner let it go (take it if you still have it). A parked node is dealt with
+-- here and now.
+local function message(num, kind, id)
+  if num == me then return end
+  if not redis.call('ZSCORE', N, num) then
+    if kind == 'm' and redis.call('HEXISTS', PARKED, num) == 1 then parked_drop(num, id) end
+    return
+  end
+  stamp = stamp or redis.call('INCR', IBN)
+  redis.call('ZADD', ibkey(num), stamp, kind .. id)
+  new_keys[ibkey(num)] = true
+end
 
 local function user_touch(user, sortkey)
   local u = users[user]
@@ -154,15 +214,11 @@ local function user_touch(user, sortkey)
   return u
 end
 
-local function entry(sortkey, user, id)
-  return sortkey .. '\0' .. user .. '\0' .. id
-end
-
--- Adds (d = 1) or removes (d = -1) a session's share of the counts. `sortkey` is known for
--- an upsert; for a removal it comes from the user record at the end.
-local function apply(id, s, d, sortkey)
+-- Adds (d = 1) or removes (d = -1) a session's share of the counters and its user's.
+-- `sortkey` is known for an upsert; for a removal it comes from the user record at the end.
+local function apply(s, d, sortkey)
   dc.sessions = dc.sessions + d
-  local kind, user, page = s[1], s[2], s[3]
+  local kind, user = s[1], s[2]
   if kind == 'g' then
     dc.guests = dc.guests + d
   elseif kind == 'b' then
@@ -171,38 +227,33 @@ local function apply(id, s, d, sortkey)
     local u = user_touch(user, sortkey)
     if kind == 'm' then u[1] = u[1] + d else u[2] = u[2] + d end
   end
-  if page ~= '' then
-    dpage[page] = (dpage[page] or 0) + d
-    if kind == 'm' then
-      local list = d > 0 and pm_add or pm_del
-      list[page] = list[page] or {}
-      table.insert(list[page], { user, id, sortkey })
-    end
-  end
 end
 
-local function claims_without(s, num)
+-- Takes `num`'s claim off a record; when `num` counted its page, the other claimants are
+-- told that nobody does now.
+local function without(s, num, id, parked)
   local out, found = { s[1], s[2], s[3] }, false
   for k = 4, #s do
     if s[k] == num then found = true else out[#out + 1] = s[k] end
   end
+  if out[3] == num then
+    out[3] = ''
+    if parked then parked_drop(num, id) end
+    for k = 4, #out do message(out[k], 'o', id) end
+  end
   return out, found
 end
 
-local function session_end(S, id, s)
-  redis.call('HDEL', S, id)
-  apply(id, s, -1)
-end
-
-local function release(id, num)
+local function release(id, num, parked)
   local b = bucket(id)
   if redis.call('ZREM', hkey(num, b), id) == 0 then return end
   local S = skey(b)
   local v = redis.call('HGET', S, id)
   if not v then return end
-  local s, _ = claims_without(cmsgpack.unpack(v), num)
+  local s, _ = without(cmsgpack.unpack(v), num, id, parked)
   if #s <= 3 then
-    session_end(S, id, s)
+    redis.call('HDEL', S, id)
+    apply(s, -1)
   else
     redis.call('HSET', S, id, cmsgpack.pack(s))
   end
@@ -215,10 +266,12 @@ local function leave(id)
   if not v then return end
   local s = cmsgpack.unpack(v)
   for k = 4, #s do redis.call('ZREM', hkey(s[k], b), id) end
-  session_end(S, id, s)
+  if s[3] ~= '' then message(s[3], 'm', id) end
+  redis.call('HDEL', S, id)
+  apply(s, -1)
 end
 
-local function upsert(id, kind, renew, ttl, seen, active, user, sortkey, page)
+local function upsert(id, kind, renew, ttl, seen, active, user, sortkey, take)
   local b = bucket(id)
   local S = skey(b)
   local v = redis.call('HGET', S, id)
@@ -234,34 +287,22 @@ local function upsert(id, kind, renew, ttl, seen, active, user, sortkey, page)
     end
   end
   if not s then
-    s = { kind, user, page, me }
-    apply(id, s, 1, sortkey)
+    s = { kind, user, take and me or '', me }
+    apply(s, 1, sortkey)
     redis.call('HSET', S, id, cmsgpack.pack(s))
     new_keys[S] = true
   else
     local changed = not claimant
     if not claimant then s[#s + 1] = me end
-    -- A node that saw only touches knows no page: it does not erase another node's.
-    if page == '' then page = s[3] end
     if s[1] ~= kind or s[2] ~= user then
-      apply(id, s, -1)
-      s[1], s[2], s[3] = kind, user, page
-      apply(id, s, 1, sortkey)
+      apply(s, -1)
+      s[1], s[2] = kind, user
+      apply(s, 1, sortkey)
       changed = true
-    elseif s[3] ~= page then
-      -- A page change, the common case: only the page's counts and member list move.
-      local old = s[3]
-      if old ~= '' then dpage[old] = (dpage[old] or 0) - 1 end
-      dpage[page] = (dpage[page] or 0) + 1
-      if kind == 'm' then
-        if old ~= '' then
-          pm_del[old] = pm_del[old] or {}
-          table.insert(pm_del[old], { user, id, sortkey })
-        end
-        pm_add[page] = pm_add[page] or {}
-        table.insert(pm_add[page], { user, id, sortkey })
-      end
-      s[3] = page
+    end
+    if take and s[3] ~= me then
+      if s[3] ~= '' then message(s[3], 'm', id) end
+      s[3] = me
       changed = true
     end
     if changed then redis.call('HSET', S, id, cmsgpack.pack(s)) end
@@ -273,68 +314,96 @@ local function upsert(id, kind, renew, ttl, seen, active, user, sortkey, page)
   end
 end
 
-local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
-
-for i = FIRST_OP, #ARGV do
-  local a = ARGV[i]
-  local op, id = string.sub(a, 1, 1), string.sub(a, 2, 17)
-  if op == 'n' and redis.call('ZADD', hkey(me, bucket(id)), 'XX', 'CH', now + hex(a, 20, 8), id) == 1 then
-    -- A renewal of a claim that exists: its expiry moved; the last seen of its user too.
-    local ulen = hex(a, 44, 4)
-    if ulen > 0 then
-      local u = user_touch(string.sub(a, 48, 47 + ulen), nil)
-      local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
-      if seen > u[4] then u[4] = seen end
-      if active > u[5] then u[5] = active end
-    end
-  elseif op == 'u' or op == 'n' then
-    local ulen = hex(a, 44, 4)
-    local user = string.sub(a, 48, 47 + ulen)
-    local klen = hex(a, 48 + ulen, 4)
-    local sortkey = string.sub(a, 52 + ulen, 51 + ulen + klen)
-    local page = string.sub(a, 52 + ulen + klen)
-    upsert(id, string.sub(a, 18, 18), string.sub(a, 19, 19) == '1', hex(a, 20, 8),
-      now - hex(a, 28, 8), now - hex(a, 36, 8), user, sortkey, page)
-  elseif op == 'r' then
-    release(id, me)
-  elseif op == 'l' then
-    leave(id)
+-- This node's count of a page, as it counts it now; the cluster's count moves by the
+-- difference, so that sending it twice does no harm.
+local function page_count(page, n)
+  local pc = pckey(me)
+  local old = tonumber(redis.call('ZSCORE', pc, page) or '0')
+  if n == old then return end
+  if n > 0 then
+    redis.call('ZADD', pc, n, page)
   else
-    return redis.error_reply('presence flush: unknown operation ' .. tostring(op))
+    redis.call('ZREM', pc, page)
   end
+  if tonumber(redis.call('ZINCRBY', PG, n - old, page)) <= 0 then redis.call('ZREM', PG, page) end
 end
 
--- What the operations and sweeps changed, written once per user, page and counter.
+local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
+
+-- Page entries, length-prefixed, from position `i` of `a`.
+local function entries(a, i, zadd)
+  local out = {}
+  while i <= #a do
+    local len = hex(a, i, 4)
+    if zadd then out[#out + 1] = 0 end
+    out[#out + 1] = string.sub(a, i + 4, i + 3 + len)
+    i = i + 4 + len
+  end
+  return out
+end
+
+local pages_touched = false
+for i = FIRST_OP, #ARGV do
+  local a = ARGV[i]
+  local op = string.sub(a, 1, 1)
+  if op == 'P' then
+    page_count(string.sub(a, 10), hex(a, 2, 8))
+    pages_touched = true
+  elseif op == 'A' then
+    local key = pmkey(me, hex(a, 2, 4))
+    redis.call('ZADD', key, unpack(entries(a, 6, true)))
+    redis.call('PEXPIRE', key, keyttl)
+  elseif op == 'D' then
+    redis.call('ZREM', pmkey(me, hex(a, 2, 4)), unpack(entries(a, 6, false)))
+  elseif op == 'K' then
+    -- Before a bye that parks: the pages of this node's sessions, {id(16) len(4 hex) value}.
+    local args, j = {}, 2
+    while j <= #a do
+      local len = hex(a, j + 16, 4)
+      args[#args + 1] = string.sub(a, j, j + 15)
+      args[#args + 1] = string.sub(a, j + 20, j + 19 + len)
+      j = j + 20 + len
+    end
+    redis.call('HSET', ppkey(me), unpack(args))
+    redis.call('PEXPIRE', ppkey(me), keyttl)
+  else
+    local id = string.sub(a, 2, 17)
+    if op == 'n' and redis.call('ZADD', hkey(me, bucket(id)), 'XX', 'CH', now + hex(a, 20, 8), id) == 1 then
+      -- A renewal of a claim that exists: its expiry moved; the last seen of its user too.
+      local ulen = hex(a, 44, 4)
+      if ulen > 0 then
+        local u = user_touch(string.sub(a, 48, 47 + ulen), nil)
+        local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
+        if seen > u[4] then u[4] = seen end
+        if active > u[5] then u[5] = active end
+      end
+    elseif op == 'u' or op == 'n' then
+      local ulen = hex(a, 44, 4)
+      local user = string.sub(a, 48, 47 + ulen)
+      local klen = hex(a, 48 + ulen, 4)
+      local sortkey = string.sub(a, 52 + ulen, 51 + ulen + klen)
+      local take = string.sub(a, 52 + ulen + klen, 52 + ulen + klen) == '1'
+      upsert(id, string.sub(a, 18, 18), string.sub(a, 19, 19) == '1', hex(a, 20, 8),
+        now - hex(a, 28, 8), now - hex(a, 36, 8), user, sortkey, take)
+    elseif op == 'r' then
+      release(id, me)
+    elseif op == 'l' then
+      leave(id)
+    else
+      return redis.error_reply('presence flush: unknown operation ' .. tostring(op))
+    end
+  end
+end
+if pages_touched then new_keys[pckey(me)] = true end
+
+-- What the operations and sweeps changed, written once per user and counter.
 local function write_changes()
   -- Users: each once. Transitions between listed, hidden and gone move the counters and the
   -- name-ordered list of listed users.
   local dmembers, dhidden = 0, 0
-  local user_rec = {}
   for user, u in pairs(users) do
     local v = redis.call('HGET', U, user)
     local rec = v and cmsgpack.unpack(v) or { 0, 0, u[3] or string.lower(user), 0, 0 }
-    user_rec[user] = rec
-  end
-  -- Page members first: a removal needs the sort key the entry was added with.
-  for page, list in pairs(pm_del) do
-    local entries = {}
-    for _, e in ipairs(list) do
-      local rec = user_rec[e[1]]
-      entries[#entries + 1] = entry(e[3] or (rec and rec[3]) or string.lower(e[1]), e[1], e[2])
-    end
-    redis.call('ZREM', pmkey(page), unpack(entries))
-  end
-  for page, list in pairs(pm_add) do
-    local args = {}
-    for _, e in ipairs(list) do
-      args[#args + 1] = 0
-      args[#args + 1] = entry(e[3], e[1], e[2])
-    end
-    redis.call('ZADD', pmkey(page), unpack(args))
-    redis.call('PEXPIRE', pmkey(page), keyttl)
-  end
-  for user, u in pairs(users) do
-    local rec = user_rec[user]
     local was_listed, was_hidden = rec[1] > 0, rec[1] == 0 and rec[2] > 0
     rec[1] = math.max(0, rec[1] + u[1])
     rec[2] = math.max(0, rec[2] + u[2])
@@ -357,11 +426,6 @@ local function write_changes()
       redis.call('HSET', U, user, cmsgpack.pack(rec))
     end
   end
-  for page, d in pairs(dpage) do
-    if d ~= 0 then
-      if tonumber(redis.call('ZINCRBY', PG, d, page)) <= 0 then redis.call('ZREM', PG, page) end
-    end
-  end
   dc.members, dc.hidden = dmembers, dhidden
   for field, d in pairs(dc) do
     if d ~= 0 then redis.call('HINCRBY', C, field, d) end
@@ -376,7 +440,6 @@ local function write_changes()
     new_keys[hbkey(me)] = true
   end
   for key, _ in pairs(new_keys) do redis.call('PEXPIRE', key, keyttl) end
-
 end
 
 -- Sweeps, within the budget: dead nodes' claims all go; parked nodes' claims go at their own
@@ -396,7 +459,7 @@ local function sweep(num, upto, cursor)
       else
         ids = redis.call('ZRANGE', h, 0, want - 1)
       end
-      for _, id in ipairs(ids) do release(id, num) end
+      for _, id in ipairs(ids) do release(id, num, upto ~= nil) end
       budget = budget - #ids - 1
       if redis.call('EXISTS', h) == 0 then
         redis.call('ZREM', hb, b)
@@ -410,7 +473,47 @@ local function sweep(num, upto, cursor)
   return cursor
 end
 
+-- What a node that left counted on pages comes off the page counts, a batch at a time; then
+-- its page entries, by member bucket from `cursor`, and its inbox go. Returns the cursor
+-- to go on from, or nil when done.
+local function drain(num, cursor)
+  local pc = pckey(num)
+  if cursor == 0 then
+    local list = redis.call('ZRANGE', pc, 0, budget - 1, 'WITHSCORES')
+    for k = 1, #list, 2 do
+      local page = list[k]
+      if tonumber(redis.call('ZINCRBY', PG, -tonumber(list[k + 1]), page)) <= 0 then
+        redis.call('ZREM', PG, page)
+      end
+    end
+    budget = budget - #list / 2 - 1
+    if #list > 0 then redis.call('ZREMRANGEBYRANK', pc, 0, #list / 2 - 1) end
+    if redis.call('EXISTS', pc) == 1 then return 0 end
+    cursor = 1
+  end
+  while cursor <= PM_BUCKETS and budget > 0 do
+    redis.call('DEL', pmkey(num, cursor - 1))
+    cursor = cursor + 1
+    budget = budget - 1
+  end
+  if cursor <= PM_BUCKETS then return cursor end
+  redis.call('DEL', ibkey(num), ppkey(num))
+  return nil
+end
+
 local more = 0
+local drains = redis.call('HGETALL', DRAIN)
+for k = 1, #drains, 2 do
+  if budget <= 0 then more = 1 break end
+  local num = drains[k]
+  local next_cursor = drain(num, tonumber(drains[k + 1]))
+  if next_cursor then
+    redis.call('HSET', DRAIN, num, next_cursor)
+    more = 1
+  else
+    redis.call('HDEL', DRAIN, num)
+  end
+end
 local dead = redis.call('HGETALL', DEAD)
 for k = 1, #dead, 2 do
   if budget <= 0 then more = 1 break end
@@ -434,6 +537,7 @@ for k = 1, #parked, 2 do
   local next_cursor = sweep(num, now, tonumber(parked[k + 1]))
   if redis.call('EXISTS', hbkey(num)) == 0 then
     redis.call('HDEL', PARKED, num)
+    redis.call('HSET', DRAIN, num, 0)
   else
     redis.call('HSET', PARKED, num, next_cursor or 0)
   end
@@ -442,20 +546,17 @@ if spare > 0 then budget = budget + spare end
 
 local done = 1
 if mode == 'k' then
-  -- Bye that keeps: leave the registry, park the claims.
+  -- Bye that keeps: leave the registry, park the claims. The parked sessions stay in the
+  -- view, pages too, until their own expiry or until a node takes them (the same node,
+  -- restarted, does).
   redis.call('HSET', PARKED, me, 0)
-  redis.call('ZREM', N, me)
-  redis.call('HDEL', NN, name)
-  redis.call('HDEL', ND, me)
-  redis.call('SREM', FILL, me)
+  unregister(me, false)
 elseif mode == 'b' then
-  -- Bye: release this node's claims, a batch per call, then leave the registry.
-  if budget > 0 and not sweep(me, nil, 0) then
+  -- Bye: its pages come off (above), its claims are released, a batch per call; then it
+  -- leaves the registry.
+  if budget > 0 and redis.call('HEXISTS', DRAIN, me) == 0 and not sweep(me, nil, 0) then
     redis.call('DEL', hbkey(me))
-    redis.call('ZREM', N, me)
-    redis.call('HDEL', NN, name)
-    redis.call('HDEL', ND, me)
-    redis.call('SREM', FILL, me)
+    unregister(me, false)
   else
     done = 0
   end
@@ -463,25 +564,30 @@ end
 
 write_changes()
 
--- TTLs: the fixed keys each call; session buckets, this node's claim buckets and the pages'
--- member lists a slice at a time, so all are refreshed well within the TTL.
+-- TTLs: the fixed keys each call; session buckets, this node's claim buckets and its page
+-- member buckets a slice at a time, so all are refreshed well within the TTL.
 if ttl_bn > 0 then
   for _, key in ipairs(FIXED) do redis.call('PEXPIRE', key, keyttl) end
   redis.call('PEXPIRE', hbkey(me), keyttl)
+  redis.call('PEXPIRE', pckey(me), keyttl)
+  redis.call('PEXPIRE', ibkey(me), keyttl)
   for b = ttl_b, math.min(ttl_b + ttl_bn, BUCKETS) - 1 do
     redis.call('PEXPIRE', skey(b), keyttl)
     redis.call('PEXPIRE', hkey(me, b), keyttl)
   end
 end
-local next_page = -1
+local next_pm = -1
 if ttl_pn > 0 then
-  local pages = redis.call('ZRANGE', PG, ttl_p, ttl_p + ttl_pn - 1)
-  for _, page in ipairs(pages) do
-    redis.call('PEXPIRE', pmkey(page), keyttl)
-  end
-  next_page = #pages < ttl_pn and 0 or ttl_p + ttl_pn
+  local last = math.min(ttl_p + ttl_pn, PM_BUCKETS)
+  for b = ttl_p, last - 1 do redis.call('PEXPIRE', pmkey(me, b), keyttl) end
+  next_pm = last % PM_BUCKETS
 end
 
 local r = view(1, fresh, reg, more, done)
-r[#r + 1] = next_page
+r[16] = next_pm
+-- The inbox: what other nodes said since this node last took it in.
+if mode == 'f' then
+  local list = redis.call('ZRANGE', ibkey(me), 0, 255, 'WITHSCORES')
+  for k = 1, #list do r[#r + 1] = list[k] end
+end
 return r

@@ -6,7 +6,8 @@
 --   "user" name ""    {listed sessions, hidden sessions, last seen ms, last active ms, now ms} or {}
 --   "mem" n ""        listed users in name order, at most n
 --   "pm" page n       listed users with a listed session on the page, in name order, at most n
---   "sess" id ""      a session by id (16 bytes): {kind, user, page}, or {} when no node holds it
+--   "sess" id ""      a session by id (16 bytes): {kind, user, ""}, or {} when no node holds it
+--                     (its page is known only to the node that counts it)
 -- Each read costs what it returns. Returns one answer per request, in order.
 local P = string.sub(KEYS[1], 1, #KEYS[1] - 1)
 local U, M, PG = P .. 'u', P .. 'm', P .. 'p'
@@ -35,25 +36,45 @@ local function top(n)
   return out
 end
 
+-- The member bucket of a page in each node's page entries (the node computes the same).
+local function pm_bucket(page)
+  local h = 0
+  for k = 1, #page do h = (h * 31 + string.byte(page, k)) % 65521 end
+  return h % 256
+end
+
 local function page_members(page, want)
-  -- Entries are "sortkey \0 user \0 id", one per listed session on the page: a user with
-  -- several tabs there is listed once, and the rest of their entries are skipped by range.
-  local key, out, from = P .. 'pm:' .. page, {}, '-'
+  -- Each live node keeps its listed sessions' entries "page_len page sortkey \0 user \0 id"
+  -- in a bucket by page: a user with several tabs there is listed once, and the rest of
+  -- their entries are skipped by range. The nodes' lists are merged by name.
+  local pre = string.format('%04x', #page) .. page
+  local b = pm_bucket(page)
   local skip_id = string.rep('\255', 17)
-  while #out < want do
-    local chunk = redis.call('ZRANGEBYLEX', key, from, '+', 'LIMIT', 0, want - #out)
-    if #chunk == 0 then break end
-    local last
-    for _, e in ipairs(chunk) do
-      local head = string.sub(e, 1, #e - 17)
-      if head ~= last then
-        out[#out + 1] = after_nul(head)
-        last = head
-        if #out >= want then break end
+  local heads, seen = {}, {}
+  for _, num in ipairs(redis.call('ZRANGE', P .. 'n', 0, -1)) do
+    local key, from, got = P .. 'pm:' .. num .. ':' .. b, '[' .. pre, 0
+    while got < want do
+      local chunk = redis.call('ZRANGEBYLEX', key, from, '(' .. pre .. '\255', 'LIMIT', 0, want - got)
+      if #chunk == 0 then break end
+      local last
+      for _, e in ipairs(chunk) do
+        local head = string.sub(e, #pre + 1, #e - 17)
+        if head ~= last then
+          if not seen[head] then
+            seen[head] = true
+            heads[#heads + 1] = head
+          end
+          got = got + 1
+          last = head
+          if got >= want then break end
+        end
       end
+      from = '(' .. pre .. last .. '\0' .. skip_id
     end
-    from = '(' .. last .. '\0' .. skip_id
   end
+  table.sort(heads)
+  local out = {}
+  for k = 1, math.min(want, #heads) do out[k] = after_nul(heads[k]) end
   return out
 end
 
@@ -84,7 +105,7 @@ for i = 1, #ARGV, 3 do
     local v = redis.call('HGET', P .. 's:' .. bucket, a)
     if v then
       local s = cmsgpack.unpack(v)
-      r = { s[1], s[2], s[3] }
+      r = { s[1], s[2], '' }
     else
       r = {}
     end

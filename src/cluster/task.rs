@@ -16,9 +16,15 @@
 //! only if its `last_seen` moved since (a touch or heartbeat, which the change log does not
 //! record); otherwise it is looked at again, closer to its expiry, until it ends locally (then
 //! the change log releases it) or shows activity. So a busy session costs one write per half
-//! timeout, and an idle one none. A page change in between writes the session's record only.
+//! timeout, and an idle one none.
+//!
+//! Pages: each session's page is counted by one node, its page owner, which keeps the page
+//! counts and page entries of the sessions it owns (see `Own`) and sends the pages and
+//! entries that changed as absolute values: a page change costs no per-session operation.
+//! A node that sees a page on a session it does not own takes it (one record write); the
+//! former owner learns it from its inbox and drops the session from its pages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,8 +61,6 @@ const READS_PER_CALL: usize = 64;
 const MAX_PENDING_LEAVES: usize = 100_000;
 /// Session buckets in Redis (see flush.lua).
 const BUCKETS: u64 = 4096;
-/// Pages whose member list TTL one flush refreshes.
-const TTL_PAGES: u64 = 64;
 
 pub(super) enum Command {
     Sync(oneshot::Sender<Result<ClusterCounts, ClusterError>>),
@@ -84,6 +88,46 @@ struct Sent {
     check_at: Instant,
     /// Whether it has an entry in the renewal wheel (at most one at a time).
     queued: bool,
+    /// Its kind (and user) as the session's record in Redis has it.
+    kind: Kind,
+}
+
+/// A session whose page this node counts: what it adds to this node's page counts and page
+/// entries.
+struct Own {
+    page: Arc<str>,
+    /// Its entry in the page's member list, for a listed member.
+    entry: Option<Vec<u8>>,
+    /// The inbox stamp when Redis acknowledged this node's take (`None` until then): a
+    /// message that another node took the session counts only if it is newer.
+    stamp: Option<u64>,
+}
+
+/// Page entries one operation adds or removes, at most.
+const ENTRIES_PER_OP: usize = 128;
+/// Member buckets of each node's page entries (flush.lua and read.lua compute the same).
+pub(super) const PM_BUCKETS: u16 = 256;
+
+/// The member bucket of `page`: read.lua computes the same.
+pub(super) fn pm_bucket(page: &str) -> u16 {
+    let h = page
+        .bytes()
+        .fold(0u32, |h, b| (h * 31 + u32::from(b)) % 65_521);
+    (h % u32::from(PM_BUCKETS)) as u16
+}
+
+/// The entry of a listed session on `page`: `page_len page sortkey \0 user \0 id`.
+fn page_entry(page: &str, user: &str, id: SessionId) -> Vec<u8> {
+    let key = super::sort_key(user);
+    let mut e = Vec::with_capacity(4 + page.len() + key.len() + user.len() + 18);
+    e.extend_from_slice(format!("{:04x}", page.len().min(0xFFFF)).as_bytes());
+    e.extend_from_slice(page.as_bytes());
+    e.extend_from_slice(key.as_bytes());
+    e.push(0);
+    e.extend_from_slice(user.as_bytes());
+    e.push(0);
+    e.extend_from_slice(id.as_uuid().as_bytes());
+    e
 }
 
 #[derive(Debug)]
@@ -98,9 +142,24 @@ pub(super) enum Op {
         /// Nothing changed here but the time: the script only moves the claim's expiry
         /// (and reads the record only if the claim was gone).
         only_renew: bool,
+        /// This node now counts the session's page (it did not before).
+        take: bool,
     },
     Release(SessionId),
     Leave(SessionId),
+    /// This node's count of a page, as it is now.
+    Page {
+        page: Arc<str>,
+        count: u32,
+    },
+    /// Page entries this node adds to (or removes from) one of its member buckets.
+    Entries {
+        bucket: u16,
+        add: bool,
+        entries: Vec<Vec<u8>>,
+    },
+    /// Before a bye that parks: where this node counts some of its sessions.
+    Park(Vec<(SessionId, Vec<u8>)>),
 }
 
 impl Op {
@@ -111,22 +170,28 @@ impl Op {
                 info,
                 renew,
                 only_renew,
+                take,
                 ..
             } => {
                 let member = if info.kind.user().is_some() { 8 } else { 0 };
+                let take = if *take { 4 } else { 0 };
                 if *only_renew {
                     // The claim's expiry; the record and the user only if the claim was gone.
                     5 + member
                 } else if *renew {
                     // A first send or a renewal with a change: record, claim, counters.
-                    24 + member
+                    20 + member + take
                 } else {
-                    // A page change: the record, the page counts, the member lists.
-                    16 + member
+                    // A change of kind, or a take: the record.
+                    12 + member + take
                 }
             }
             Op::Release(_) => 18,
             Op::Leave(_) => 22,
+            // The node's count, the page's count.
+            Op::Page { .. } => 6,
+            Op::Entries { entries, .. } => 3 + entries.len(),
+            Op::Park(items) => 3 + items.len(),
         }
     }
 
@@ -140,6 +205,7 @@ impl Op {
                 ttl,
                 renew,
                 only_renew,
+                take,
             } => {
                 let (kind, user): (u8, &str) = match &info.kind {
                     Kind::Guest => (b'g', ""),
@@ -149,8 +215,7 @@ impl Op {
                 };
                 let sortkey = super::sort_key(user);
                 let sortkey = truncate(&sortkey, 0xFFFF);
-                let page = info.page.as_deref().unwrap_or("");
-                let mut a = Vec::with_capacity(56 + user.len() + sortkey.len() + page.len());
+                let mut a = Vec::with_capacity(56 + user.len() + sortkey.len());
                 a.push(if *only_renew { b'n' } else { b'u' });
                 a.extend_from_slice(id.as_uuid().as_bytes());
                 a.push(kind);
@@ -162,17 +227,52 @@ impl Op {
                 a.extend_from_slice(user.as_bytes());
                 a.extend_from_slice(format!("{:04x}", sortkey.len()).as_bytes());
                 a.extend_from_slice(sortkey.as_bytes());
-                a.extend_from_slice(page.as_bytes());
+                a.push(if *take { b'1' } else { b'0' });
                 a
             }
             Op::Release(id) => [b"r".as_slice(), id.as_uuid().as_bytes()].concat(),
             Op::Leave(id) => [b"l".as_slice(), id.as_uuid().as_bytes()].concat(),
+            Op::Page { page, count } => {
+                let mut a = Vec::with_capacity(9 + page.len());
+                a.push(b'P');
+                a.extend_from_slice(format!("{count:08x}").as_bytes());
+                a.extend_from_slice(page.as_bytes());
+                a
+            }
+            Op::Entries {
+                bucket,
+                add,
+                entries,
+            } => {
+                let len: usize = entries.iter().map(|e| 4 + e.len()).sum();
+                let mut a = Vec::with_capacity(5 + len);
+                a.push(if *add { b'A' } else { b'D' });
+                a.extend_from_slice(format!("{bucket:04x}").as_bytes());
+                for e in entries {
+                    a.extend_from_slice(format!("{:04x}", e.len()).as_bytes());
+                    a.extend_from_slice(e);
+                }
+                a
+            }
+            Op::Park(items) => {
+                let len: usize = items.iter().map(|(_, v)| 20 + v.len()).sum();
+                let mut a = Vec::with_capacity(1 + len);
+                a.push(b'K');
+                for (id, v) in items {
+                    a.extend_from_slice(id.as_uuid().as_bytes());
+                    a.extend_from_slice(format!("{:04x}", v.len()).as_bytes());
+                    a.extend_from_slice(v);
+                }
+                a
+            }
         }
     }
 
-    fn id(&self) -> SessionId {
+    /// The session of a session operation.
+    fn id(&self) -> Option<SessionId> {
         match self {
-            Op::Upsert { id, .. } | Op::Release(id) | Op::Leave(id) => *id,
+            Op::Upsert { id, .. } | Op::Release(id) | Op::Leave(id) => Some(*id),
+            Op::Page { .. } | Op::Entries { .. } | Op::Park(_) => None,
         }
     }
 }
@@ -216,17 +316,43 @@ struct Reply {
     more: bool,
     done: bool,
     next_page: Option<u64>,
+    /// The inbox stamp at the end of the call.
+    stamp: u64,
+    /// This node's inbox: (kind, session, stamp).
+    inbox: Vec<(u8, SessionId, u64)>,
 }
 
 impl Reply {
     fn parse(v: Value) -> Result<Reply, ClusterError> {
-        let r: Vec<i64> = redis::from_redis_value(v)
-            .map_err(|e| ClusterError::Protocol(format!("flush script answer: {e}")))?;
-        if r.len() < 15 {
-            return Err(ClusterError::Protocol(format!(
-                "flush script answered {} values, expected 15 or 16",
-                r.len()
+        let bad = |what: String| ClusterError::Protocol(format!("flush script answer: {what}"));
+        let Value::Array(items) = v else {
+            return Err(bad(format!("not a list: {v:?}")));
+        };
+        if items.len() < 17 || (items.len() - 17) % 2 != 0 {
+            return Err(bad(format!(
+                "{} values, expected 17 and pairs",
+                items.len()
             )));
+        }
+        let mut items = items.into_iter();
+        let r: Vec<i64> = items
+            .by_ref()
+            .take(17)
+            .map(|v| redis::from_redis_value::<i64>(v).map_err(|e| bad(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let rest: Vec<Value> = items.collect();
+        let mut inbox = Vec::with_capacity(rest.len() / 2);
+        for pair in rest.chunks_exact(2) {
+            let m: Vec<u8> =
+                redis::from_redis_value(pair[0].clone()).map_err(|e| bad(e.to_string()))?;
+            let stamp: u64 =
+                redis::from_redis_value(pair[1].clone()).map_err(|e| bad(e.to_string()))?;
+            let (&[kind], id) = (&m[..m.len().min(1)], &m[m.len().min(1)..]) else {
+                return Err(bad("empty inbox message".into()));
+            };
+            let id = uuid::Uuid::from_slice(id)
+                .map_err(|_| bad("inbox message without a session id".into()))?;
+            inbox.push((kind, SessionId::from(id), stamp));
         }
         let n = |i: usize| usize::try_from(r[i]).unwrap_or(0);
         let (members, hidden, guests) = (n(8), n(9), n(6));
@@ -255,7 +381,9 @@ impl Reply {
             stale: r[12] == 1,
             more: r[13] == 1,
             done: r[14] == 1,
-            next_page: r.get(15).and_then(|&p| u64::try_from(p).ok()),
+            next_page: u64::try_from(r[15]).ok(),
+            stamp: u64::try_from(r[16]).unwrap_or(0),
+            inbox,
         })
     }
 }
@@ -271,6 +399,20 @@ pub(super) struct Flusher {
     sent: HashMap<SessionId, Sent>,
     wheel: BTreeMap<u64, Vec<SessionId>>,
     origin: Instant,
+    /// The sessions whose page this node counts, and what it counts: sessions per page.
+    own: HashMap<SessionId, Own>,
+    pages: HashMap<Arc<str>, u32>,
+    /// Pages whose count, and page entries whose presence (bucket, added), Redis may not
+    /// have as they are here: sent until acknowledged as they still are.
+    dirty_pages: HashSet<Arc<str>>,
+    dirty_entries: HashMap<Vec<u8>, (u16, bool)>,
+    /// Inbox messages taken in and not yet acted on (kind, stamp), and the highest stamp
+    /// taken in (Redis drops what it has up to it).
+    inbox: HashMap<SessionId, (u8, u64)>,
+    inbox_seen: u64,
+    /// Sessions another node took from this one, with the page they had here then: this
+    /// node takes one back only when it sees it on another page (or its owner lets it go).
+    taken: HashMap<SessionId, Arc<str>>,
     /// This process: another one under the same node id has another token.
     token: String,
     /// The last call's sequence number, and the highest Redis acknowledged.
@@ -323,6 +465,13 @@ impl Flusher {
             sent: HashMap::new(),
             wheel: BTreeMap::new(),
             origin: Instant::now(),
+            own: HashMap::new(),
+            pages: HashMap::new(),
+            dirty_pages: HashSet::new(),
+            dirty_entries: HashMap::new(),
+            inbox: HashMap::new(),
+            inbox_seen: 0,
+            taken: HashMap::new(),
             token: uuid::Uuid::new_v4().simple().to_string(),
             seq: 0,
             acked: 0,
@@ -462,19 +611,122 @@ impl Flusher {
         }
     }
 
+    /// Brings this node's page counts in line with session `id` as it is now (`None`: gone
+    /// here): the page it counts the session on, and its entry there if listed. A session
+    /// this node does not count yet is taken when it shows a page here, unless another node
+    /// took it from this one and it is still on the page it had here then.
+    fn account(&mut self, id: SessionId, info: Option<&SessionInfo>) {
+        let want = info.and_then(|i| {
+            let page = i.page.as_deref().filter(|p| !p.is_empty())?;
+            let entry = match &i.kind {
+                Kind::Member(u) => Some(page_entry(page, u.as_str(), id)),
+                _ => None,
+            };
+            Some((page, entry))
+        });
+        let Some((page, entry)) = want else {
+            self.unown(id);
+            self.taken.remove(&id);
+            return;
+        };
+        let stamp = match self.own.get(&id) {
+            Some(o) if &*o.page == page && o.entry == entry => return,
+            Some(o) => o.stamp,
+            None => {
+                if self.taken.get(&id).is_some_and(|p| &**p == page) {
+                    return;
+                }
+                self.taken.remove(&id);
+                None
+            }
+        };
+        self.unown(id);
+        let page: Arc<str> = match self.pages.get_key_value(page) {
+            Some((p, _)) => p.clone(),
+            None => Arc::from(page),
+        };
+        *self.pages.entry(page.clone()).or_insert(0) += 1;
+        self.dirty_pages.insert(page.clone());
+        if let Some(e) = &entry {
+            self.dirty_entries
+                .insert(e.clone(), (pm_bucket(&page), true));
+        }
+        self.own.insert(id, Own { page, entry, stamp });
+    }
+
+    /// Takes session `id` off this node's page counts.
+    fn unown(&mut self, id: SessionId) -> Option<Arc<str>> {
+        let o = self.own.remove(&id)?;
+        if let Some(n) = self.pages.get_mut(&o.page) {
+            *n -= 1;
+            if *n == 0 {
+                self.pages.remove(&o.page);
+            }
+        }
+        self.dirty_pages.insert(o.page.clone());
+        if let Some(e) = o.entry {
+            self.dirty_entries.insert(e, (pm_bucket(&o.page), false));
+        }
+        Some(o.page)
+    }
+
+    /// Acts on the inbox: a session another node took (`m`) leaves this node's pages; one
+    /// whose page owner let it go (`o`) is taken if it is still here. A message older than
+    /// this node's own take is stale; one about a take still in flight waits for its answer.
+    /// `true` when that changed something to send.
+    fn read_inbox(&mut self) -> bool {
+        let mut changed = false;
+        for (id, (kind, stamp)) in std::mem::take(&mut self.inbox) {
+            match self.own.get(&id).map(|o| o.stamp) {
+                Some(None) => {
+                    self.inbox.insert(id, (kind, stamp));
+                }
+                Some(Some(mine)) if mine >= stamp => {}
+                Some(Some(_)) => {
+                    if let Some(page) = self.unown(id) {
+                        changed = true;
+                        if kind == b'm' {
+                            self.taken.insert(id, page);
+                        } else {
+                            self.add_pending(id, Pending::Check);
+                        }
+                    }
+                }
+                None => {
+                    if kind == b'o' && self.taken.remove(&id).is_some() {
+                        changed = true;
+                        self.add_pending(id, Pending::Check);
+                    }
+                }
+            }
+        }
+        changed
+    }
+
     /// The operation for `id`, from the session as it is now; `None` (and out of `pending`)
-    /// when it needs none.
+    /// when it needs none: a page change alone is carried by this node's page counts.
     fn op(&mut self, id: SessionId, now: Instant) -> Option<Op> {
         let p = *self.pending.get(&id)?;
-        match self.presence.session_lease(id) {
+        let lease = self.presence.session_lease(id);
+        self.account(id, lease.as_ref().map(|(info, _)| info));
+        match lease {
             Some((info, ttl)) => {
-                let renew = self.sent.get(&id).is_none_or(|s| now >= s.check_at);
+                let take = self.own.get(&id).is_some_and(|o| o.stamp.is_none());
+                let sent = self.sent.get(&id);
+                let renew = sent.is_none_or(|s| now >= s.check_at);
+                let changed = sent.is_none_or(|s| s.kind != info.kind);
+                if !renew && !take && !changed && p != Pending::Renew {
+                    self.remove_pending(&id);
+                    return None;
+                }
+                let only_renew = p == Pending::Renew && sent.is_some() && !take && !changed;
                 Some(Op::Upsert {
                     id,
                     info,
                     ttl,
                     renew,
-                    only_renew: p == Pending::Renew && self.sent.contains_key(&id),
+                    only_renew,
+                    take,
                 })
             }
             None if p == Pending::Leave => Some(Op::Leave(id)),
@@ -486,18 +738,48 @@ impl Flusher {
         }
     }
 
+    /// The page counts and page entries Redis may not have as they are here.
+    fn page_ops(&self) -> Vec<Op> {
+        let mut ops: Vec<Op> = self
+            .dirty_pages
+            .iter()
+            .map(|page| Op::Page {
+                page: page.clone(),
+                count: self.pages.get(page).copied().unwrap_or(0),
+            })
+            .collect();
+        let mut groups: BTreeMap<(u16, bool), Vec<Vec<u8>>> = BTreeMap::new();
+        for (e, &(bucket, add)) in &self.dirty_entries {
+            groups.entry((bucket, add)).or_default().push(e.clone());
+        }
+        for ((bucket, add), list) in groups {
+            for chunk in list.chunks(ENTRIES_PER_OP) {
+                ops.push(Op::Entries {
+                    bucket,
+                    add,
+                    entries: chunk.to_vec(),
+                });
+            }
+        }
+        ops
+    }
+
     /// Every pending operation, in calls of at most `self.budget` units; at least one call
     /// (it registers the node and reads the view back).
     pub(super) fn plan(&mut self) -> Vec<Call> {
         let now = Instant::now();
         let ids: Vec<SessionId> = self.pending.keys().copied().collect();
+        let session_ops: Vec<Op> = ids.into_iter().filter_map(|id| self.op(id, now)).collect();
+        let page_ops = self.page_ops();
+        self.calls(session_ops.into_iter().chain(page_ops))
+    }
+
+    /// `ops` in calls of at most `self.budget` units; at least one call.
+    fn calls(&mut self, all: impl Iterator<Item = Op>) -> Vec<Call> {
         let mut calls = Vec::new();
         let mut ops = Vec::new();
         let mut units = 0;
-        for id in ids {
-            let Some(op) = self.op(id, now) else {
-                continue;
-            };
+        for op in all {
             let cost = op.cost();
             if units + cost > self.budget && !ops.is_empty() {
                 calls.push(std::mem::take(&mut ops));
@@ -531,11 +813,17 @@ impl Flusher {
         let (ttl_bn, ttl_pn) = if first {
             let per_flush =
                 (BUCKETS * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
-            (per_flush.clamp(1, BUCKETS), TTL_PAGES)
+            let pm_buckets = u64::from(PM_BUCKETS);
+            let pm_per_flush =
+                (pm_buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
+            (
+                per_flush.clamp(1, BUCKETS),
+                pm_per_flush.clamp(1, pm_buckets),
+            )
         } else {
             (0, 0)
         };
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(16 + call.ops.len());
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(17 + call.ops.len());
         args.push(s.node_id.as_bytes().to_vec());
         args.push(self.token.as_bytes().to_vec());
         args.push(n(call.seq));
@@ -556,6 +844,7 @@ impl Flusher {
         args.push(n(self.ttl_page));
         args.push(n(ttl_pn));
         args.push(ms(s.key_ttl));
+        args.push(n(self.inbox_seen));
         if first {
             self.ttl_bucket = (self.ttl_bucket + ttl_bn) % BUCKETS;
         }
@@ -628,6 +917,7 @@ impl Flusher {
     fn resync(&mut self) {
         self.sent.clear();
         self.wheel.clear();
+        self.forget_pages();
         for s in self.presence.sessions() {
             self.add_pending(s.id, Pending::Check);
         }
@@ -656,7 +946,14 @@ impl Flusher {
             self.refilling = false;
             tracing::info!(node = %self.shared.node_id, "presence cluster: refill sent");
         }
-        self.confirm(call.ops, sent_at);
+        for &(kind, id, stamp) in &reply.inbox {
+            let e = self.inbox.entry(id).or_insert((kind, stamp));
+            if stamp >= e.1 {
+                *e = (kind, stamp);
+            }
+            self.inbox_seen = self.inbox_seen.max(stamp);
+        }
+        self.confirm(call.ops, sent_at, reply.stamp);
         if let Some(p) = reply.next_page {
             self.ttl_page = p;
         }
@@ -681,6 +978,7 @@ impl Flusher {
         };
         let started = Instant::now();
         let mut resynced = false;
+        let mut inboxed = false;
         let mut more = false;
         loop {
             let mut calls = self.plan();
@@ -708,6 +1006,11 @@ impl Flusher {
             if lost && !resynced {
                 resynced = true;
                 self.resync();
+                continue;
+            }
+            // Sessions other nodes took: off this node's pages in the same flush.
+            if !inboxed && self.read_inbox() {
+                inboxed = true;
                 continue;
             }
             break;
@@ -787,14 +1090,25 @@ impl Flusher {
         Ok(())
     }
 
-    fn confirm(&mut self, ops: Vec<Op>, sent_at: Instant) {
+    fn confirm(&mut self, ops: Vec<Op>, sent_at: Instant, stamp: u64) {
         for op in ops {
-            let id = op.id();
-            self.remove_pending(&id);
+            if let Some(id) = op.id() {
+                self.remove_pending(&id);
+            }
             match op {
                 Op::Upsert {
-                    info, ttl, renew, ..
+                    id,
+                    info,
+                    ttl,
+                    renew,
+                    take,
+                    ..
                 } => {
+                    if take {
+                        if let Some(o) = self.own.get_mut(&id) {
+                            o.stamp.get_or_insert(stamp);
+                        }
+                    }
                     if renew || !self.sent.contains_key(&id) {
                         let queued = self.sent.get(&id).is_some_and(|s| s.queued);
                         self.sent.insert(
@@ -804,16 +1118,96 @@ impl Flusher {
                                 expires: sent_at + ttl,
                                 check_at: sent_at + ttl / 2,
                                 queued,
+                                kind: info.kind,
                             },
                         );
                         self.queue(id);
+                    } else if let Some(s) = self.sent.get_mut(&id) {
+                        s.kind = info.kind;
                     }
                 }
-                Op::Release(_) | Op::Leave(_) => {
+                Op::Release(id) | Op::Leave(id) => {
                     self.sent.remove(&id);
                 }
+                Op::Page { page, count } => {
+                    if self.pages.get(&page).copied().unwrap_or(0) == count {
+                        self.dirty_pages.remove(&page);
+                    }
+                }
+                Op::Entries { add, entries, .. } => {
+                    for e in entries {
+                        if self.dirty_entries.get(&e).is_some_and(|&(_, a)| a == add) {
+                            self.dirty_entries.remove(&e);
+                        }
+                    }
+                }
+                Op::Park(_) => {}
             }
         }
+    }
+
+    /// Forgets what this node counts on pages: Redis lost it, or the node leaves.
+    fn forget_pages(&mut self) {
+        self.own.clear();
+        self.pages.clear();
+        self.dirty_pages.clear();
+        self.dirty_entries.clear();
+        self.inbox.clear();
+        self.inbox_seen = 0;
+        self.taken.clear();
+    }
+
+    /// Before a bye that parks: tells Redis on which page (and with which entry) this node
+    /// counts each of its sessions, so that a parked session leaves its page when it expires
+    /// or another node takes it. `false` if Redis did not take it all.
+    async fn park(&mut self) -> bool {
+        let items: Vec<(SessionId, Vec<u8>)> = self
+            .own
+            .iter()
+            .filter(|(_, o)| o.stamp.is_some())
+            .map(|(id, o)| {
+                let entry = o.entry.as_deref().unwrap_or_default();
+                let mut v = Vec::with_capacity(8 + o.page.len() + entry.len());
+                v.extend_from_slice(format!("{:04x}", pm_bucket(&o.page)).as_bytes());
+                v.extend_from_slice(format!("{:04x}", o.page.len().min(0xFFFF)).as_bytes());
+                v.extend_from_slice(o.page.as_bytes());
+                v.extend_from_slice(entry);
+                (*id, v)
+            })
+            .collect();
+        if items.is_empty() {
+            return true;
+        }
+        let ops: Vec<Op> = items
+            .chunks(ENTRIES_PER_OP)
+            .map(|c| Op::Park(c.to_vec()))
+            .collect();
+        let Ok(mut conn) = self.connection().await else {
+            return false;
+        };
+        for call in self.calls(ops.into_iter()) {
+            let sent_at = Instant::now();
+            match self
+                .send(&mut conn, "f", std::slice::from_ref(&call), false)
+                .await
+            {
+                Ok(replies) if replies.iter().all(|r| r.status == Status::Ok) => {
+                    for r in &replies {
+                        let _ = self.take(
+                            Call {
+                                ops: Vec::new(),
+                                filled: true,
+                                seq: call.seq,
+                            },
+                            r,
+                            sent_at,
+                        );
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// The final flush: what changed, then this node's claims, a batch per call, and its
@@ -829,6 +1223,9 @@ impl Flusher {
         } else {
             "b"
         };
+        if flushed && mode == "k" && !self.park().await {
+            tracing::warn!(node = %self.shared.node_id, "presence cluster: shutdown could not park this node's pages; they leave the view after the node timeout");
+        }
         if flushed {
             if let Ok(mut conn) = self.connection().await {
                 'bye: loop {
@@ -867,6 +1264,7 @@ impl Flusher {
         self.sent.clear();
         self.wheel.clear();
         self.pending.clear();
+        self.forget_pages();
         self.leaves = 0;
         self.shared.view.lock().stale = true;
     }
@@ -991,8 +1389,27 @@ mod tests {
         }
         let (_, mut f) = flusher(&presence);
         let calls = f.plan();
-        let ops: usize = calls.iter().map(|c| c.ops.len()).sum();
-        assert_eq!(ops, 20_000, "every session is in some call");
+        let sessions = calls
+            .iter()
+            .flat_map(|c| &c.ops)
+            .filter(|op| op.id().is_some())
+            .count();
+        assert_eq!(sessions, 20_000, "every session is in some call");
+        let entries: usize = calls
+            .iter()
+            .flat_map(|c| &c.ops)
+            .map(|op| match op {
+                Op::Entries { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .sum();
+        let listed_with_page = (0..20_000)
+            .filter(|i| i % 3 == 1 && i % long.len() != 0)
+            .count();
+        assert_eq!(
+            entries, listed_with_page,
+            "every listed member's page entry"
+        );
         for c in &calls {
             let units: usize = c.ops.iter().map(Op::cost).sum();
             assert!(units <= CALL_BUDGET, "{units} units in one call");
@@ -1051,6 +1468,7 @@ mod tests {
             ttl: Duration::from_millis(300_000),
             renew: true,
             only_renew: false,
+            take: true,
         };
         let a = op.encode(now);
         assert_eq!(a[0], b'u');
@@ -1063,6 +1481,6 @@ mod tests {
         assert_eq!(&a[47..51], "Zoë".as_bytes());
         assert_eq!(&a[51..55], b"0004");
         assert_eq!(&a[55..59], "zoë".as_bytes());
-        assert_eq!(&a[59..], b"/f/1");
+        assert_eq!(&a[59..], b"1", "take: this node counts its page");
     }
 }
