@@ -767,14 +767,15 @@ async fn shutdown_before_a_restart_keeps_the_sessions_saved_to_a_snapshot() {
     let a = Presence::builder()
         .clock(clock.clone())
         .reaper(Reaper::Manual)
-        .idle_timeout(Duration::from_secs(2))
+        .idle_timeout(Duration::from_secs(3))
         .snapshot_file(&file)
         .build();
     let (b, _) = tracker();
     let ca = node(&server.url(), "a", &a).await;
     let cb = node(&server.url(), "b", &b).await;
-    for i in 0..3 {
-        a.visit(id(), Kind::member(format!("a{i}")), "/a").unwrap();
+    let a_ids: Vec<SessionId> = (0..3).map(|_| id()).collect();
+    for (i, s) in a_ids.iter().enumerate() {
+        a.visit(*s, Kind::member(format!("a{i}")), "/a").unwrap();
     }
     b.touch(id(), Kind::Guest).unwrap();
     assert_eq!(settle(&[&ca, &cb]).await.sessions, 4);
@@ -787,14 +788,24 @@ async fn shutdown_before_a_restart_keeps_the_sessions_saved_to_a_snapshot() {
     let c = cb.sync().await.unwrap();
     assert_eq!((c.sessions, c.members, c.nodes), (4, 3, 1), "{c:?}");
     assert_eq!(cb.page_count("/a").await.unwrap(), 3);
+    // One of them shows up on b, on another page: it moves there, counted once.
+    b.visit(a_ids[0], Kind::member("a0"), "/b").unwrap();
+    cb.sync().await.unwrap();
+    assert_eq!(cb.page_count("/a").await.unwrap(), 2);
+    assert_eq!(cb.page_count("/b").await.unwrap(), 1);
+    assert_eq!(cb.page_members("/a", 10).await.unwrap().len(), 2);
 
-    // ...and, if a never comes back, leave it on their own time (2 s here).
+    // ...and, if a never comes back, leave it on their own time (3 s here); the one b
+    // holds too stays.
     eventually(Duration::from_secs(6), "a's parked sessions expire", || {
-        cb.counts().sessions == 1
+        cb.counts().sessions == 2
     })
     .await;
     let c = cb.sync().await.unwrap();
-    assert_eq!((c.sessions, c.members, c.guests), (1, 0, 1), "{c:?}");
+    assert_eq!((c.sessions, c.members, c.guests), (2, 1, 1), "{c:?}");
+    assert_eq!(cb.page_count("/a").await.unwrap(), 0, "their page too");
+    assert_eq!(cb.page_count("/b").await.unwrap(), 1);
+    assert!(cb.page_members("/a", 10).await.unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -838,4 +849,117 @@ async fn a_restarted_node_takes_its_parked_sessions_back_without_counting_twice(
     assert_eq!((c.online, c.members, c.sessions), (1, 0, 1), "{c:?}");
     ca.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// No sticky sessions: one browser's page views alternate between the nodes. Its page is
+/// counted once, on the page it is on now, and its name is listed there only: the node that
+/// sees a new page takes the session, and the one that counted it drops it in its next flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_between_nodes_counts_once_on_its_latest_page() {
+    let Some((_server, a, b, ca, cb)) = two_nodes().await else {
+        return;
+    };
+    let s = id();
+    let g = id();
+    for (step, (node, page)) in [(&a, "/1"), (&b, "/2"), (&a, "/3"), (&b, "/3"), (&a, "/1")]
+        .into_iter()
+        .enumerate()
+    {
+        node.visit(s, Kind::member("mover"), page).unwrap();
+        node.visit(g, Kind::Guest, page).unwrap();
+        // The node that sees the move takes the sessions; the other drops them at its next
+        // flush; the next round of reads shows it everywhere (two flush intervals).
+        settle(&[&ca, &cb]).await;
+        let c = settle(&[&ca, &cb]).await;
+        assert_eq!(
+            (c.sessions, c.members, c.guests),
+            (2, 1, 1),
+            "step {step}: {c:?}"
+        );
+        for cluster in [&ca, &cb] {
+            assert_eq!(
+                cluster.top_pages(10).await.unwrap(),
+                [(page.to_owned(), 2)],
+                "step {step}: both sessions on {page} only"
+            );
+            assert_eq!(
+                names(cluster.page_members(page, 10).await.unwrap()),
+                ["mover"],
+                "step {step}"
+            );
+        }
+        for other in ["/1", "/2", "/3"].into_iter().filter(|p| *p != page) {
+            assert!(
+                ca.page_members(other, 10).await.unwrap().is_empty(),
+                "step {step}: not listed on {other}"
+            );
+        }
+    }
+    // A heartbeat on the node that lost the session takes nothing back: its page there is
+    // an old one.
+    assert!(b.heartbeat(s));
+    let c = settle(&[&cb, &ca]).await;
+    assert_eq!(c.sessions, 2);
+    assert_eq!(ca.top_pages(10).await.unwrap(), [("/1".to_owned(), 2)]);
+    // It ends on the node that counts it, then on the other: its page empties with the
+    // first (the other is told that nobody counts it, and it is still on an old page there
+    // only), and the session leaves with the second.
+    a.leave(s);
+    settle(&[&ca, &cb]).await;
+    assert_eq!(ca.page_count("/1").await.unwrap(), 1, "only the guest");
+    assert!(cb.page_members("/1", 10).await.unwrap().is_empty());
+}
+
+/// A node that dies while it counts sessions' pages: its pages come off with it, and a
+/// session the other node also holds is counted again there, on the page it has there.
+#[test]
+fn a_dead_nodes_pages_come_off_and_a_shared_session_is_counted_by_the_survivor() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b_rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, _) = tracker();
+    let (b, _) = tracker();
+    let ca = rt.block_on(node(&url, "a", &a));
+    let cb = b_rt.block_on(node(&url, "b", &b));
+    let shared = id();
+    a.visit(shared, Kind::member("both"), "/seen-on-a").unwrap();
+    rt.block_on(ca.sync()).unwrap();
+    b.visit(shared, Kind::member("both"), "/seen-on-b").unwrap();
+    for i in 0..20 {
+        b.visit(id(), Kind::member(format!("b{i}")), "/b").unwrap();
+    }
+    b_rt.block_on(cb.sync()).unwrap();
+    let c = rt.block_on(ca.sync()).unwrap();
+    assert_eq!(c.sessions, 21);
+    assert_eq!(rt.block_on(ca.page_count("/seen-on-a")).unwrap(), 0);
+    assert_eq!(rt.block_on(ca.page_count("/seen-on-b")).unwrap(), 1);
+
+    drop(b_rt); // b dies: no final flush
+    drop(cb);
+    rt.block_on(async {
+        eventually(
+            NODE_TIMEOUT * 4,
+            "b's sessions and pages leave the view",
+            || {
+                let c = ca.counts();
+                c.sessions == 1 && c.nodes == 1 && !c.stale
+            },
+        )
+        .await;
+        ca.sync().await.unwrap();
+        assert_eq!(ca.page_count("/b").await.unwrap(), 0);
+        assert_eq!(ca.page_count("/seen-on-b").await.unwrap(), 0);
+        assert_eq!(
+            ca.top_pages(10).await.unwrap(),
+            [("/seen-on-a".to_owned(), 1)],
+            "the shared session, counted by a again on its page there"
+        );
+        assert_eq!(
+            names(ca.page_members("/seen-on-a", 10).await.unwrap()),
+            ["both"]
+        );
+    });
 }

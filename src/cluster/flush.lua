@@ -191,9 +191,8 @@ end
 
 -- Tells node `num` (if live) about session `id`: "m" another node counts its page now, "o"
 -- its page owner let it go (take it if you still have it). A parked node is dealt with
--- here and now.
+-- here and now. This node may be told too (a sweep it runs lets go of a session it holds).
 local function message(num, kind, id)
-  if num == me then return end
   if not redis.call('ZSCORE', N, num) then
     if kind == 'm' and redis.call('HEXISTS', PARKED, num) == 1 then parked_drop(num, id) end
     return

@@ -44,14 +44,17 @@ local function pm_bucket(page)
 end
 
 local function page_members(page, want)
-  -- Each live node keeps its listed sessions' entries "page_len page sortkey \0 user \0 id"
+  -- Each node keeps its listed sessions' entries "page_len page sortkey \0 user \0 id"
   -- in a bucket by page: a user with several tabs there is listed once, and the rest of
   -- their entries are skipped by range. The nodes' lists are merged by name.
   local pre = string.format('%04x', #page) .. page
   local b = pm_bucket(page)
   local skip_id = string.rep('\255', 17)
   local heads, seen = {}, {}
-  for _, num in ipairs(redis.call('ZRANGE', P .. 'n', 0, -1)) do
+  -- Live nodes, and parked ones: their sessions stay on their pages until they expire.
+  local nums = redis.call('ZRANGE', P .. 'n', 0, -1)
+  for _, num in ipairs(redis.call('HKEYS', P .. 'parked')) do nums[#nums + 1] = num end
+  for _, num in ipairs(nums) do
     local key, from, got = P .. 'pm:' .. num .. ':' .. b, '[' .. pre, 0
     while got < want do
       local chunk = redis.call('ZRANGEBYLEX', key, from, '(' .. pre .. '\255', 'LIMIT', 0, want - got)

@@ -1449,6 +1449,68 @@ mod tests {
         assert!(f.budget.abs_diff(b) < b / 50, "on target: stays");
     }
 
+    /// The inbox: a message older than this node's own take is stale, and one about a take
+    /// still in flight waits for its answer. "Another node took it" takes the session off
+    /// this node's pages, and only a new page here takes it back (a heartbeat on the old
+    /// page does not); "its owner let it go" takes it back at once.
+    #[tokio::test]
+    async fn inbox_messages_move_a_page_only_when_newer_than_the_take() {
+        let presence = Presence::builder().reaper(Reaper::Manual).build();
+        let (_, mut f) = flusher(&presence);
+        let (x, y) = (SessionId::new_v4(), SessionId::new_v4());
+        presence.visit(x, Kind::member("x"), "/x").unwrap();
+        presence.visit(y, Kind::Guest, "/y").unwrap();
+        f.collect();
+        let takes = f
+            .plan()
+            .iter()
+            .flat_map(|c| &c.ops)
+            .filter(|op| matches!(op, Op::Upsert { take: true, .. }))
+            .count();
+        assert_eq!(takes, 2, "first seen here: taken");
+        assert_eq!(f.pages.get("/x"), Some(&1));
+        f.own.get_mut(&x).unwrap().stamp = Some(5);
+        f.inbox.insert(x, (b'm', 4));
+        f.inbox.insert(y, (b'm', 9));
+        assert!(!f.read_inbox());
+        assert!(f.own.contains_key(&x), "older than x's take: stale");
+        assert_eq!(f.inbox.len(), 1, "y's take is in flight: its message waits");
+
+        f.inbox.insert(x, (b'm', 6));
+        assert!(f.read_inbox());
+        assert!(!f.own.contains_key(&x));
+        assert_eq!(f.pages.get("/x"), None);
+        assert!(f.dirty_pages.contains("/x"));
+        assert!(
+            f.dirty_entries.values().any(|&(_, add)| !add),
+            "its page entry goes"
+        );
+        let upsert = |f: &mut Flusher, id| {
+            f.pending.insert(id, Pending::Check);
+            match f.op(id, Instant::now()) {
+                Some(Op::Upsert { take, .. }) => take,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(presence.heartbeat(x));
+        assert!(
+            !upsert(&mut f, x),
+            "still on the page it had here: not taken back"
+        );
+        presence.visit(x, Kind::member("x"), "/x/2").unwrap();
+        assert!(upsert(&mut f, x), "a new page here: taken back");
+        assert_eq!(f.pages.get("/x/2"), Some(&1));
+
+        // y: taken by another node, then let go by it.
+        f.own.get_mut(&y).unwrap().stamp = Some(1);
+        assert!(f.read_inbox(), "y's message, now that its take is answered");
+        assert!(!f.own.contains_key(&y));
+        f.inbox.insert(y, (b'o', 12));
+        assert!(f.read_inbox());
+        assert!(upsert(&mut f, y), "nobody counts it: taken back");
+        assert_eq!(f.pages.get("/y"), Some(&1));
+    }
+
     #[test]
     fn an_upsert_is_packed_as_the_script_reads_it() {
         let now = SystemTime::now();
