@@ -40,11 +40,12 @@
 //!   their measured time to take about 2 ms of Redis time each, one call in flight at a
 //!   time, so Redis serves its other clients between any two. Sweeps (a dead node's
 //!   sessions, a bye) go the same way.
-//! - **Cheap.** A plain touch or heartbeat sends nothing; a page change rewrites one session
-//!   record, and the page counts, page member lists, users and counters it moves are written
-//!   once per call, however many sessions changed them. A busy session's claim is renewed
-//!   once per half `idle_timeout`. `BENCHMARKS.md` compares the Redis CPU with the classic
-//!   `SET presence_<uuid> ... EX 300` per request, measured in the same run.
+//! - **Cheap.** A plain touch or heartbeat sends nothing, and neither does a page change:
+//!   each session's page is counted by one node, its *page owner*, which sends the counts of
+//!   its pages and the entries of its listed sessions that changed, once per flush however
+//!   many sessions moved. A busy session's claim is renewed once per half `idle_timeout`.
+//!   `BENCHMARKS.md` compares the Redis CPU with the classic `SET presence_<uuid> ... EX 300`
+//!   per request, measured in the same run.
 //! - **Reads from a cache.** [`page_count`](Cluster::page_count),
 //!   [`top_pages`](Cluster::top_pages), [`user`](Cluster::user),
 //!   [`online_members`](Cluster::online_members) and [`page_members`](Cluster::page_members)
@@ -79,21 +80,31 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `{ns}:s:<bucket>` | hash | session id (16 bytes) → kind, user, page, the nodes that claim it |
+//! | `{ns}:s:<bucket>` | hash | session id (16 bytes) → kind, user, its page owner, the nodes that claim it |
 //! | `{ns}:h:<node>:<bucket>`, `{ns}:hb:<node>` | zset | a node's claims, scored by their expiry (Redis time), and its buckets |
 //! | `{ns}:c` | hash | `sessions`, `guests`, `bots`, `members`, `hidden` |
 //! | `{ns}:u` | hash | user → listed and hidden session counts, sort key, last seen, last active |
 //! | `{ns}:m` | zset | listed users, by lower-cased name (`online_members`) |
 //! | `{ns}:p` | zset | page → live sessions (`page_count`, `top_pages`) |
-//! | `{ns}:pm:<page>` | zset | the page's listed sessions, in name order (`page_members`) |
+//! | `{ns}:pc:<node>` | zset | page → the sessions a node counts there |
+//! | `{ns}:pm:<node>:<b>` | zset | a node's listed sessions by page, in 256 buckets by page (`page_members`) |
+//! | `{ns}:ib:<node>`, `{ns}:ibn` | zset | a node's inbox: sessions another node took, or that nobody counts now |
+//! | `{ns}:pp:<node>` | hash | a parked node's sessions → their page, until they expire or are taken |
 //! | `{ns}:peak` | hash | the cluster's peak `online` and when (Redis time) |
 //! | `{ns}:n`, `{ns}:nn`, `{ns}:nd`, `{ns}:nseq` | | the node registry: live nodes by last flush, names, tokens and sequences |
-//! | `{ns}:dead`, `{ns}:parked`, `{ns}:fill`, `{ns}:since` | | nodes being swept, parked nodes, nodes refilling, the last loss |
+//! | `{ns}:dead`, `{ns}:parked`, `{ns}:drain`, `{ns}:fill`, `{ns}:since` | | nodes being swept, parked nodes, nodes whose pages come off, nodes refilling, the last loss |
 //!
 //! A session is one entry however many nodes see it (no sticky sessions needed): each node
 //! that sees it claims it, and it leaves the view when the last claim goes (released,
 //! or its node declared dead), or at once on an explicit leave anywhere. Only a listed
 //! (not hidden) session puts its user on a page's member list.
+//!
+//! A session's page is counted by one node, the last that saw it on a new page: that node
+//! *takes* it (one write of its record) and the node that counted it before drops it at its
+//! next flush, so a session whose requests alternate between nodes counts once, on its
+//! latest page, within two flush intervals. A heartbeat (no new page) moves nothing. When
+//! the node that counts a session lets it go while another still holds it, that one counts
+//! it again on the page it has there; a dead node's pages come off with it.
 //!
 //! # Failures
 //! - Redis unreachable or stalled: `touch` and every local read are unaffected. Each script

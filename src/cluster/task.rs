@@ -136,8 +136,7 @@ pub(super) enum Op {
         id: SessionId,
         info: SessionInfo,
         ttl: Duration,
-        /// Move the claim's expiry (a renewal, or a first send); a page change alone writes
-        /// the session's record only.
+        /// Move the claim's expiry (a renewal, or a first send).
         renew: bool,
         /// Nothing changed here but the time: the script only moves the claim's expiry
         /// (and reads the record only if the claim was gone).
