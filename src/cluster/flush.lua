@@ -243,73 +243,150 @@ local function without(s, num, id, parked)
   return out, found
 end
 
-local function release(id, num, parked)
-  local b = bucket(id)
-  if redis.call('ZREM', hkey(num, b), id) == 0 then return end
+local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
+
+-- Releases `num`'s claims on `ids`, all in bucket `b`: a session no claim holds any more
+-- ends. One read and one write of the bucket, one of the claims, whatever their number.
+local function release_many(num, b, ids, parked)
+  if #ids == 0 then return end
   local S = skey(b)
-  local v = redis.call('HGET', S, id)
-  if not v then return end
-  local s, _ = without(cmsgpack.unpack(v), num, id, parked)
-  if #s <= 3 then
-    redis.call('HDEL', S, id)
-    apply(s, -1)
-  else
-    redis.call('HSET', S, id, cmsgpack.pack(s))
+  local recs = redis.call('HMGET', S, unpack(ids))
+  local sets, dels = {}, {}
+  for k, id in ipairs(ids) do
+    local v = recs[k]
+    if v then
+      local s, found = without(cmsgpack.unpack(v), num, id, parked)
+      if found then
+        if #s <= 3 then
+          dels[#dels + 1] = id
+          apply(s, -1)
+        else
+          sets[#sets + 1] = id
+          sets[#sets + 1] = cmsgpack.pack(s)
+        end
+      end
+    end
   end
+  if #dels > 0 then redis.call('HDEL', S, unpack(dels)) end
+  if #sets > 0 then redis.call('HSET', S, unpack(sets)) end
+  redis.call('ZREM', hkey(num, b), unpack(ids))
 end
 
-local function leave(id)
-  local b = bucket(id)
-  local S = skey(b)
-  local v = redis.call('HGET', S, id)
-  if not v then return end
-  local s = cmsgpack.unpack(v)
-  for k = 4, #s do redis.call('ZREM', hkey(s[k], b), id) end
-  if s[3] ~= '' then message(s[3], 'm', id) end
-  redis.call('HDEL', S, id)
-  apply(s, -1)
-end
-
-local function upsert(id, kind, renew, ttl, seen, active, user, sortkey, take)
-  local b = bucket(id)
-  local S = skey(b)
-  local v = redis.call('HGET', S, id)
-  local s, claimant
-  if v then
-    s = cmsgpack.unpack(v)
-    for k = 4, #s do if s[k] == me then claimant = true end end
-  end
-  if renew or not claimant then
-    if redis.call('ZADD', hkey(me, b), now + ttl, id) == 1 then
-      new_keys[hkey(me, b)] = true
-      my_buckets[#my_buckets + 1] = b
+-- The session operations of one bucket (the node sends them sorted by bucket): renewals
+-- whose claim exists move only its expiry; the others read the bucket's records once and
+-- write them back once.
+local function run_bucket(b, ops)
+  local S, H = skey(b), hkey(me, b)
+  local claims = {} -- ZADD arguments for this node's claims in the bucket
+  local rest = {}
+  local n_ids, n_ops = {}, {}
+  for _, a in ipairs(ops) do
+    if string.sub(a, 1, 1) == 'n' then
+      n_ids[#n_ids + 1] = string.sub(a, 2, 17)
+      n_ops[#n_ops + 1] = a
+    else
+      rest[#rest + 1] = a
     end
   end
-  if not s then
-    s = { kind, user, take and me or '', me }
-    apply(s, 1, sortkey)
-    redis.call('HSET', S, id, cmsgpack.pack(s))
-    new_keys[S] = true
-  else
-    local changed = not claimant
-    if not claimant then s[#s + 1] = me end
-    if s[1] ~= kind or s[2] ~= user then
-      apply(s, -1)
-      s[1], s[2] = kind, user
-      apply(s, 1, sortkey)
-      changed = true
+  if #n_ids > 0 then
+    local scores = redis.call('ZMSCORE', H, unpack(n_ids))
+    for k, a in ipairs(n_ops) do
+      if scores[k] then
+        -- A renewal of a claim that exists: its expiry moves; its user's last seen too.
+        claims[#claims + 1] = now + hex(a, 20, 8)
+        claims[#claims + 1] = n_ids[k]
+        local ulen = hex(a, 44, 4)
+        if ulen > 0 then
+          local u = user_touch(string.sub(a, 48, 47 + ulen), nil)
+          local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
+          if seen > u[4] then u[4] = seen end
+          if active > u[5] then u[5] = active end
+        end
+      else
+        rest[#rest + 1] = a -- the claim is gone: as an upsert
+      end
     end
-    if take and s[3] ~= me then
-      if s[3] ~= '' then message(s[3], 'm', id) end
-      s[3] = me
-      changed = true
-    end
-    if changed then redis.call('HSET', S, id, cmsgpack.pack(s)) end
   end
-  if user ~= '' and renew then
-    local u = user_touch(user, sortkey)
-    if seen > u[4] then u[4] = seen end
-    if active > u[5] then u[5] = active end
+  if #rest > 0 then
+    local ids = {}
+    for k, a in ipairs(rest) do ids[k] = string.sub(a, 2, 17) end
+    local recs = redis.call('HMGET', S, unpack(ids))
+    local sets, dels, mine = {}, {}, {}
+    for k, a in ipairs(rest) do
+      local op, id, v = string.sub(a, 1, 1), ids[k], recs[k]
+      if op == 'u' or op == 'n' then
+        local ulen = hex(a, 44, 4)
+        local user = string.sub(a, 48, 47 + ulen)
+        local klen = hex(a, 48 + ulen, 4)
+        local sortkey = string.sub(a, 52 + ulen, 51 + ulen + klen)
+        local take = string.sub(a, 52 + ulen + klen, 52 + ulen + klen) == '1'
+        local kind, renew = string.sub(a, 18, 18), string.sub(a, 19, 19) == '1'
+        local s, claimant
+        if v then
+          s = cmsgpack.unpack(v)
+          for j = 4, #s do if s[j] == me then claimant = true end end
+        end
+        if renew or not claimant then
+          claims[#claims + 1] = now + hex(a, 20, 8)
+          claims[#claims + 1] = id
+        end
+        local changed = false
+        if not s then
+          s = { kind, user, take and me or '', me }
+          apply(s, 1, sortkey)
+          changed = true
+        else
+          if not claimant then
+            s[#s + 1] = me
+            changed = true
+          end
+          if s[1] ~= kind or s[2] ~= user then
+            apply(s, -1)
+            s[1], s[2] = kind, user
+            apply(s, 1, sortkey)
+            changed = true
+          end
+          if take and s[3] ~= me then
+            if s[3] ~= '' then message(s[3], 'm', id) end
+            s[3] = me
+            changed = true
+          end
+        end
+        if changed then
+          sets[#sets + 1] = id
+          sets[#sets + 1] = cmsgpack.pack(s)
+        end
+        if user ~= '' and renew then
+          local u = user_touch(user, sortkey)
+          local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
+          if seen > u[4] then u[4] = seen end
+          if active > u[5] then u[5] = active end
+        end
+      elseif op == 'r' then
+        mine[#mine + 1] = id
+      elseif op == 'l' then
+        -- Leave: the session ends for every claimant.
+        if v then
+          local s = cmsgpack.unpack(v)
+          for j = 4, #s do redis.call('ZREM', hkey(s[j], b), id) end
+          if s[3] ~= '' then message(s[3], 'm', id) end
+          dels[#dels + 1] = id
+          apply(s, -1)
+        end
+      else
+        error('presence flush: unknown operation ' .. tostring(op))
+      end
+    end
+    if #dels > 0 then redis.call('HDEL', S, unpack(dels)) end
+    if #sets > 0 then
+      redis.call('HSET', S, unpack(sets))
+      new_keys[S] = true
+    end
+    release_many(me, b, mine, false)
+  end
+  if #claims > 0 and redis.call('ZADD', H, unpack(claims)) > 0 then
+    new_keys[H] = true
+    my_buckets[#my_buckets + 1] = b
   end
 end
 
@@ -327,8 +404,6 @@ local function page_count(page, n)
   if tonumber(redis.call('ZINCRBY', PG, n - old, page)) <= 0 then redis.call('ZREM', PG, page) end
 end
 
-local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
-
 -- Page entries, length-prefixed, from position `i` of `a`.
 local function entries(a, i, zadd)
   local out = {}
@@ -342,6 +417,7 @@ local function entries(a, i, zadd)
 end
 
 local pages_touched = false
+local group, group_b = {}, nil
 for i = FIRST_OP, #ARGV do
   local a = ARGV[i]
   local op = string.sub(a, 1, 1)
@@ -365,65 +441,62 @@ for i = FIRST_OP, #ARGV do
     end
     redis.call('HSET', ppkey(me), unpack(args))
     redis.call('PEXPIRE', ppkey(me), keyttl)
-  else
-    local id = string.sub(a, 2, 17)
-    if op == 'n' and redis.call('ZADD', hkey(me, bucket(id)), 'XX', 'CH', now + hex(a, 20, 8), id) == 1 then
-      -- A renewal of a claim that exists: its expiry moved; the last seen of its user too.
-      local ulen = hex(a, 44, 4)
-      if ulen > 0 then
-        local u = user_touch(string.sub(a, 48, 47 + ulen), nil)
-        local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
-        if seen > u[4] then u[4] = seen end
-        if active > u[5] then u[5] = active end
-      end
-    elseif op == 'u' or op == 'n' then
-      local ulen = hex(a, 44, 4)
-      local user = string.sub(a, 48, 47 + ulen)
-      local klen = hex(a, 48 + ulen, 4)
-      local sortkey = string.sub(a, 52 + ulen, 51 + ulen + klen)
-      local take = string.sub(a, 52 + ulen + klen, 52 + ulen + klen) == '1'
-      upsert(id, string.sub(a, 18, 18), string.sub(a, 19, 19) == '1', hex(a, 20, 8),
-        now - hex(a, 28, 8), now - hex(a, 36, 8), user, sortkey, take)
-    elseif op == 'r' then
-      release(id, me)
-    elseif op == 'l' then
-      leave(id)
-    else
-      return redis.error_reply('presence flush: unknown operation ' .. tostring(op))
+  elseif op == 'u' or op == 'n' or op == 'r' or op == 'l' then
+    local b = bucket(string.sub(a, 2, 17))
+    if b ~= group_b then
+      if #group > 0 then run_bucket(group_b, group) end
+      group, group_b = {}, b
     end
+    group[#group + 1] = a
+  else
+    return redis.error_reply('presence flush: unknown operation ' .. tostring(op))
   end
 end
+if #group > 0 then run_bucket(group_b, group) end
 if pages_touched then new_keys[pckey(me)] = true end
 
--- What the operations and sweeps changed, written once per user and counter.
+-- What the operations and sweeps changed, written once per user and counter: one read of
+-- the users' records, one write, one of the listed users.
 local function write_changes()
-  -- Users: each once. Transitions between listed, hidden and gone move the counters and the
-  -- name-ordered list of listed users.
+  -- Transitions between listed, hidden and gone move the counters and the name-ordered
+  -- list of listed users.
   local dmembers, dhidden = 0, 0
-  for user, u in pairs(users) do
-    local v = redis.call('HGET', U, user)
-    local rec = v and cmsgpack.unpack(v) or { 0, 0, u[3] or string.lower(user), 0, 0 }
-    local was_listed, was_hidden = rec[1] > 0, rec[1] == 0 and rec[2] > 0
-    rec[1] = math.max(0, rec[1] + u[1])
-    rec[2] = math.max(0, rec[2] + u[2])
-    if u[4] > rec[4] then rec[4] = u[4] end
-    if u[5] > rec[5] then rec[5] = u[5] end
-    local listed, hidden = rec[1] > 0, rec[1] == 0 and rec[2] > 0
-    if was_listed ~= listed then
-      if listed then
-        dmembers = dmembers + 1
-        redis.call('ZADD', M, 0, rec[3] .. '\0' .. user)
-      else
-        dmembers = dmembers - 1
-        redis.call('ZREM', M, rec[3] .. '\0' .. user)
+  local names = {}
+  for user, _ in pairs(users) do names[#names + 1] = user end
+  if #names > 0 then
+    local recs = redis.call('HMGET', U, unpack(names))
+    local sets, dels, m_add, m_rem = {}, {}, {}, {}
+    for k, user in ipairs(names) do
+      local u, v = users[user], recs[k]
+      local rec = v and cmsgpack.unpack(v) or { 0, 0, u[3] or string.lower(user), 0, 0 }
+      local was_listed, was_hidden = rec[1] > 0, rec[1] == 0 and rec[2] > 0
+      rec[1] = math.max(0, rec[1] + u[1])
+      rec[2] = math.max(0, rec[2] + u[2])
+      if u[4] > rec[4] then rec[4] = u[4] end
+      if u[5] > rec[5] then rec[5] = u[5] end
+      local listed, hidden = rec[1] > 0, rec[1] == 0 and rec[2] > 0
+      if was_listed ~= listed then
+        if listed then
+          dmembers = dmembers + 1
+          m_add[#m_add + 1] = 0
+          m_add[#m_add + 1] = rec[3] .. '\0' .. user
+        else
+          dmembers = dmembers - 1
+          m_rem[#m_rem + 1] = rec[3] .. '\0' .. user
+        end
+      end
+      if was_hidden ~= hidden then dhidden = dhidden + (hidden and 1 or -1) end
+      if rec[1] == 0 and rec[2] == 0 then
+        if v then dels[#dels + 1] = user end
+      elseif u[1] ~= 0 or u[2] ~= 0 or u[4] > 0 or u[5] > 0 then
+        sets[#sets + 1] = user
+        sets[#sets + 1] = cmsgpack.pack(rec)
       end
     end
-    if was_hidden ~= hidden then dhidden = dhidden + (hidden and 1 or -1) end
-    if rec[1] == 0 and rec[2] == 0 then
-      redis.call('HDEL', U, user)
-    elseif u[1] ~= 0 or u[2] ~= 0 or u[4] > 0 or u[5] > 0 then
-      redis.call('HSET', U, user, cmsgpack.pack(rec))
-    end
+    if #m_rem > 0 then redis.call('ZREM', M, unpack(m_rem)) end
+    if #m_add > 0 then redis.call('ZADD', M, unpack(m_add)) end
+    if #dels > 0 then redis.call('HDEL', U, unpack(dels)) end
+    if #sets > 0 then redis.call('HSET', U, unpack(sets)) end
   end
   dc.members, dc.hidden = dmembers, dhidden
   for field, d in pairs(dc) do
@@ -458,7 +531,7 @@ local function sweep(num, upto, cursor)
       else
         ids = redis.call('ZRANGE', h, 0, want - 1)
       end
-      for _, id in ipairs(ids) do release(id, num, upto ~= nil) end
+      release_many(num, b, ids, upto ~= nil)
       budget = budget - #ids - 1
       if redis.call('EXISTS', h) == 0 then
         redis.call('ZREM', hb, b)
