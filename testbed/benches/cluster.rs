@@ -416,7 +416,7 @@ fn ceiling_group(c: &mut Criterion, server: &RedisServer, figures_only: bool) {
         .iter()
         .map(|k| format!("presence_{k}"))
         .collect();
-    let classic = |con: &mut redis::Connection| {
+    let mut classic = |con: &mut redis::Connection| {
         let mut pipe = redis::pipe();
         for k in &classic_keys {
             pipe.cmd("SET")
@@ -442,7 +442,7 @@ fn ceiling_group(c: &mut Criterion, server: &RedisServer, figures_only: bool) {
             .sum::<f64>()
     };
     // µs of redis-server CPU per operation, over 2 s of calls of `RENEWALS` operations.
-    let mut per_op = |con: &mut redis::Connection, f: &mut dyn FnMut(&mut redis::Connection)| {
+    let per_op = |con: &mut redis::Connection, f: &mut dyn FnMut(&mut redis::Connection)| {
         let cpu0 = cpu(con);
         let t = Instant::now();
         let mut calls = 0;
