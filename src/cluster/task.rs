@@ -344,6 +344,8 @@ struct Reply {
     next_page: Option<u64>,
     /// The inbox stamp at the end of the call.
     stamp: u64,
+    /// The time the call took in Redis.
+    took: Duration,
     /// This node's inbox: (kind, session, stamp).
     inbox: Vec<(u8, SessionId, u64)>,
 }
@@ -354,16 +356,16 @@ impl Reply {
         let Value::Array(items) = v else {
             return Err(bad(format!("not a list: {v:?}")));
         };
-        if items.len() < 17 || (items.len() - 17) % 2 != 0 {
+        if items.len() < 18 || (items.len() - 18) % 2 != 0 {
             return Err(bad(format!(
-                "{} values, expected 17 and pairs",
+                "{} values, expected 18 and pairs",
                 items.len()
             )));
         }
         let mut items = items.into_iter();
         let r: Vec<i64> = items
             .by_ref()
-            .take(17)
+            .take(18)
             .map(|v| redis::from_redis_value::<i64>(v).map_err(|e| bad(e.to_string())))
             .collect::<Result<_, _>>()?;
         let rest: Vec<Value> = items.collect();
@@ -409,6 +411,7 @@ impl Reply {
             done: r[14] == 1,
             next_page: u64::try_from(r[15]).ok(),
             stamp: u64::try_from(r[16]).unwrap_or(0),
+            took: Duration::from_micros(u64::try_from(r[17]).unwrap_or(0)),
             inbox,
         })
     }
@@ -1026,7 +1029,10 @@ impl Flusher {
                     Ok(r) => r,
                     Err(e) => return self.fail(e),
                 };
-                self.adapt(units, group.len(), sent_at.elapsed());
+                // Sized by their time in Redis, which is what a bystander waits for (the
+                // round trip and this node's own work hold nobody up).
+                let took = replies.iter().map(|r| r.took).sum();
+                self.adapt(units, group.len(), took);
                 first = false;
                 for (call, reply) in group.into_iter().zip(&replies) {
                     match self.take(call, reply, sent_at) {
