@@ -4,7 +4,8 @@
 //!
 //! - [`PresenceLayer`], a tower [`Layer`](tower_layer::Layer): gives each browser a
 //!   session id in a cookie (`presence_id`, v4 UUID, `HttpOnly`, `SameSite=Lax`,
-//!   optionally HMAC-signed with a [`Key`]), classifies the visitor ([`Kind`](crate::Kind))
+//!   optionally HMAC-signed with a [`Key`], which can be rotated without losing anyone:
+//!   [`PresenceLayer::signing_keys`]), classifies the visitor ([`Kind`](crate::Kind))
 //!   and records each request as activity on its page once the browser has returned the
 //!   cookie. Handlers get the id with the [`PresenceSession`] extractor.
 //! - [`routes`] (or [`Routes`] for the settings): `POST /presence/heartbeat`,
