@@ -960,6 +960,38 @@ async fn heartbeat_answers_204_or_json_and_is_not_page_activity() {
 }
 
 #[tokio::test]
+async fn beats_tell_the_script_the_idle_timeout_that_bounds_its_backoff() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, _) = join(&app).await;
+    for req in [
+        post_req("/presence/heartbeat"),
+        post_req("/presence/heartbeat").header(ACCEPT, "application/json"),
+        post_req("/presence/active"),
+    ] {
+        let res = send(&app, req.header(COOKIE, cookie.clone())).await;
+        assert!(res.status().is_success());
+        assert_eq!(res.headers()["presence-idle-timeout"], "60");
+    }
+
+    let presence = Presence::builder()
+        .reaper(Reaper::Manual)
+        .idle_timeout(Duration::from_millis(1500))
+        .build();
+    let fast = self::app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, _) = join(&fast).await;
+    let res = send(
+        &fast,
+        post_req("/presence/heartbeat").header(COOKIE, cookie),
+    )
+    .await;
+    assert_eq!(res.headers()["presence-idle-timeout"], "1.5");
+    let tag = presence_http::ScriptTag::new(&presence).to_string();
+    assert!(tag.contains(r#"data-idle-timeout="1.5""#), "{tag}");
+    assert!(!tag.contains("data-backoff"), "on by default: {tag}");
+}
+
+#[tokio::test]
 async fn heartbeat_for_a_session_that_is_not_live_is_gone() {
     let (presence, clock) = tracker();
     let app = app(&presence, PresenceLayer::new(presence.clone()));
