@@ -118,8 +118,10 @@ impl Presence {
     /// forgets their last-seen record at once instead of keeping it for
     /// `remember_users_for`. [`user`](Self::user) then answers
     /// [`UserStatus::Unknown`], and nothing of the name is left in the tracker: the next
-    /// snapshot does not hold it. Returns how many sessions it ended (0 for a user it does
-    /// not know, or one only remembered as offline).
+    /// snapshot does not hold it. Returns how many live sessions it ended (0 for a user it
+    /// does not know, or one only remembered as offline); a session already due and not
+    /// yet reaped ends too, with its `Expired` or `HeartbeatLimit` event, uncounted as
+    /// [`leave`](Self::leave) would.
     ///
     /// What it does not do:
     /// - **Keep them out.** A request the application still classifies as the user starts
@@ -127,7 +129,8 @@ impl Presence {
     ///   a session started while this call runs is not ended.
     /// - **Rewrite the file on disk.** The snapshot file written before still holds the
     ///   name until the next save: call [`save_snapshot`](Self::save_snapshot) after
-    ///   erasing to rewrite it now.
+    ///   erasing to rewrite it now (it waits for a save already under way, which may have
+    ///   read the name before the erasure, then writes one without it).
     /// - **Look into pages.** A page is a path the layer recorded (`/users/alice`), not a
     ///   name; it goes when no session is on it any more.
     ///

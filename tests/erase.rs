@@ -145,7 +145,7 @@ fn a_due_session_not_yet_reaped_ends_for_the_reason_it_was_due() {
     clock.advance(common::IDLE_TIMEOUT);
     let mut rx = presence.subscribe();
 
-    assert_eq!(presence.erase_user("alice"), Ok(1));
+    assert_eq!(presence.erase_user("alice"), Ok(0), "it was gone already");
     assert_eq!(
         drain(&mut rx),
         [
@@ -262,7 +262,8 @@ fn the_erased_names_bytes_are_absent_from_the_next_snapshot() {
     restarted.shutdown();
 }
 
-/// Erase and reap racing over the same user's sessions: every session ends once, the counts
+/// Erase and reap racing over the same user's sessions: every session ends once (one `Left`
+/// each, whoever ends it), the counts
 /// agree with a recount, and the user is forgotten whoever ended their last session (in
 /// odd rounds all of them are due, so the reaper often ends the last one).
 #[test]
@@ -299,10 +300,10 @@ fn erase_during_a_reap_ends_each_session_once_and_forgets_the_user() {
         let erased = presence.erase_user("alice").unwrap();
         let reaped = reaper.join().unwrap();
         assert_eq!(
-            erased + reaped,
-            500 + live_alice,
-            "round {round}: each session ends once"
+            erased, live_alice,
+            "round {round}: the reaper ends no live one"
         );
+        assert!(reaped <= 500, "round {round}");
 
         assert_eq!(presence.user("alice"), UserStatus::Unknown, "round {round}");
         let c = presence.counts();

@@ -216,7 +216,7 @@
   var due = 0; // when the armed beat fires
   var backoff = (function () {
     var on = ds.backoff !== 'off';
-    var idleTimeout = seconds(ds.idleTimeout, 0);
+    var idleTimeout = isFinite(ds.idleTimeout) ? seconds(ds.idleTimeout, 0) : 0;
     var delay = interval;
     function cap() {
       return on && idleTimeout > 0 ? Math.max(interval, idleTimeout / 2) : interval;
@@ -246,7 +246,7 @@
       // 5xx while the server restarts) is a failed beat.
       answered: function (res) {
         var t = parseFloat(res.headers.get('Presence-Idle-Timeout'));
-        if (t > 0) idleTimeout = t * 1000;
+        if (t > 0 && isFinite(t)) idleTimeout = t * 1000;
         if (!res.ok && res.status !== 410) reset();
       },
       // A beat that did not arrive: the next one comes within `interval`.
