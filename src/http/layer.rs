@@ -257,9 +257,9 @@ impl PresenceLayer {
     /// in neither place (a retired one), or a forged one, gets a fresh id as usual.
     ///
     /// Rotating on one server: deploy `signing_keys(new, [old])`; once every session that
-    /// was online at the switch has made a request or ended (`heartbeat_limit` after the
-    /// deploy is enough: an open tab sends a heartbeat well within it), retire the old key
-    /// with `signing_key(new)`. A visitor who comes back after that with an old cookie is
+    /// was online at the switch has made a request or ended (`idle_timeout` after the
+    /// deploy: a session with no request for that long is gone; a day is plenty), retire
+    /// the old key with `signing_key(new)`. A visitor who comes back after that with an old cookie is
     /// given a new id, like a first visit (the page script's first report counts them).
     ///
     /// On several nodes behind a load balancer, a rolling deploy would let a node that
