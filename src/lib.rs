@@ -54,7 +54,8 @@
 //! - Restarts and operations: [`PresenceBuilder::snapshot_file`] keeps who is online (and
 //!   last-seen times, the peak, the history) across a restart, [`Presence::save_snapshot`]
 //!   writes it; [`Presence::history`] is `online` once per `history_interval` (a minute by
-//!   default: the last 24 hours).
+//!   default: the last 24 hours); [`Presence::erase_user`] ends a user's sessions and
+//!   forgets their name at once (an account deletion, an erasure request).
 //!
 //! # Semantics
 //! - A session is live while `now < deadline` and due from `now >= deadline`, where

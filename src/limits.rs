@@ -15,16 +15,24 @@ pub const MAX_PAGE_LEN: usize = 1024;
 
 /// Refuses a user name or page longer than the tracker stores.
 pub(crate) fn check_lengths(kind: &Kind, page: Option<&str>) -> Result<(), PresenceError> {
-    if let Some(user) = kind.user().filter(|u| u.len() > MAX_USER_LEN) {
-        return Err(PresenceError::UserTooLong {
-            len: user.len(),
-            max: MAX_USER_LEN,
-        });
+    if let Some(user) = kind.user() {
+        check_user(user)?;
     }
     if let Some(page) = page.filter(|p| p.len() > MAX_PAGE_LEN) {
         return Err(PresenceError::PageTooLong {
             len: page.len(),
             max: MAX_PAGE_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a user name longer than the tracker stores.
+pub(crate) fn check_user(user: &str) -> Result<(), PresenceError> {
+    if user.len() > MAX_USER_LEN {
+        return Err(PresenceError::UserTooLong {
+            len: user.len(),
+            max: MAX_USER_LEN,
         });
     }
     Ok(())

@@ -112,6 +112,61 @@ impl Presence {
         self.tracker.leave(id)
     }
 
+    /// Erases user `user` (an account deletion, an erasure request): ends each of their
+    /// live sessions as [`leave`](Self::leave) does ([`Event::Left`] with
+    /// [`LeaveReason::Left`](crate::LeaveReason::Left), then [`Event::UserOffline`]), and
+    /// forgets their last-seen record at once instead of keeping it for
+    /// `remember_users_for`. [`user`](Self::user) then answers
+    /// [`UserStatus::Unknown`], and nothing of the name is left in the tracker: the next
+    /// snapshot does not hold it. Returns how many live sessions it ended (0 for a user it
+    /// does not know, or one only remembered as offline); a session already due and not
+    /// yet reaped ends too, with its `Expired` or `HeartbeatLimit` event, uncounted as
+    /// [`leave`](Self::leave) would.
+    ///
+    /// What it does not do:
+    /// - **Keep them out.** A request the application still classifies as the user starts
+    ///   a new session (and a new record). Sign the user out, or delete the account, first;
+    ///   a session started while this call runs is not ended.
+    /// - **Rewrite the file on disk.** The snapshot file written before still holds the
+    ///   name until the next save: call [`save_snapshot`](Self::save_snapshot) after
+    ///   erasing to rewrite it now (it waits for a save already under way, which may have
+    ///   read the name before the erasure, then writes one without it).
+    /// - **Look into pages.** A page is a path the layer recorded (`/users/alice`), not a
+    ///   name; it goes when no session is on it any more.
+    ///
+    /// With a cluster view attached (feature `redis`), each session ended here leaves every
+    /// node's view at the next flush, as an explicit leave does; the cluster's own
+    /// `erase_user` also removes the user's records from Redis and from the other nodes.
+    ///
+    /// Costs in proportion to the user's sessions; takes each session's shard lock in turn,
+    /// never all at once, so it may run beside requests and the reaper.
+    ///
+    /// # Errors
+    /// [`PresenceError::UserTooLong`] when `user` is longer than
+    /// [`MAX_USER_LEN`](crate::MAX_USER_LEN) bytes: no such name can be stored, so the
+    /// caller is likely passing the wrong thing.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionId, UserStatus};
+    ///
+    /// let presence = Presence::new();
+    /// let (tab1, tab2) = (SessionId::new_v4(), SessionId::new_v4());
+    /// presence.visit(tab1, Kind::member("alice"), "/forum/42")?;
+    /// presence.touch(tab2, Kind::hidden_member("alice"))?;
+    ///
+    /// assert_eq!(presence.erase_user("alice")?, 2);
+    /// assert_eq!(presence.user("alice"), UserStatus::Unknown);
+    /// assert_eq!(presence.counts().online, 0);
+    /// assert!(presence.page_members("/forum/42", 10).is_empty());
+    /// assert_eq!(presence.erase_user("alice")?, 0, "nothing left to erase");
+    /// assert!(presence.erase_user(&"x".repeat(10_000)).is_err());
+    /// # Ok::<(), presence_tracker::PresenceError>(())
+    /// ```
+    pub fn erase_user(&self, user: &str) -> Result<usize, PresenceError> {
+        crate::limits::check_user(user)?;
+        Ok(self.tracker.erase_user(user).len())
+    }
+
     /// Who is online now. O(1): reads counters, never scans.
     ///
     /// Exact at the time of the call: sessions already due are settled first (a cost in

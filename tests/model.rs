@@ -51,6 +51,8 @@ enum Op {
     /// To the time session goes idle (or 1 ms before), if it is live and active.
     ToIdle(usize, bool),
     Reap,
+    /// `erase_user` of one of `USERS`.
+    Erase(usize),
     /// Read everything (in the rare-reads run; the other run reads after every op).
     Check,
 }
@@ -67,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (id.clone(), any::<bool>()).prop_map(|(i, m)| Op::ToDeadline(i, m)),
         1 => (id, any::<bool>()).prop_map(|(i, m)| Op::ToIdle(i, m)),
         1 => Just(Op::Reap),
+        1 => (0..USERS.len()).prop_map(Op::Erase),
         2 => Just(Op::Check),
     ]
 }
@@ -352,7 +355,8 @@ impl Run {
         self.model.now += by;
     }
 
-    /// Applies `op` to both; checks the results the op returns. Returns whether it moved time.
+    /// Applies `op` to both; checks the results the op returns. Returns whether its events
+    /// may come in any order (it moved time, or erased a user).
     fn apply(&mut self, op: &Op, check_reap: bool) -> Result<bool, TestCaseError> {
         let m = &mut self.model;
         m.expire();
@@ -410,6 +414,25 @@ impl Run {
                 if check_reap {
                     prop_assert_eq!(got, 0, "reap after reads found something due");
                 }
+            }
+            Op::Erase(u) => {
+                let user = USERS[u];
+                let got = self.presence.erase_user(user).unwrap();
+                let theirs: Vec<usize> = m
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.kind.user().is_some_and(|x| x.as_str() == user))
+                    .map(|(&i, _)| i)
+                    .collect();
+                let now = m.now;
+                for i in &theirs {
+                    let s = m.sessions.remove(i).unwrap();
+                    m.ended(*i, &s, LeaveReason::Left, now);
+                }
+                m.users.remove(user);
+                prop_assert_eq!(got, theirs.len(), "erase_user result");
+                // The user's sessions end in no particular order, as expiries do.
+                return Ok(true);
             }
             Op::Check => {}
         }

@@ -48,8 +48,9 @@ impl ChangeLog {
         }
     }
 
-    /// Notes that session `id` ended by an explicit leave (`Presence::leave`): for the
-    /// cluster view, such a session ends on every node, not only this one.
+    /// Notes that session `id` ended by an explicit leave (`Presence::leave`, or an erasure,
+    /// `Presence::erase_user`, which leaves each of the user's sessions): for the cluster
+    /// view, such a session ends on every node, not only this one.
     #[inline]
     pub(crate) fn record_left(&self, id: SessionId) {
         if self.enabled.load(Ordering::Relaxed) {

@@ -21,7 +21,7 @@ use crate::core::expiry::ExpiryIndex;
 use crate::core::map::{Cold, Entry as MapEntry, SessionMap, SlotRef};
 use crate::core::pages::PageTable;
 use crate::core::session::{Config, Details, KindTag, Session, narrow, widen};
-use crate::core::users::{UserSession, UserSnapshot, UserTable};
+use crate::core::users::{UserSession, UserSnapshot, UserTable, WhenOffline};
 use crate::counts::Counts;
 use crate::error::PresenceError;
 use crate::events::{Event, EventQueue, LeaveReason};
@@ -322,6 +322,29 @@ impl Lifecycle {
         now: Tick,
         place: Place,
     ) {
+        self.end_as(
+            id,
+            session,
+            details,
+            reason,
+            now,
+            place,
+            WhenOffline::Remember,
+        );
+    }
+
+    /// [`end`](Self::end), with what becomes of the session's user if it was their last.
+    #[allow(clippy::too_many_arguments)]
+    fn end_as(
+        &self,
+        id: SessionId,
+        session: &Session,
+        details: &Details,
+        reason: LeaveReason,
+        now: Tick,
+        place: Place,
+        offline: WhenOffline,
+    ) {
         self.changes.record(id);
         if place == Place::Freed {
             self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
@@ -345,12 +368,13 @@ impl Lifecycle {
         // A due session ended at its deadline, however late that is noticed.
         let ended = now.min(session.deadline(&self.cfg, now));
         people += self.counters.apply_users(
-            self.users.apply(
+            self.users.apply_as(
                 user_session(id, session.tag, details.user.as_ref())
                     .map(|s| (s, session.last_seen(now))),
                 None,
                 ended,
                 events,
+                offline,
             ),
         );
         self.counters.add_people(people, now);
@@ -528,6 +552,61 @@ impl Lifecycle {
             }
             MapEntry::Vacant(_) => None,
         }
+    }
+
+    /// Erases `user`: ends each of their sessions as an explicit leave (`Left`; one already
+    /// due and not yet reaped, for the reason it was due), then forgets their last-seen
+    /// record, so that nothing of the name is left in the tables (the snapshot is written
+    /// from them). Returns the live sessions it ended, as `leave` would count them; their
+    /// events wait for [`deliver`](Self::deliver).
+    ///
+    /// For the cluster view, each ended session, due or live, is logged as an explicit leave
+    /// ([`ChangeLog::record_left`]): the next flush ends it on every node, as for
+    /// `Presence::leave`. The user's records in Redis are the cluster's to remove.
+    ///
+    /// Takes no lock while it takes a shard's: the user's sessions are read first, then each
+    /// ended under its own shard lock, so it runs beside reaps and requests in any order. A
+    /// session that started for the user meanwhile (the application still lets them in) is
+    /// not ended, and the user's record, theirs again, is kept.
+    pub(crate) fn erase_user(&self, user: &str, now: Tick) -> Vec<SessionId> {
+        let sessions = match self.users.snapshot(user) {
+            UserSnapshot::Online { sessions, .. } => sessions,
+            UserSnapshot::Offline { .. } | UserSnapshot::Unknown => Vec::new(),
+        };
+        let mut ended = Vec::with_capacity(sessions.len());
+        for id in sessions {
+            let MapEntry::Occupied(entry) = self.sessions.entry(id) else {
+                continue; // ended meanwhile (a reap, a leave)
+            };
+            let (session, details) = entry.get();
+            if details.user.as_ref().map(UserId::as_str) != Some(user) {
+                continue; // ended meanwhile, and the id started again as someone else
+            }
+            let live = now < session.deadline(&self.cfg, now);
+            let reason = if live {
+                LeaveReason::Left
+            } else {
+                session.leave_reason(&self.cfg, now)
+            };
+            self.changes.record_left(id);
+            self.end_as(
+                id,
+                session,
+                details,
+                reason,
+                now,
+                Place::Freed,
+                WhenOffline::Forget,
+            );
+            entry.remove();
+            if live {
+                ended.push(id);
+            }
+        }
+        // Offline already, or a last session ended by a reap meanwhile: remembered, and
+        // forgotten here.
+        self.users.forget(user);
+        ended
     }
 
     /// Evicts up to [`READ_BATCH`] due sessions, unless a reap is already in flight (then
@@ -861,5 +940,42 @@ mod tests {
         ));
         assert!(changed(&life).is_empty());
         assert_eq!(occupied(&life), 2);
+    }
+
+    /// An erasure is an explicit leave of each of the user's sessions, for the cluster view
+    /// too: each is in the change log and among its explicit leaves (so the flush ends it on
+    /// every node), a due one included; other sessions are not.
+    #[test]
+    fn erasing_a_user_logs_each_session_as_an_explicit_leave() {
+        let life = lifecycle(None);
+        let (a, b, c) = (
+            SessionId::new_v4(),
+            SessionId::new_v4(),
+            SessionId::new_v4(),
+        );
+        life.activity(a, Kind::member("alice"), Some("/x"), 0)
+            .unwrap();
+        life.activity(b, Kind::hidden_member("alice"), None, 900)
+            .unwrap();
+        life.activity(c, Kind::member("bob"), None, 900).unwrap();
+        changed(&life);
+
+        // `a` is due at 1_000 and not yet reaped: it ends (as expired), uncounted.
+        assert_eq!(life.erase_user("alice", 1_200), [b]);
+        let mut expected = vec![a, b];
+        expected.sort();
+        let mut logged = changed(&life);
+        logged.sort();
+        assert_eq!(logged, expected);
+        let mut left = life.changes().drain_left();
+        left.sort();
+        assert_eq!(left, expected);
+        assert!(matches!(life.user_snapshot("alice"), UserSnapshot::Unknown));
+        assert!(matches!(
+            life.user_snapshot("bob"),
+            UserSnapshot::Online { .. }
+        ));
+        assert_eq!(occupied(&life), 1);
+        assert_eq!(life.page_count("/x"), 0);
     }
 }

@@ -170,6 +170,13 @@ impl Tracker {
         info
     }
 
+    /// [`Presence::erase_user`](crate::Presence::erase_user): the sessions it ended.
+    pub(crate) fn erase_user(&self, user: &str) -> Vec<SessionId> {
+        let ended = self.life.erase_user(user, self.clock.now());
+        self.life.deliver();
+        ended
+    }
+
     /// Live sessions on `page`.
     pub(crate) fn page_count(&self, page: &str) -> usize {
         self.settle();

@@ -75,6 +75,15 @@ pub(crate) struct UserSession<'a> {
     pub(crate) session: SessionId,
 }
 
+/// What becomes of a user whose last session ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum WhenOffline {
+    /// Remembered for last-seen (`remember_users_for`, `max_remembered_users`).
+    Remember,
+    /// Forgotten at once: the user is being erased. No other user's record makes room.
+    Forget,
+}
+
 /// What `Presence::user` needs from the table.
 #[derive(Debug)]
 pub(crate) enum UserSnapshot {
@@ -129,6 +138,18 @@ impl UserTable {
         joined: Option<UserSession<'_>>,
         now: Tick,
         events: Option<&EventQueue>,
+    ) -> UserDelta {
+        self.apply_as(left, joined, now, events, WhenOffline::Remember)
+    }
+
+    /// [`apply`](Self::apply), with what becomes of a user who goes offline by it.
+    pub(crate) fn apply_as(
+        &self,
+        left: Option<(UserSession<'_>, Tick)>,
+        joined: Option<UserSession<'_>>,
+        now: Tick,
+        events: Option<&EventQueue>,
+        offline: WhenOffline,
     ) -> UserDelta {
         let mut delta = UserDelta::default();
         if left.is_none() && joined.is_none() {
@@ -187,7 +208,12 @@ impl UserTable {
             }
         }
         if let Some(user) = went_offline {
-            users.remember(user, self.max_offline);
+            match offline {
+                WhenOffline::Remember => users.remember(user, self.max_offline),
+                WhenOffline::Forget => {
+                    users.map.remove(user);
+                }
+            }
         }
         if let Some(events) = events {
             if let Some(user) = went_offline {
@@ -215,6 +241,25 @@ impl UserTable {
                 },
             },
         }
+    }
+
+    /// Forgets `user` if they are offline: their last-seen record and their place in the
+    /// offline queue. Returns whether a record was dropped. A user online (a session started
+    /// meanwhile) keeps their record: it is theirs again.
+    pub(crate) fn forget(&self, user: &str) -> bool {
+        let mut guard = self.users.lock();
+        let users = &mut *guard;
+        let Some(rec) = users.map.get(user) else {
+            return false;
+        };
+        if rec.standing() != Standing::Offline {
+            return false;
+        }
+        if let Some(key) = rec.offline_key {
+            users.offline.remove(&key);
+        }
+        users.map.remove(user);
+        true
     }
 
     /// The first `limit` listed users online, by name: O(limit).

@@ -64,7 +64,8 @@ type SkipFn = dyn Fn(&Parts) -> bool + Send + Sync;
 ///    so the visitor keeps one id (only the first 8 are looked at). Without a valid one (missing, malformed, oversized,
 ///    non-UTF-8 or badly signed) a fresh [`SessionId::new_v4`] is issued with a
 ///    `Set-Cookie` header (`HttpOnly; SameSite=Lax; Path=/`, `Secure` unless turned off,
-///    `Max-Age`);
+///    `Max-Age`). One signed with a previous key during a
+///    [key rotation](PresenceLayer::signing_keys) keeps its id and is re-signed;
 /// 2. classifies the visitor with the [`classify`](PresenceLayer::classify) closure
 ///    (default: [`Kind::Guest`]);
 /// 3. records activity with [`Presence::visit`] on the request path when the request is a
@@ -143,7 +144,7 @@ struct Shared {
     cookie_name: Cow<'static, str>,
     secure: bool,
     max_age: Duration,
-    key: Option<SigningKey>,
+    keys: Option<SigningKeys>,
     classify: Option<Arc<ClassifyFn>>,
     skip: Option<Arc<SkipFn>>,
     track_pages: bool,
@@ -159,7 +160,11 @@ impl fmt::Debug for PresenceLayer {
             .field("cookie_name", &s.cookie_name)
             .field("secure", &s.secure)
             .field("max_age", &s.max_age)
-            .field("signed", &s.key.is_some())
+            .field("signed", &s.keys.is_some())
+            .field(
+                "previous_keys",
+                &s.keys.as_ref().map_or(0, |k| k.previous.len()),
+            )
             .field("classify", &s.classify.as_ref().map(|_| "Fn"))
             .field("skip", &s.skip.as_ref().map(|_| "Fn"))
             .field("track_pages", &s.track_pages)
@@ -179,7 +184,7 @@ impl PresenceLayer {
                 cookie_name: Cow::Borrowed("presence_id"),
                 secure: true,
                 max_age: Duration::from_secs(365 * 24 * 60 * 60),
-                key: None,
+                keys: None,
                 classify: None,
                 skip: None,
                 track_pages: true,
@@ -234,15 +239,57 @@ impl PresenceLayer {
     /// then replaced with a fresh one, so made-up ids cannot inflate the counts (without
     /// a key, 1000 random UUIDs are 1000 visitors). Default: unsigned.
     ///
-    /// Changing the key invalidates every issued id (visitors get new ones); servers
-    /// sharing visitors (several nodes, or one across restarts) need the same key, e.g.
-    /// [`Key::try_from`] on a secret from the environment.
+    /// Servers sharing visitors (several nodes, or one across restarts) need the same key,
+    /// e.g. [`Key::try_from`] on a secret from the environment. Replacing the key with
+    /// another invalidates every issued id (visitors get new ones and drop out of the
+    /// counts until they come back); to change it without that, see
+    /// [`signing_keys`](Self::signing_keys). `signing_key(key)` is
+    /// `signing_keys(key, [])`.
     pub fn signing_key(self, key: Key) -> Self {
-        let key = SigningKey {
-            key: key.into_inner(),
-            generation: KEY_GENERATION.fetch_add(1, Ordering::Relaxed),
+        self.signing_keys(key, [])
+    }
+
+    /// Signs with `current` and also accepts cookies signed with any of `previous`: key
+    /// rotation without losing anyone. A cookie signed with a previous key is taken as
+    /// the visitor's id (a returning visitor, counted at once, not a first visit) and
+    /// re-signed with `current` in the response (a `Set-Cookie` with the same id), so the
+    /// browser holds a current cookie from its next request on. A cookie signed with a key
+    /// in neither place (a retired one), or a forged one, gets a fresh id as usual.
+    ///
+    /// Rotating on one server: deploy `signing_keys(new, [old])`; once every session that
+    /// was online at the switch has made a request or ended (`idle_timeout` after the
+    /// deploy: a session with no request for that long is gone; a day is plenty), retire
+    /// the old key with `signing_key(new)`. A visitor who comes back after that with an old cookie is
+    /// given a new id, like a first visit (the page script's first report counts them).
+    ///
+    /// On several nodes behind a load balancer, a rolling deploy would let a node that
+    /// does not know `new` yet refuse the re-signed cookies. Rotate in three deploys:
+    /// `signing_keys(old, [new])` everywhere (accept the new key, still sign with the old),
+    /// then `signing_keys(new, [old])`, then `signing_key(new)`.
+    ///
+    /// After a leak, retire the leaked key as soon as you can: whoever holds it can make up
+    /// ids that are accepted while it is listed.
+    ///
+    /// Cost: a current cookie costs what it did (one HMAC, then a per-thread cache); a
+    /// cookie that fails the current key costs one more HMAC for each previous key, so keep
+    /// the list to the keys being rotated out (one or two).
+    ///
+    /// ```
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::{Key, PresenceLayer};
+    ///
+    /// # let (old_secret, new_secret) = ([1u8; 64], [2u8; 64]);
+    /// // Both secrets from the secret store: 64 random bytes each.
+    /// let old = Key::try_from(&old_secret[..]).expect("a 64-byte secret");
+    /// let new = Key::try_from(&new_secret[..]).expect("a 64-byte secret");
+    /// let layer = PresenceLayer::new(Presence::new()).signing_keys(new, [old]);
+    /// ```
+    pub fn signing_keys(self, current: Key, previous: impl IntoIterator<Item = Key>) -> Self {
+        let keys = SigningKeys {
+            current: SigningKey::new(current),
+            previous: previous.into_iter().map(SigningKey::new).collect(),
         };
-        self.with(|s| s.key = Some(key))
+        self.with(|s| s.keys = Some(keys))
     }
 
     /// How a request's visitor is classified, e.g. from the authentication extension or
@@ -360,14 +407,15 @@ where
             };
         }
 
-        let (id, set_cookie) = match shared.read_id(&parts) {
-            Some(id) => (id, None),
+        let (id, set_cookie, countable) = match shared.read_id(&parts) {
+            Some((id, Signed::Current)) => (id, None, true),
+            // A returning visitor: the same id, signed with the current key from now on.
+            Some((id, Signed::Previous)) => (id, shared.set_cookie(id), true),
             None => {
                 let id = SessionId::new_v4();
-                (id, shared.set_cookie(id))
+                (id, shared.set_cookie(id), shared.count_first_request)
             }
         };
-        let countable = set_cookie.is_none() || shared.count_first_request;
         let kind = match &shared.classify {
             Some(classify) => classify(&parts),
             None => Kind::Guest,
@@ -494,13 +542,26 @@ pub(crate) fn is_presence_route(path: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// Which key signed a cookie the layer accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signed {
+    /// The current key, or no key is set: the cookie is kept as it is.
+    Current,
+    /// A previous key: the id is kept and re-signed with the current key.
+    Previous,
+}
+
 impl Shared {
     /// The first valid id among the request's presence cookies: well-formed and, with a
     /// key, correctly signed. A browser sends the cookie of the most specific path and
-    /// domain first, and keeps the order, so the same one wins on every request.
-    fn read_id(&self, parts: &Parts) -> Option<SessionId> {
+    /// domain first, and keeps the order, so the same one wins on every request. During a
+    /// key rotation a cookie signed with the current key wins over one signed with a
+    /// previous key, wherever it comes: the re-signed cookie must not lose to the old one
+    /// it replaces (which would be re-signed on every response).
+    fn read_id(&self, parts: &Parts) -> Option<(SessionId, Signed)> {
         let name = self.cookie_name.as_bytes();
         let mut candidates = 0;
+        let mut previous = None;
         // Parse bytes, not `&str`: one non-UTF-8 byte in an unrelated cookie must not cost
         // the visitor their id, and our own value is checked below.
         for header in parts.headers.get_all(COOKIE) {
@@ -512,36 +573,56 @@ impl Shared {
                 if pair[..eq].trim_ascii() != name {
                     continue;
                 }
-                if let Some(id) = self.valid_id(pair[eq + 1..].trim_ascii()) {
-                    return Some(id);
+                let raw = pair[eq + 1..].trim_ascii();
+                match self.valid_id(raw, previous.is_none()) {
+                    Some((id, Signed::Current)) => return Some((id, Signed::Current)),
+                    Some((id, Signed::Previous)) => previous = Some((id, Signed::Previous)),
+                    None => {}
                 }
                 candidates += 1;
                 if candidates == MAX_CANDIDATES {
-                    return None;
+                    return previous;
                 }
             }
         }
-        None
+        previous
     }
 
-    /// The id in one presence cookie value, if it is one we accept.
-    fn valid_id(&self, raw: &[u8]) -> Option<SessionId> {
-        match &self.key {
-            None => SessionId::parse_ascii(raw).ok(),
-            Some(_) if raw.len() != SIGNED_VALUE_LEN => None,
-            Some(key) => {
-                if let Some(id) = key.recently_verified(raw) {
-                    return Some(id);
-                }
-                let value = std::str::from_utf8(raw).ok()?;
-                let mut jar = CookieJar::new();
-                jar.add_original(Cookie::new(self.cookie_name.to_string(), value.to_owned()));
-                let verified = jar.signed(&key.key).get(&self.cookie_name)?;
-                let id = verified.value().parse().ok()?;
-                key.verified(raw, id);
-                Some(id)
+    /// The id in one presence cookie value, if it is one we accept, and which key signed
+    /// it. Previous keys are tried only if `try_previous`.
+    fn valid_id(&self, raw: &[u8], try_previous: bool) -> Option<(SessionId, Signed)> {
+        let Some(keys) = &self.keys else {
+            return SessionId::parse_ascii(raw)
+                .ok()
+                .map(|id| (id, Signed::Current));
+        };
+        if raw.len() != SIGNED_VALUE_LEN {
+            return None;
+        }
+        let previous: &[SigningKey] = if try_previous { &keys.previous } else { &[] };
+        if let Some((generation, id)) = recently_verified(raw) {
+            if generation == keys.current.generation {
+                return Some((id, Signed::Current));
+            }
+            if previous.iter().any(|k| k.generation == generation) {
+                return Some((id, Signed::Previous));
             }
         }
+        let value = std::str::from_utf8(raw).ok()?;
+        let mut jar = CookieJar::new();
+        jar.add_original(Cookie::new(self.cookie_name.to_string(), value.to_owned()));
+        let signed = std::iter::once((&keys.current, Signed::Current))
+            .chain(previous.iter().map(|k| (k, Signed::Previous)));
+        for (key, which) in signed {
+            let Some(verified) = jar.signed(&key.key).get(&self.cookie_name) else {
+                continue;
+            };
+            // Signed by us, so an id we issued; refused all the same if it is not one.
+            let id = verified.value().parse().ok()?;
+            key.verified(raw, id);
+            return Some((id, which));
+        }
+        None
     }
 
     /// The `Set-Cookie` header for a freshly issued id.
@@ -554,11 +635,11 @@ impl Shared {
             .secure(self.secure)
             .max_age(cookie::time::Duration::seconds(max_age))
             .build();
-        let cookie = match &self.key {
+        let cookie = match &self.keys {
             None => cookie,
-            Some(key) => {
+            Some(keys) => {
                 let mut jar = CookieJar::new();
-                jar.signed_mut(&key.key).add(cookie);
+                jar.signed_mut(&keys.current.key).add(cookie);
                 jar.get(&self.cookie_name)?.clone()
             }
         };
@@ -585,18 +666,31 @@ thread_local! {
     static VERIFIED: RefCell<VerifiedCache> = RefCell::new(HashMap::default());
 }
 
+/// The key that signs new cookies, and the keys being rotated out, whose cookies are
+/// accepted and re-signed.
+#[derive(Clone)]
+struct SigningKeys {
+    current: SigningKey,
+    previous: Vec<SigningKey>,
+}
+
 #[derive(Clone)]
 struct SigningKey {
     key: cookie::Key,
     generation: u64,
 }
 
+/// The generation of the key that verified `value` on this thread, and its id.
+fn recently_verified(value: &[u8]) -> Option<(u64, SessionId)> {
+    VERIFIED.with(|cache| cache.borrow().get(value).copied())
+}
+
 impl SigningKey {
-    fn recently_verified(&self, value: &[u8]) -> Option<SessionId> {
-        VERIFIED.with(|cache| match cache.borrow().get(value) {
-            Some(&(generation, id)) if generation == self.generation => Some(id),
-            _ => None,
-        })
+    fn new(key: Key) -> Self {
+        SigningKey {
+            key: key.into_inner(),
+            generation: KEY_GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     fn verified(&self, value: &[u8], id: SessionId) {

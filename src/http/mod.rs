@@ -4,7 +4,8 @@
 //!
 //! - [`PresenceLayer`], a tower [`Layer`](tower_layer::Layer): gives each browser a
 //!   session id in a cookie (`presence_id`, v4 UUID, `HttpOnly`, `SameSite=Lax`,
-//!   optionally HMAC-signed with a [`Key`]), classifies the visitor ([`Kind`](crate::Kind))
+//!   optionally HMAC-signed with a [`Key`], which can be rotated without losing anyone:
+//!   [`PresenceLayer::signing_keys`]), classifies the visitor ([`Kind`](crate::Kind))
 //!   and records each request as activity on its page once the browser has returned the
 //!   cookie. Handlers get the id with the [`PresenceSession`] extractor.
 //! - [`routes`] (or [`Routes`] for the settings): `POST /presence/heartbeat`,
@@ -99,8 +100,12 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 ///
 /// Settings come from `data-` attributes of its `<script>` tag:
 ///
-/// - `data-interval`: seconds between heartbeats (default 30). Keep it well under the
-///   tracker's `idle_timeout`.
+/// - `data-interval`: seconds between heartbeats while the page is in use (default 30).
+///   Keep it well under the tracker's `idle_timeout`.
+/// - `data-idle-timeout`: the tracker's `idle_timeout` in seconds, the bound of the
+///   backoff below. Every heartbeat's answer says it too (header `Presence-Idle-Timeout`),
+///   and the answer wins, so a page served before a change of setting stays safe.
+/// - `data-backoff="off"`: heartbeats at `data-interval` however long the visitor is idle.
 /// - `data-heartbeat-limit`: seconds without user input (pointer, key, scroll, touch)
 ///   after which the script stops beating, so a forgotten tab goes offline (default 1200,
 ///   the tracker's default `heartbeat_limit`). Input resumes it.
@@ -114,7 +119,12 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 /// Half a second after it runs, the script reports activity (`POST /presence/active`):
 /// that counts a first-time visitor, whose page came without the presence cookie. Then it
 /// beats only while the tab is visible, reports input since the last beat as activity,
-/// stops on `410 Gone` and re-joins on the next input, sends
+/// backs off while the visitor is idle (each beat without input since the one before
+/// waits twice as long: 30 s, 60 s, 120 s, … up to half of `idle_timeout`, so a session
+/// stays online as before and a failed beat, retried at the interval, still comes in
+/// time; input or the tab coming back into view brings the next beat within the interval
+/// and starts over), stops after `data-heartbeat-limit` without input and on
+/// `410 Gone`, re-joins on the next input, sends
 /// `navigator.sendBeacon(".../leave")` on `pagehide` (no `unload` or `beforeunload`
 /// listener, no WebSocket, so the back/forward cache keeps working), and fills elements
 /// marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"`
@@ -130,8 +140,9 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub const SCRIPT: &str = include_str!("presence.js");
 
-/// The `<script>` tag that loads [`SCRIPT`], with the heartbeat interval and limit taken
-/// from a [`Presence`]. Render it with `Display` (`to_string()` or `format!`).
+/// The `<script>` tag that loads [`SCRIPT`], with the heartbeat interval, limit and
+/// `idle_timeout` taken from a [`Presence`]. Render it with `Display` (`to_string()` or
+/// `format!`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -144,7 +155,7 @@ pub const SCRIPT: &str = include_str!("presence.js");
 ///     .build();
 /// assert_eq!(
 ///     ScriptTag::new(&presence).to_string(),
-///     r#"<script src="/presence/presence.js" data-interval="30" data-heartbeat-limit="600" defer></script>"#
+///     r#"<script src="/presence/presence.js" data-interval="30" data-heartbeat-limit="600" data-idle-timeout="90" defer></script>"#
 /// );
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -152,19 +163,45 @@ pub const SCRIPT: &str = include_str!("presence.js");
 pub struct ScriptTag {
     interval: Duration,
     heartbeat_limit: Duration,
+    idle_timeout: Duration,
+    backoff: bool,
     refresh: Option<Duration>,
 }
 
 impl ScriptTag {
     /// The tag for `presence`: heartbeats every 30 s, or a third of the tracker's
     /// `idle_timeout` when that is shorter (so two beats may be lost before the session
-    /// expires), and the tracker's `heartbeat_limit`.
+    /// expires), backing off while the visitor is idle up to half the tracker's
+    /// `idle_timeout`, and the tracker's `heartbeat_limit`.
     pub fn new(presence: &Presence) -> Self {
         ScriptTag {
             interval: Duration::from_secs(30).min(presence.idle_timeout() / 3),
             heartbeat_limit: presence.heartbeat_limit(),
+            idle_timeout: presence.idle_timeout(),
+            backoff: true,
             refresh: None,
         }
+    }
+
+    /// Whether heartbeats back off while the visitor is idle (no pointer, key, scroll or
+    /// touch input): each beat without input since the previous one waits twice as long,
+    /// up to half the tracker's `idle_timeout`; input starts over at the
+    /// [interval](Self::interval). Default: on. Who counts as online is the same either
+    /// way (a session lives `idle_timeout` after its last beat); an idle tab sends a
+    /// fraction of the requests (BENCHMARKS.md has the figures). Turn it off when the
+    /// heartbeats are what keeps the numbers on a page fresh (no
+    /// [`refresh`](Self::refresh)) and idle readers must see them move at the interval.
+    ///
+    /// ```
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::ScriptTag;
+    ///
+    /// let tag = ScriptTag::new(&Presence::new()).backoff(false);
+    /// assert!(tag.to_string().contains(r#"data-backoff="off""#));
+    /// ```
+    pub fn backoff(mut self, on: bool) -> Self {
+        self.backoff = on;
+        self
     }
 
     /// Overrides the heartbeat interval.
@@ -212,10 +249,14 @@ impl fmt::Display for ScriptTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            r#"<script src="{ROUTES_PREFIX}/presence.js" data-interval="{}" data-heartbeat-limit="{}""#,
+            r#"<script src="{ROUTES_PREFIX}/presence.js" data-interval="{}" data-heartbeat-limit="{}" data-idle-timeout="{}""#,
             Seconds(self.interval),
             Seconds(self.heartbeat_limit),
+            Seconds(self.idle_timeout),
         )?;
+        if !self.backoff {
+            f.write_str(r#" data-backoff="off""#)?;
+        }
         if let Some(refresh) = self.refresh {
             write!(f, r#" data-refresh="{}""#, Seconds(refresh))?;
         }
@@ -224,7 +265,7 @@ impl fmt::Display for ScriptTag {
 }
 
 /// Seconds with at most millisecond precision and no trailing zeros.
-struct Seconds(Duration);
+pub(crate) struct Seconds(pub(crate) Duration);
 
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

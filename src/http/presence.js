@@ -1,10 +1,14 @@
 /* presence-tracker page script: keeps an open page online and shows the live counts.
  *
- * <script src="/presence/presence.js" data-interval="30" data-heartbeat-limit="1200" defer></script>
+ * <script src="/presence/presence.js" data-interval="30" data-heartbeat-limit="1200"
+ *         data-idle-timeout="300" defer></script>
  *
- * data-interval         seconds between heartbeats (default 30)
+ * data-interval         seconds between heartbeats while the page is in use (default 30)
  * data-heartbeat-limit  seconds without user input after which the page stops beating
  *                       (the server's heartbeat_limit, default 1200)
+ * data-idle-timeout     the server's idle_timeout in seconds, which caps the backoff below
+ *                       (every beat's answer says it again); data-backoff="off" keeps the
+ *                       interval fixed
  * data-page             the page key (default location.pathname)
  * data-refresh          seconds between reads of the counts while the tab is visible
  *                       (default: none, the counts follow the heartbeats)
@@ -117,6 +121,7 @@
       credentials: 'same-origin',
       headers: want ? { 'Accept': 'application/json' } : {}
     }).then(function (res) {
+      backoff.answered(res);
       if (res.status === 410) {
         if (action === 'active' && !retried) {
           // First visit: the page came without our cookie and this answer brought it;
@@ -129,7 +134,10 @@
       } else if (res.status === 200) {
         return res.json().then(function (counts) { fill(counts, order); });
       }
-    }).catch(function () { /* offline for a moment: the next beat retries */ });
+    }).catch(function () {
+      // Offline for a moment: the next beat retries, soon.
+      backoff.failed();
+    });
   }
 
   function read() {
@@ -144,24 +152,26 @@
   }
 
   function beat() {
+    timer = null;
     if (document.hidden || gone || Date.now() - lastInput >= limit) {
       // Hidden, or forgotten: stop, so the server lets the session go. Input resumes.
-      stop();
       return;
     }
     // Input since the last beat makes it an activity report (the visitor is not idle).
-    send(inputSinceBeat ? 'active' : 'heartbeat');
+    var input = inputSinceBeat;
+    send(input ? 'active' : 'heartbeat');
     inputSinceBeat = false;
+    arm(backoff.after(input));
   }
 
   function start() {
-    if (timer === null) timer = setInterval(beat, interval);
+    if (timer === null) arm(backoff.restart());
     startRefresh();
   }
 
   function stop() {
     if (timer !== null) {
-      clearInterval(timer);
+      clearTimeout(timer);
       timer = null;
     }
   }
@@ -189,8 +199,66 @@
       start();
     } else {
       inputSinceBeat = true;
+      backoff.input();
     }
   }
+
+  /* ---- Backoff: heartbeats follow attention ------------------------------------------
+   * While nobody touches the page, each heartbeat waits twice as long as the one before
+   * (interval, 2x, 4x, ...), up to half the server's idle_timeout: a session lives
+   * idle_timeout after its last beat, so who counts as online does not change, and a beat
+   * that fails is retried at `interval`, still in time. Input (or the tab coming back into
+   * view, which counts as input) brings the next beat within `interval` and starts over.
+   * Without a known idle_timeout (data-idle-timeout, or the Presence-Idle-Timeout header
+   * of every beat's answer, which wins) the interval stays fixed, as with
+   * data-backoff="off". The heartbeat limit still stops the beats: see beat().
+   */
+  var due = 0; // when the armed beat fires
+  var backoff = (function () {
+    var on = ds.backoff !== 'off';
+    var idleTimeout = isFinite(ds.idleTimeout) ? seconds(ds.idleTimeout, 0) : 0;
+    var delay = interval;
+    function cap() {
+      return on && idleTimeout > 0 ? Math.max(interval, idleTimeout / 2) : interval;
+    }
+    // Starts over: the armed beat comes within `interval` from now, and the next after it.
+    function reset() {
+      delay = interval;
+      if (timer !== null && due - Date.now() > interval) {
+        clearTimeout(timer);
+        arm(interval);
+      }
+    }
+    return {
+      // The delay before the first beat.
+      restart: function () {
+        delay = interval;
+        return delay;
+      },
+      // The delay after a beat: `interval` after input, else twice the last, capped.
+      after: function (input) {
+        delay = input ? interval : Math.min(delay * 2, cap());
+        return delay;
+      },
+      // User input while beating.
+      input: reset,
+      // An answer: learn the server's idle_timeout; a refusal other than 410 (a 429, a
+      // 5xx while the server restarts) is a failed beat.
+      answered: function (res) {
+        var t = parseFloat(res.headers.get('Presence-Idle-Timeout'));
+        if (t > 0 && isFinite(t)) idleTimeout = t * 1000;
+        if (!res.ok && res.status !== 410) reset();
+      },
+      // A beat that did not arrive: the next one comes within `interval`.
+      failed: reset
+    };
+  })();
+
+  function arm(delay) {
+    due = Date.now() + delay;
+    timer = setTimeout(beat, delay);
+  }
+  /* ---- end of the backoff ------------------------------------------------------------ */
 
   var opts = { passive: true, capture: true };
   ['pointerdown', 'pointermove', 'keydown', 'scroll', 'wheel', 'touchstart'].forEach(function (type) {

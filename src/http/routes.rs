@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::layer::{Classified, page_key};
-use super::{ROUTES_PREFIX, SCRIPT};
+use super::{ROUTES_PREFIX, SCRIPT, Seconds};
 use crate::{Counts, Presence, SessionId, UserId};
 
 /// How long a `leave` waits before taking effect by default. A navigation or reload sends
@@ -171,7 +171,9 @@ where
 /// unless another tab reports within the grace (a tab that becomes visible does so at
 /// once).
 ///
-/// Responses other than the script carry `Cache-Control: no-store`.
+/// Responses other than the script carry `Cache-Control: no-store`. The answers of
+/// `heartbeat` and `active` carry `Presence-Idle-Timeout`, the tracker's `idle_timeout` in
+/// seconds (e.g. `300`, or `0.5`), which bounds the page script's backoff.
 ///
 /// ```
 /// use std::time::Duration;
@@ -272,7 +274,11 @@ impl Routes {
     where
         S: Clone + Send + Sync + 'static,
     {
+        let idle_timeout = Seconds(self.presence.idle_timeout()).to_string();
         let state = RouteState(Arc::new(Settings {
+            // Digits and a dot: always a valid header value. Were it not, no header: the
+            // script then keeps its interval fixed, never a wrong bound.
+            idle_timeout: HeaderValue::try_from(idle_timeout).ok(),
             presence: self.presence,
             leave_grace: self.leave_grace,
             names: self.names,
@@ -314,6 +320,8 @@ struct RouteState(Arc<Settings>);
 
 struct Settings {
     presence: Presence,
+    /// The `Presence-Idle-Timeout` of the beats' answers.
+    idle_timeout: Option<HeaderValue>,
     leave_grace: Duration,
     names: usize,
     /// Sessions with a leave waiting out its grace, and the `last_seen` it was sent at.
@@ -510,12 +518,20 @@ fn gone() -> Response {
         .into_response()
 }
 
+/// The name of the header that tells the page script the tracker's `idle_timeout`.
+const IDLE_TIMEOUT_HEADER: &str = "presence-idle-timeout";
+
 async fn beat_answer(settings: &Settings, query: &PageQuery, headers: &HeaderMap) -> Response {
-    if wants_json(headers) {
+    let mut res = if wants_json(headers) {
         counts_json(settings, query).await
     } else {
         no_content()
+    };
+    if let Some(idle_timeout) = &settings.idle_timeout {
+        res.headers_mut()
+            .insert(IDLE_TIMEOUT_HEADER, idle_timeout.clone());
     }
+    res
 }
 
 async fn counts(State(state): State<RouteState>, query: PageQuery) -> Response {

@@ -928,3 +928,231 @@ async fn a_page_with_a_stylesheet_an_image_and_a_fetch_stays_the_documents_page(
     assert_eq!(presence.top_pages(10), [("/articles/42".to_owned(), 1)]);
     client.close().await.unwrap();
 }
+
+/// The POSTs the page script made to the presence routes: when each reached the server,
+/// and which (`active` or `heartbeat`).
+type Beats = std::sync::Arc<parking_lot::Mutex<Vec<(Instant, &'static str)>>>;
+
+async fn record_beats(
+    axum::extract::State(beats): axum::extract::State<Beats>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let what = match req.uri().path() {
+        "/presence/heartbeat" => Some("heartbeat"),
+        "/presence/active" => Some("active"),
+        _ => None,
+    };
+    if let Some(what) = what.filter(|_| req.method() == axum::http::Method::POST) {
+        beats.lock().push((Instant::now(), what));
+    }
+    next.run(req).await
+}
+
+/// A page with nothing but the script (its interval `interval`, everything else from the
+/// tracker), the routes and the layer, every beat recorded in `beats`.
+async fn serve_reading_page(presence: &Presence, interval: Duration, beats: Beats) -> String {
+    let tag = presence_http::ScriptTag::new(presence)
+        .interval(interval)
+        .to_string();
+    let page = format!(
+        "<!doctype html><html><head><title>An article</title></head>\
+         <body><p>A long article, read without touching anything.</p>{tag}</body></html>"
+    );
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let page = page.clone();
+                async move { axum::response::Html(page) }
+            }),
+        )
+        .merge(presence_http::routes(presence.clone()))
+        .layer(presence_http::PresenceLayer::new(presence.clone()).secure(false))
+        .layer(axum::middleware::from_fn_with_state(beats, record_beats));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// The beats recorded after `since`.
+fn beats_since(beats: &Beats, since: Instant) -> Vec<(Instant, &'static str)> {
+    beats
+        .lock()
+        .iter()
+        .filter(|(at, _)| *at > since)
+        .copied()
+        .collect()
+}
+
+/// The beats from the last activity report on: the page's own report after load may
+/// come with the one of an input, and the backoff counts from the latest.
+fn from_last_report(beats: Vec<(Instant, &'static str)>) -> Vec<(Instant, &'static str)> {
+    let last = beats.iter().rposition(|(_, what)| *what == "active");
+    let from = last.expect("an activity report after the input");
+    assert!(
+        beats[from + 1..]
+            .iter()
+            .all(|(_, what)| *what == "heartbeat"),
+        "{beats:?}"
+    );
+    beats[from..].to_vec()
+}
+
+/// The time between consecutive beats.
+fn gaps(beats: &[(Instant, &'static str)]) -> Vec<Duration> {
+    beats.windows(2).map(|w| w[1].0 - w[0].0).collect()
+}
+
+/// Checks that `gaps` start near `interval`, never shrink, reach `cap` and never pass it:
+/// a backoff, read from what reached the server.
+fn assert_backs_off(what: &str, gaps: &[Duration], interval: Duration, cap: Duration) {
+    // Timers, the network and a busy machine each add a little.
+    let slack = Duration::from_millis(400);
+    assert!(gaps.len() >= 4, "{what}: too few beats: {gaps:?}");
+    assert!(
+        gaps[0] <= interval * 2 + slack,
+        "{what}: starts at the interval: {gaps:?}"
+    );
+    for w in gaps.windows(2) {
+        assert!(w[1] + slack >= w[0], "{what}: never shrinks: {gaps:?}");
+    }
+    let longest = gaps.iter().max().unwrap();
+    assert!(
+        *longest + slack >= cap,
+        "{what}: grows to half the idle timeout: {gaps:?}"
+    );
+    assert!(
+        *longest <= cap + slack,
+        "{what}: never past half the idle timeout: {gaps:?}"
+    );
+}
+
+async fn press_a_key(client: &Client) {
+    client
+        .execute(
+            "window.dispatchEvent(new KeyboardEvent('keydown', {key: 'j'}))",
+            vec![],
+        )
+        .await
+        .unwrap();
+}
+
+/// A visible tab nobody touches: its heartbeats come further and further apart, up to half
+/// the idle timeout, and the visitor stays online all along; a key press brings the next
+/// beat at once and starts over; the heartbeat limit still ends it. Run with `--nocapture`
+/// to see the intervals observed (BENCHMARKS.md computes requests per hour from them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_heartbeats_back_off_input_starts_over_and_the_visitor_stays_online() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    // A fast configuration: beats every 0.5 s in use, a 3 s cap (half the idle timeout).
+    let idle_timeout = Duration::from_secs(6);
+    let limit = Duration::from_secs(14);
+    let cap = idle_timeout / 2;
+    let presence = Presence::builder()
+        .idle_timeout(idle_timeout)
+        .heartbeat_limit(limit)
+        .reap_interval(Duration::from_millis(100))
+        .build();
+    let beats = Beats::default();
+    let base = serve_reading_page(&presence, HEARTBEAT, beats.clone()).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(50);
+    let client = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+
+    client.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "the reader is online", presence.counts().online == 1);
+    let id = session_of(&client).await;
+    // Online at every look, from now until the heartbeat limit is near.
+    let offline_at = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<Instant>::new()));
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (presence, offline_at, watching) =
+            (presence.clone(), offline_at.clone(), watching.clone());
+        tokio::spawn(async move {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if presence.session(id).is_none() {
+                    offline_at.lock().push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // The reader touches the page once, then reads without touching it.
+    press_a_key(&client).await;
+    let first_input = Instant::now();
+    let reached_cap = eventually!(Duration::from_secs(20), "the beats reach the cap", {
+        gaps(&beats_since(&beats, first_input))
+            .last()
+            .is_some_and(|g| *g + Duration::from_millis(400) >= cap)
+    });
+    let idle = from_last_report(beats_since(&beats, first_input));
+    let idle_gaps = gaps(&idle);
+    eprintln!("idle, after one input: {idle_gaps:?} (interval {HEARTBEAT:?}, cap {cap:?})");
+    assert_backs_off("idle", &idle_gaps, HEARTBEAT, cap);
+    assert!(reached_cap < Duration::from_secs(15));
+
+    // Just after a beat at the cap, the next is ~3 s away: a key press brings it within
+    // the interval, as an activity report, and the backoff starts over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    press_a_key(&client).await;
+    let second_input = Instant::now();
+    eventually!(
+        Duration::from_secs(20),
+        "the beats reach the cap again",
+        gaps(&beats_since(&beats, second_input))
+            .last()
+            .is_some_and(|g| *g + Duration::from_millis(400) >= cap)
+    );
+    let again = beats_since(&beats, second_input);
+    assert_eq!(again[0].1, "active", "{again:?}");
+    let reported = again[0].0 - second_input;
+    let again = from_last_report(again);
+    let again_gaps = gaps(&again);
+    eprintln!("after a key press: {again_gaps:?}");
+    assert!(
+        reported <= HEARTBEAT + Duration::from_millis(400),
+        "the key press is reported within the interval, not at the next backed-off beat: \
+         {reported:?}"
+    );
+    assert_backs_off("after input", &again_gaps, HEARTBEAT, cap);
+
+    // No more input: online until the heartbeat limit, then the beats stop and the
+    // session ends (the limit counts from the last activity, reported just after the key).
+    let near_limit = second_input + limit - Duration::from_secs(1);
+    tokio::time::sleep_until(near_limit.into()).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+    assert_eq!(
+        offline_at.lock().as_slice(),
+        &[] as &[Instant],
+        "online at every look"
+    );
+    eventually!(
+        Duration::from_secs(5),
+        "the session ends at the heartbeat limit",
+        presence.session(id).is_none()
+    );
+    let after_limit = second_input + limit + Duration::from_millis(500);
+    tokio::time::sleep_until((after_limit + cap + Duration::from_secs(1)).into()).await;
+    assert_eq!(
+        beats_since(&beats, after_limit),
+        [],
+        "no beat after the heartbeat limit"
+    );
+    let all = beats_since(&beats, first_input).len();
+    let span = after_limit - first_input;
+    eprintln!(
+        "{all} beats in {span:?}; at a fixed {HEARTBEAT:?} it would have been about {}",
+        span.as_millis() / HEARTBEAT.as_millis()
+    );
+
+    client.close().await.unwrap();
+    drop(driver);
+}

@@ -594,6 +594,230 @@ async fn signed_ids_round_trip_and_forgeries_are_replaced() {
     );
 }
 
+/// An application whose layer signs with `current` and accepts `previous` too.
+fn app_with_keys(presence: &Presence, current: &[u8; 64], previous: &[&[u8; 64]]) -> Router {
+    let key = |secret: &[u8; 64]| Key::try_from(&secret[..]).unwrap();
+    app(
+        presence,
+        PresenceLayer::new(presence.clone())
+            .signing_keys(key(current), previous.iter().map(|s| key(s))),
+    )
+}
+
+/// `value` signed as the layer signs a cookie under the key made from `secret`, as a
+/// `Cookie` header pair: how a cookie forged by someone holding that key looks.
+fn signed_with(secret: &[u8; 64], value: &str) -> String {
+    let mut jar = cookie::CookieJar::new();
+    jar.signed_mut(&cookie::Key::from(&secret[..]))
+        .add(cookie::Cookie::new(NAME, value.to_owned()));
+    format!("{NAME}={}", jar.get(NAME).unwrap().value())
+}
+
+const OLD: [u8; 64] = [1; 64];
+const NEW: [u8; 64] = [2; 64];
+const RETIRED: [u8; 64] = [3; 64];
+
+#[tokio::test]
+async fn a_rotation_keeps_every_visitor_and_re_signs_their_cookie() {
+    let (presence, _) = tracker();
+    let before = app_with_keys(&presence, &OLD, &[]);
+    let (old_cookie, id) = join(&before).await;
+    let first_seen = presence.session(id).unwrap().first_seen;
+    let mut events = presence.subscribe();
+
+    // The rotation: a new current key, the old one still accepted.
+    let rotated = app_with_keys(&presence, &NEW, &[&OLD]);
+    let res = send(
+        &rotated,
+        get_req("/topic/1").header(COOKIE, old_cookie.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set = set_cookie(&res).expect("the old cookie is re-signed");
+    assert_eq!(id_of(&set), id, "the same id");
+    assert_ne!(pair(&set), old_cookie, "under another key");
+    assert_eq!(body_text(res).await, id.to_string());
+    // Recorded as the returning visitor it is: the same session, moved to the page.
+    let session = presence.session(id).unwrap();
+    assert_eq!(session.page.as_deref(), Some("/topic/1"));
+    assert_eq!(session.first_seen, first_seen);
+    assert!(
+        events.try_recv().is_err(),
+        "no Left, no Joined: the session went on"
+    );
+    assert_eq!(presence.counts().sessions, 1);
+
+    // The new cookie is current: kept as it is, here and once the old key is retired.
+    let res = send(&rotated, get_req("/").header(COOKIE, pair(&set))).await;
+    assert_eq!(set_cookie(&res), None);
+    assert_eq!(body_text(res).await, id.to_string());
+    let after = app_with_keys(&presence, &NEW, &[]);
+    let res = send(&after, get_req("/").header(COOKIE, pair(&set))).await;
+    assert_eq!(set_cookie(&res), None);
+    assert_eq!(body_text(res).await, id.to_string());
+    assert_eq!(presence.counts().sessions, 1);
+}
+
+#[tokio::test]
+async fn a_cookie_under_a_previous_key_counts_at_once_unlike_a_first_visit() {
+    // A visitor whose session is not live (they come back after a while, or the server
+    // restarted) with a cookie signed by the previous key: counted by this request, as a
+    // returning visitor; the routes take the re-signed id too.
+    let (presence, _) = tracker();
+    let id = SessionId::new_v4();
+    let old_cookie = signed_with(&OLD, &id.to_string());
+    let rotated = app_with_keys(&presence, &NEW, &[&OLD]);
+    let res = send(&rotated, get_req("/").header(COOKIE, old_cookie.clone())).await;
+    assert_eq!(id_of(&set_cookie(&res).unwrap()), id);
+    assert!(presence.session(id).is_some(), "counted at once");
+
+    let res = send(
+        &rotated,
+        post_req("/presence/heartbeat").header(COOKIE, old_cookie.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(id_of(&set_cookie(&res).unwrap()), id, "re-signed on a beat");
+    presence.leave(id);
+    let res = send(
+        &rotated,
+        post_req("/presence/active").header(COOKIE, old_cookie),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT, "not a first visit");
+    assert!(presence.session(id).is_some());
+}
+
+#[tokio::test]
+async fn a_retired_key_gets_a_fresh_id_counted_only_once_it_comes_back() {
+    let (presence, _) = tracker();
+    let id = SessionId::new_v4();
+    let retired_cookie = signed_with(&RETIRED, &id.to_string());
+    let app = app_with_keys(&presence, &NEW, &[&OLD]);
+    for (what, req) in [
+        ("page", get_req("/").header(COOKIE, retired_cookie.clone())),
+        (
+            "active",
+            post_req("/presence/active").header(COOKIE, retired_cookie.clone()),
+        ),
+    ] {
+        let res = send(&app, req).await;
+        assert!(res.status() == StatusCode::OK || res.status() == StatusCode::GONE);
+        let fresh = id_of(&set_cookie(&res).unwrap_or_else(|| panic!("{what}: kept")));
+        assert_ne!(fresh, id, "{what}");
+        assert!(presence.session(fresh).is_none(), "{what}: a first visit");
+    }
+    assert!(presence.session(id).is_none());
+    assert_eq!(presence.counts().sessions, 0);
+}
+
+#[tokio::test]
+async fn forged_cookies_under_each_key_are_replaced() {
+    let (presence, _) = tracker();
+    let app = app_with_keys(&presence, &NEW, &[&OLD]);
+    let issued = SessionId::new_v4();
+    let forged = SessionId::new_v4();
+    for (name, secret) in [("current", &NEW), ("previous", &OLD)] {
+        let genuine = signed_with(secret, &issued.to_string());
+        let mac = &genuine[NAME.len() + 1..NAME.len() + 1 + 44];
+        // Another id under a genuine MAC; a MAC cut by one character; a MAC over a value
+        // that is not an id (only a holder of the key could make one: still refused).
+        let cases = [
+            ("swapped id", format!("{NAME}={mac}{forged}")),
+            ("bad MAC", format!("{NAME}=A{}{issued}", &mac[1..])),
+            ("not an id", signed_with(secret, &"x".repeat(36))),
+        ];
+        for (what, header) in cases {
+            let res = send(&app, get_req("/").header(COOKIE, header)).await;
+            assert_eq!(res.status(), StatusCode::OK, "{name}: {what}");
+            let set = set_cookie(&res).unwrap_or_else(|| panic!("{name}: {what}: accepted"));
+            let fresh = id_of(&set);
+            assert!(fresh != forged && fresh != issued, "{name}: {what}");
+        }
+    }
+    assert!(presence.session(forged).is_none() && presence.session(issued).is_none());
+    assert_eq!(presence.counts().sessions, 0, "nothing forged joined");
+}
+
+#[tokio::test]
+async fn during_a_rotation_garbage_cookies_get_a_fresh_id_and_never_fail_a_request() {
+    let (presence, _) = tracker();
+    let app = app_with_keys(&presence, &NEW, &[&OLD, &RETIRED]);
+    let id = SessionId::new_v4();
+    let long = format!("{NAME}={}", "A".repeat(80));
+    let mut cases: Vec<(&str, HeaderValue)> = vec![
+        (
+            "80 base64 characters",
+            HeaderValue::from_str(&long).unwrap(),
+        ),
+        (
+            "80 characters, not base64",
+            HeaderValue::from_str(&format!("{NAME}={}{id}", "!".repeat(44))).unwrap(),
+        ),
+        (
+            "80 bytes, not UTF-8",
+            HeaderValue::from_bytes(&[b"presence_id=".as_slice(), &[0xff; 80]].concat()).unwrap(),
+        ),
+        (
+            "an unsigned id",
+            HeaderValue::from_str(&format!("{NAME}={id}")).unwrap(),
+        ),
+        (
+            "oversized",
+            HeaderValue::from_str(&format!("{NAME}={}", "A".repeat(16_000))).unwrap(),
+        ),
+        ("empty", HeaderValue::from_static("presence_id=")),
+    ];
+    // Fifty cookies of our name, each costing an HMAC per key if they were all checked.
+    let many = (0..50)
+        .map(|_| long.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    cases.push(("fifty of them", HeaderValue::from_str(&many).unwrap()));
+    for (what, header) in cases {
+        let res = send(&app, get_req("/").header(COOKIE, header)).await;
+        assert_eq!(res.status(), StatusCode::OK, "{what}");
+        let set = set_cookie(&res).unwrap_or_else(|| panic!("{what}: no fresh cookie"));
+        assert_ne!(id_of(&set), id, "{what}");
+    }
+    assert_eq!(presence.counts().sessions, 0);
+}
+
+#[tokio::test]
+async fn a_current_cookie_wins_over_a_previous_one_in_either_order() {
+    let (presence, _) = tracker();
+    let app = app_with_keys(&presence, &NEW, &[&OLD]);
+    let (a, b) = (SessionId::new_v4(), SessionId::new_v4());
+    let current = signed_with(&NEW, &a.to_string());
+    let previous = signed_with(&OLD, &b.to_string());
+    for header in [
+        format!("{previous}; {current}"),
+        format!("{current}; {previous}"),
+    ] {
+        let res = send(&app, get_req("/").header(COOKIE, header.clone())).await;
+        assert_eq!(set_cookie(&res), None, "{header}: nothing to re-sign");
+        assert_eq!(body_text(res).await, a.to_string(), "{header}");
+    }
+    // Two under the previous key: the first wins, and is re-signed.
+    let other = signed_with(&OLD, &a.to_string());
+    let res = send(
+        &app,
+        get_req("/").header(COOKIE, format!("{previous}; {other}")),
+    )
+    .await;
+    assert_eq!(id_of(&set_cookie(&res).unwrap()), b);
+}
+
+#[test]
+fn the_layer_shows_how_many_previous_keys_it_holds() {
+    let presence = Presence::builder().reaper(Reaper::Manual).build();
+    let layer = PresenceLayer::new(presence)
+        .signing_keys(Key::generate(), [Key::generate(), Key::generate()]);
+    let debug = format!("{layer:?}");
+    assert!(debug.contains("signed: true"), "{debug}");
+    assert!(debug.contains("previous_keys: 2"), "{debug}");
+}
+
 fn app_with_key(presence: &Presence, key: Key) -> Router {
     app(
         presence,
@@ -733,6 +957,38 @@ async fn heartbeat_answers_204_or_json_and_is_not_page_activity() {
     assert_eq!(json["members"], 0);
     assert_eq!(json["page"], 1);
     assert!(json["peak"]["online"].is_u64());
+}
+
+#[tokio::test]
+async fn beats_tell_the_script_the_idle_timeout_that_bounds_its_backoff() {
+    let (presence, _) = tracker();
+    let app = app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, _) = join(&app).await;
+    for req in [
+        post_req("/presence/heartbeat"),
+        post_req("/presence/heartbeat").header(ACCEPT, "application/json"),
+        post_req("/presence/active"),
+    ] {
+        let res = send(&app, req.header(COOKIE, cookie.clone())).await;
+        assert!(res.status().is_success());
+        assert_eq!(res.headers()["presence-idle-timeout"], "60");
+    }
+
+    let presence = Presence::builder()
+        .reaper(Reaper::Manual)
+        .idle_timeout(Duration::from_millis(1500))
+        .build();
+    let fast = self::app(&presence, PresenceLayer::new(presence.clone()));
+    let (cookie, _) = join(&fast).await;
+    let res = send(
+        &fast,
+        post_req("/presence/heartbeat").header(COOKIE, cookie),
+    )
+    .await;
+    assert_eq!(res.headers()["presence-idle-timeout"], "1.5");
+    let tag = presence_http::ScriptTag::new(&presence).to_string();
+    assert!(tag.contains(r#"data-idle-timeout="1.5""#), "{tag}");
+    assert!(!tag.contains("data-backoff"), "on by default: {tag}");
 }
 
 #[tokio::test]
