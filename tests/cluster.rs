@@ -963,3 +963,66 @@ fn a_dead_nodes_pages_come_off_and_a_shared_session_is_counted_by_the_survivor()
         );
     });
 }
+
+/// Erasing a user across the cluster (a GDPR erasure): their sessions on every node end,
+/// every node forgets the name, and no key or value in Redis holds it afterwards; Redis
+/// only ever held a keyed hash of it for the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_user_leaves_every_node_and_every_redis_key() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, _) = tracker();
+    let (b, clock_b) = tracker();
+    let ca = node(&server.url(), "a", &a).await;
+    let cb = node(&server.url(), "b", &b).await;
+    let name = "Erasable-Eve-7f3a";
+    a.visit(id(), Kind::member(name), "/eve/a").unwrap();
+    b.visit(id(), Kind::hidden_member(name), "/eve/b").unwrap();
+    b.visit(id(), Kind::member(name), "/eve/b").unwrap();
+    a.visit(id(), Kind::member("keeper"), "/eve/a").unwrap();
+    settle(&[&ca, &cb]).await;
+    assert_eq!(
+        names(ca.page_members("/eve/b", 10).await.unwrap()),
+        [name],
+        "listed there before"
+    );
+    let before = server.dump_all();
+    assert!(before.contains(name), "the dump shows names: {before}");
+    // A third node knows eve only as offline (remembered): it forgets her too.
+    let (c, _) = tracker();
+    let gone = id();
+    c.visit(gone, Kind::member(name), "/eve/c").unwrap();
+    c.leave(gone);
+    assert!(matches!(c.user(name), UserStatus::Offline { .. }));
+    let cc = node(&server.url(), "c", &c).await;
+
+    assert_eq!(ca.erase_user(name).await.unwrap(), 1, "one session on a");
+    assert_eq!(a.user(name), UserStatus::Unknown);
+    // The other nodes erase her at their next flush; their leaves go out in the same one.
+    settle(&[&cb, &cc, &ca]).await;
+    let c = settle(&[&ca, &cb, &cc]).await;
+    assert_eq!(b.user(name), UserStatus::Unknown);
+    assert_eq!(c.members, 1, "only keeper: {c:?}");
+    assert_eq!((c.sessions, c.hidden), (1, 0), "{c:?}");
+    assert_eq!(ca.user(name).await.unwrap(), UserStatus::Unknown);
+    assert!(cb.page_members("/eve/b", 10).await.unwrap().is_empty());
+    assert_eq!(cb.page_count("/eve/b").await.unwrap(), 0);
+    let after = server.dump_all();
+    assert!(
+        !after.contains(name) && !after.to_lowercase().contains(&name.to_lowercase()),
+        "the name is stored nowhere in Redis: {after}"
+    );
+    assert!(after.contains("keeper"), "everything else stays");
+
+    // Erasing again does no harm; a name no user can have is refused.
+    assert_eq!(cb.erase_user(name).await.unwrap(), 0);
+    assert!(matches!(
+        ca.erase_user(&"x".repeat(10_000)).await,
+        Err(ClusterError::Presence(_))
+    ));
+    // Nothing else was erased by a hash collision of the test's making.
+    clock_b.advance(Duration::from_secs(1));
+    assert!(matches!(a.user("keeper"), UserStatus::Online { .. }));
+    drop(cc);
+}

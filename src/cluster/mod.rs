@@ -140,6 +140,7 @@
 
 mod cache;
 mod conn;
+mod erase;
 mod log;
 mod task;
 
@@ -215,6 +216,9 @@ pub enum ClusterError {
     /// Redis refused the password in the URL (from [`ClusterBuilder::start`], when Redis
     /// answered at start).
     Authentication(redis::RedisError),
+    /// The tracker refused the request (e.g. a user name over
+    /// [`MAX_USER_LEN`](crate::MAX_USER_LEN)).
+    Presence(crate::PresenceError),
 }
 
 impl fmt::Display for ClusterError {
@@ -238,6 +242,7 @@ impl fmt::Display for ClusterError {
             ClusterError::Authentication(e) => {
                 write!(f, "Redis refused the credentials in the URL: {e}")
             }
+            ClusterError::Presence(e) => e.fmt(f),
         }
     }
 }
@@ -246,6 +251,7 @@ impl std::error::Error for ClusterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClusterError::Redis(e) | ClusterError::Authentication(e) => Some(e),
+            ClusterError::Presence(e) => Some(e),
             _ => None,
         }
     }
@@ -365,6 +371,7 @@ impl ClusterBuilder {
             call_timeout,
             key_ttl,
             read_script: conn::Lua::new(include_str!("read.lua")),
+            erase_script: conn::Lua::new(erase::ERASE_LUA),
             presence: presence.clone(),
             conn: Mutex::new(None),
             cache: ReadCache::default(),
@@ -440,6 +447,7 @@ pub(crate) struct Shared {
     call_timeout: Duration,
     key_ttl: Duration,
     read_script: conn::Lua,
+    erase_script: conn::Lua,
     presence: Presence,
     conn: Mutex<Option<Conn>>,
     cache: ReadCache,
@@ -544,6 +552,44 @@ impl Cluster {
         {
             let _ = rx.await;
         }
+    }
+
+    /// Erases `user` from the whole cluster (a GDPR erasure, an account deletion): ends the
+    /// user's sessions here as [`Presence::erase_user`] does, and tells the other nodes to
+    /// do the same without storing the name in Redis: it leaves a keyed hash of the name
+    /// (see below), which each node matches against the users it knows at its next flush.
+    /// The sessions leave every view as explicit leaves; the user's records in Redis go
+    /// with the last of them, so within two flush intervals of this call no key or value in
+    /// Redis holds the name. Returns the live sessions it ended on this node.
+    ///
+    /// The hash is SHA-1 of a random key kept in the namespace (`{ns}:ekey`) and the name;
+    /// it is kept 30 days, so that a node restarted from an older snapshot erases the user
+    /// too. Erasing a name twice does no harm. Sessions parked by a node that shut down for
+    /// a restart leave at their own expiry, or when that node is back (it erases the user
+    /// from what it restored). The snapshot file of each node keeps the name until its next
+    /// save (see [`Presence::erase_user`]).
+    ///
+    /// ```no_run
+    /// # async fn run(cluster: presence_tracker::cluster::Cluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let ended = cluster.erase_user("alice").await?;
+    /// println!("{ended} of alice's sessions ended here; the other nodes follow at their next flush");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClusterError::Presence`] for a name no user can have (too long); a Redis error or
+    /// timeout when the hash could not be stored: the local part is done, and calling again
+    /// later is safe.
+    pub async fn erase_user(&self, user: &str) -> Result<usize, ClusterError> {
+        let s = &*self.inner.shared;
+        let ended = s
+            .presence
+            .erase_user(user)
+            .map_err(ClusterError::Presence)?;
+        let mut conn = self.conn()?;
+        erase::store(&mut conn, &s.erase_script, &s.prefix, user, READ_TIMEOUT).await?;
+        self.sync().await?;
+        Ok(ended)
     }
 
     fn conn(&self) -> Result<Conn, ClusterError> {

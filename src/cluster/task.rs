@@ -442,6 +442,9 @@ pub(super) struct Flusher {
     /// Sessions another node took from this one, with the page they had here then: this
     /// node takes one back only when it sees it on another page (or its owner lets it go).
     taken: HashMap<SessionId, Arc<str>>,
+    /// The newest erasure tombstone taken in (ms, Redis time), and the namespace's key.
+    erase_cursor: u64,
+    erase_key: Option<Vec<u8>>,
     /// This process: another one under the same node id has another token.
     token: String,
     /// The last call's sequence number, and the highest Redis acknowledged.
@@ -501,6 +504,8 @@ impl Flusher {
             inbox: HashMap::new(),
             inbox_seen: 0,
             taken: HashMap::new(),
+            erase_cursor: 0,
+            erase_key: None,
             token: uuid::Uuid::new_v4().simple().to_string(),
             seq: 0,
             acked: 0,
@@ -1012,6 +1017,12 @@ impl Flusher {
             Ok(c) => c,
             Err(e) => return self.fail(e),
         };
+        // Users another node erased: ended here first, so that their leaves go out now.
+        match self.erasures(&mut conn).await {
+            Ok(true) => self.collect(),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "presence cluster: erasure check failed"),
+        }
         let started = Instant::now();
         let mut resynced = false;
         let mut inboxed = false;
@@ -1090,6 +1101,40 @@ impl Flusher {
             }
         }
         Ok(view)
+    }
+
+    /// Erases here the users another node erased: the tombstones stored since the last
+    /// check, matched against the names this node knows (one hash per name, only when a
+    /// tombstone is new). The sessions ended go out as leaves at the next flush.
+    async fn erasures(&mut self, conn: &mut Conn) -> Result<bool, ClusterError> {
+        let (key, tombs) = super::erase::newer(
+            conn,
+            &self.shared.prefix,
+            self.erase_cursor,
+            self.call_timeout(),
+        )
+        .await?;
+        if tombs.is_empty() {
+            return Ok(false);
+        }
+        let Some(key) = key.or_else(|| self.erase_key.clone()) else {
+            return Ok(false);
+        };
+        self.erase_key = Some(key.clone());
+        self.erase_cursor = tombs.iter().map(|t| t.1).max().unwrap_or(self.erase_cursor);
+        let tombs: HashSet<String> = tombs.into_iter().map(|t| t.0).collect();
+        let users = self
+            .presence
+            .find_users(|name| tombs.contains(&super::erase::tombstone(&key, name)));
+        for user in &users {
+            let ended = self.presence.erase_user(user.as_str()).unwrap_or(0);
+            tracing::info!(
+                node = %self.shared.node_id,
+                sessions = ended,
+                "presence cluster: erased a user another node erased"
+            );
+        }
+        Ok(!users.is_empty())
     }
 
     /// Sizes the next calls from a round trip of `calls` calls carrying `units`: only full

@@ -568,6 +568,12 @@ impl Lifecycle {
     /// ended under its own shard lock, so it runs beside reaps and requests in any order. A
     /// session that started for the user meanwhile (the application still lets them in) is
     /// not ended, and the user's record, theirs again, is kept.
+    /// Known users (online or remembered) for which `matches` holds.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn find_users(&self, matches: impl FnMut(&str) -> bool) -> Vec<crate::UserId> {
+        self.users.find(matches)
+    }
+
     pub(crate) fn erase_user(&self, user: &str, now: Tick) -> Vec<SessionId> {
         let sessions = match self.users.snapshot(user) {
             UserSnapshot::Online { sessions, .. } => sessions,

@@ -171,6 +171,12 @@ impl Tracker {
     }
 
     /// [`Presence::erase_user`](crate::Presence::erase_user): the sessions it ended.
+    /// Known users (online or remembered) for which `matches` holds.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn find_users(&self, matches: impl FnMut(&str) -> bool) -> Vec<crate::UserId> {
+        self.life.find_users(matches)
+    }
+
     pub(crate) fn erase_user(&self, user: &str) -> Vec<SessionId> {
         let ended = self.life.erase_user(user, self.clock.now());
         self.life.deliver();

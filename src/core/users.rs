@@ -377,6 +377,20 @@ impl UserTable {
         users.remember(user, self.max_offline);
     }
 
+    /// The users known, online or remembered, for which `matches` holds: one pass over all
+    /// of them under the table's lock (for a cluster's erasure, which knows only a keyed
+    /// hash of the name).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn find(&self, mut matches: impl FnMut(&str) -> bool) -> Vec<UserId> {
+        let users = self.users.lock();
+        users
+            .map
+            .keys()
+            .filter(|u| matches(u.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Offline users remembered now (for tests and memory figures).
     #[cfg(test)]
     pub(crate) fn remembered(&self) -> usize {

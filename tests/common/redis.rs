@@ -197,6 +197,30 @@ impl RedisServer {
         (calls, total)
     }
 
+    /// Every key and every value in the server, as text (binary values lossily): to show
+    /// that a name is stored nowhere.
+    #[allow(dead_code)]
+    pub fn dump_all(&self) -> String {
+        let mut out = String::new();
+        for key in self.cli(&["--scan"]).lines() {
+            out.push_str(key);
+            out.push('\n');
+            let read: &[&str] = match self.cli(&["TYPE", key]).as_str() {
+                "string" => &["GET"],
+                "hash" => &["HGETALL"],
+                "zset" => &["ZRANGE", "0", "-1"],
+                "set" => &["SMEMBERS"],
+                "list" => &["LRANGE", "0", "-1"],
+                other => panic!("key {key:?} of type {other:?}"),
+            };
+            let mut args = vec![read[0], key];
+            args.extend_from_slice(&read[1..]);
+            out.push_str(&self.cli(&args));
+            out.push('\n');
+        }
+        out
+    }
+
     /// One command through `redis-cli`, its output trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
