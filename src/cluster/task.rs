@@ -57,6 +57,10 @@ pub(super) const SWEEP_BATCH: usize = 250;
 /// most (measured: with four in flight its p99 was 8 to 14 ms, with one see BENCHMARKS.md).
 /// The round trip this adds is small next to a call's 2 ms on a local network.
 pub(super) const PIPELINE: usize = 1;
+/// Calls in flight while this node sends everything again after Redis lost it: two, so that
+/// Redis is not idle while the next call travels (each call stays within its budget; the
+/// view is stale meanwhile, and a refill is rare).
+const REFILL_PIPELINE: usize = 2;
 /// Reads per read-script call in a cache refresh.
 const READS_PER_CALL: usize = 64;
 /// Explicit leaves kept while Redis is unreachable; past this, a leave is left to expire.
@@ -1032,7 +1036,12 @@ impl Flusher {
             let mut lost = false;
             let mut first = true;
             while !calls.is_empty() {
-                let rest = calls.split_off(calls.len().min(PIPELINE));
+                let depth = if self.refilling {
+                    REFILL_PIPELINE
+                } else {
+                    PIPELINE
+                };
+                let rest = calls.split_off(calls.len().min(depth));
                 let group = std::mem::replace(&mut calls, rest);
                 let sent_at = Instant::now();
                 let units: usize = group.iter().flat_map(|c| &c.ops).map(Op::cost).sum();
