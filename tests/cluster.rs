@@ -1026,3 +1026,47 @@ async fn an_erased_user_leaves_every_node_and_every_redis_key() {
     assert!(matches!(a.user("keeper"), UserStatus::Online { .. }));
     drop(cc);
 }
+
+/// Round-robin without sticky sessions, at volume: 2400 sessions, each page view on the
+/// other node than the last. Every view moves every session's page owner, so each node's
+/// inbox gets 1200 messages per flush, more than one call brings back; after two rounds of
+/// flushes the page counts are exact and add up to the sessions, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_page_views_keep_page_counts_exact() {
+    let Some((_server, a, b, ca, cb)) = two_nodes().await else {
+        return;
+    };
+    let ids: Vec<SessionId> = (0..2_400).map(|_| id()).collect();
+    for step in 0..6 {
+        for (i, s) in ids.iter().enumerate() {
+            let node = if (i + step) % 2 == 0 { &a } else { &b };
+            let kind = if i % 3 == 0 {
+                Kind::member(format!("rr{i}"))
+            } else {
+                Kind::Guest
+            };
+            node.visit(*s, kind, &format!("/rr/{}", (i + step) % 4))
+                .unwrap();
+        }
+        settle(&[&ca, &cb]).await;
+        let c = settle(&[&ca, &cb]).await;
+        assert_eq!(c.sessions, 2_400, "step {step}: {c:?}");
+        let top = cb.top_pages(10).await.unwrap();
+        assert_eq!(
+            top.iter().map(|(_, n)| n).sum::<usize>(),
+            2_400,
+            "step {step}: each session on one page: {top:?}"
+        );
+        for (page, n) in &top {
+            assert_eq!(*n, 600, "step {step}: {page}");
+        }
+        assert_eq!(
+            ca.page_members(&format!("/rr/{}", step % 4), 1000)
+                .await
+                .unwrap()
+                .len(),
+            200,
+            "step {step}: the members on one page, listed once"
+        );
+    }
+}

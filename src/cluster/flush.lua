@@ -175,7 +175,6 @@ local dc = { sessions = 0, guests = 0, bots = 0 }
 local users = {}         -- user -> {listed delta, hidden delta, sortkey, seen, active}
 local new_keys = {}      -- keys created here: they get their TTL at once
 local my_buckets = {}    -- buckets where this node took a new claim
-local stamp              -- this call's inbox stamp, once it sends a message
 
 -- A parked node no longer counts session `id` on its page: another node took it, or it
 -- ended. The node left the page it had there at its bye.
@@ -198,8 +197,8 @@ local function message(num, kind, id)
     if kind == 'm' and redis.call('HEXISTS', PARKED, num) == 1 then parked_drop(num, id) end
     return
   end
-  stamp = stamp or redis.call('INCR', IBN)
-  redis.call('ZADD', ibkey(num), stamp, kind .. id)
+  -- Each message its own stamp: a node takes its inbox in by stamp, a page at a time.
+  redis.call('ZADD', ibkey(num), redis.call('INCR', IBN), kind .. id)
   new_keys[ibkey(num)] = true
 end
 
@@ -663,7 +662,7 @@ local t2 = redis.call('TIME')
 r[18] = (tonumber(t2[1]) - tonumber(t[1])) * 1000000 + tonumber(t2[2]) - tonumber(t[2])
 -- The inbox: what other nodes said since this node last took it in.
 if mode == 'f' then
-  local list = redis.call('ZRANGE', ibkey(me), 0, 255, 'WITHSCORES')
+  local list = redis.call('ZRANGE', ibkey(me), 0, 1023, 'WITHSCORES')
   for k = 1, #list do r[#r + 1] = list[k] end
 end
 return r

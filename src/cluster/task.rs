@@ -61,6 +61,11 @@ pub(super) const PIPELINE: usize = 1;
 /// Redis is not idle while the next call travels (each call stays within its budget; the
 /// view is stale meanwhile, and a refill is rare).
 const REFILL_PIPELINE: usize = 2;
+/// Inbox messages one call brings back at most (flush.lua reads as many), and the extra
+/// rounds of calls one flush makes to read a full inbox and act on it: with sessions moving
+/// between nodes at every view (no sticky sessions), thousands of messages a second.
+const INBOX_PAGE: usize = 1024;
+const MAX_INBOX_ROUNDS: usize = 16;
 /// Reads per read-script call in a cache refresh.
 const READS_PER_CALL: usize = 64;
 /// Explicit leaves kept while Redis is unreachable; past this, a leave is left to expire.
@@ -1029,12 +1034,13 @@ impl Flusher {
         }
         let started = Instant::now();
         let mut resynced = false;
-        let mut inboxed = false;
+        let mut inbox_rounds = 0;
         let mut more = false;
         loop {
             let mut calls = self.plan();
             let mut lost = false;
             let mut first = true;
+            let mut inbox_full = false;
             while !calls.is_empty() {
                 let depth = if self.refilling {
                     REFILL_PIPELINE
@@ -1060,6 +1066,7 @@ impl Flusher {
                         Err(e) => return self.fail(e),
                     }
                     more = reply.more;
+                    inbox_full |= reply.inbox.len() >= INBOX_PAGE;
                 }
             }
             if lost && !resynced {
@@ -1067,9 +1074,11 @@ impl Flusher {
                 self.resync();
                 continue;
             }
-            // Sessions other nodes took: off this node's pages in the same flush.
-            if !inboxed && self.read_inbox() {
-                inboxed = true;
+            // Sessions other nodes took: off this node's pages in the same flush, and the
+            // rest of a full inbox read with another call (a bounded number per flush).
+            let changed = self.read_inbox();
+            if (changed || inbox_full) && inbox_rounds < MAX_INBOX_ROUNDS {
+                inbox_rounds += 1;
                 continue;
             }
             break;
