@@ -107,7 +107,18 @@ impl SnapshotFile {
         let path = self.lock_path();
         let file =
             create_private(OpenOptions::new().read(true).write(true).create(true)).open(&path)?;
-        match try_lock(&file) {
+        // A lock just released can still be held for a moment by a child process this one is
+        // starting (between its fork and its exec it shares the descriptor): a few short
+        // tries before calling it in use.
+        let mut result = try_lock(&file);
+        for _ in 0..LOCK_TRIES {
+            if !matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                break;
+            }
+            std::thread::sleep(LOCK_RETRY);
+            result = try_lock(&file);
+        }
+        match result {
             Ok(()) => {
                 *held = Some(file);
                 Ok(())
@@ -126,6 +137,10 @@ impl SnapshotFile {
         }
     }
 }
+
+/// Tries at taking a held lock again, and the wait between two: 100 ms in all.
+const LOCK_TRIES: usize = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// An exclusive advisory lock (`flock`), without waiting: `WouldBlock` when held. Tied to
 /// the open file, so it goes with the tracker, or with the process however it ends.
