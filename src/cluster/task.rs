@@ -2,9 +2,9 @@
 //!
 //! Each flush drains the tracker's change log (sessions that started, ended, or changed kind
 //! or page) and the renewals that fell due into `pending`, turns each pending id into one
-//! operation by reading the session once, and sends them in chunks sized by a work budget,
-//! several chunks pipelined in one round trip. Nothing here scans the sessions, except the
-//! full re-send after Redis lost this node's data.
+//! operation by reading the session once, and sends them sorted by bucket, in calls sized by
+//! a work budget, one call in flight (two during a refill). Nothing here scans the sessions,
+//! except the full re-send after Redis lost this node's data.
 //!
 //! Nothing is lost: an id leaves `pending` only when Redis acknowledged the call that carried
 //! it. Every call carries a sequence number; Redis keeps the last one it applied for this
