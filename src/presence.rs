@@ -230,6 +230,13 @@ impl Presence {
         self.tracker.stopped()
     }
 
+    /// When session `id` was last touched, visited or heartbeated, holds aside (a held
+    /// session reads as seen now); `None` if it is unknown or due.
+    #[allow(dead_code)] // used by the optional HTTP layer
+    pub(crate) fn last_call(&self, id: SessionId) -> Option<SystemTime> {
+        self.tracker.last_call(id)
+    }
+
     /// Holds of session `id` now (0 when it is not held).
     #[allow(dead_code)] // used by the optional HTTP layer and tests
     pub(crate) fn holds(&self, id: SessionId) -> usize {

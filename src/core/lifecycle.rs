@@ -298,6 +298,15 @@ impl Lifecycle {
         result
     }
 
+    /// Whether session `id` is held by holds of generation `generation`.
+    pub(crate) fn is_held_by(&self, id: SessionId, generation: u64) -> bool {
+        self.sessions
+            .read(&id, |s, _| {
+                s.hold == HoldState::Held && self.holds.is_current(id, generation)
+            })
+            .unwrap_or(false)
+    }
+
     /// Holds of session `id` (0 when it is not held).
     pub(crate) fn holds(&self, id: SessionId) -> usize {
         self.holds.holds(id)

@@ -320,6 +320,23 @@ impl Tracker {
             .flatten()
     }
 
+    /// When session `id` was last touched, visited or heartbeated, held or not; `None` if
+    /// it is unknown or due.
+    pub(crate) fn last_call(&self, id: SessionId) -> Option<std::time::SystemTime> {
+        let now = self.clock.now();
+        let cfg = self.cfg();
+        self.life
+            .read(&id, |s, _| {
+                (now < s.deadline(cfg, now)).then(|| self.wall.at(s.last_call(now)))
+            })
+            .flatten()
+    }
+
+    /// Whether session `id` is held by holds of generation `generation`.
+    pub(crate) fn is_held_by(&self, id: SessionId, generation: u64) -> bool {
+        self.life.is_held_by(id, generation)
+    }
+
     /// Holds of session `id`.
     pub(crate) fn holds(&self, id: SessionId) -> usize {
         self.life.holds(id)

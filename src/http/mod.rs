@@ -8,10 +8,14 @@
 //!   and records each request as activity on its page once the browser has returned the
 //!   cookie. Handlers get the id with the [`PresenceSession`] extractor.
 //! - [`routes`] (or [`Routes`] for the settings): `POST /presence/heartbeat`,
-//!   `POST /presence/active`, `POST /presence/leave`, `GET /presence/counts` and
+//!   `POST /presence/active`, `POST /presence/leave`, `GET /presence/counts`,
+//!   `GET /presence/stream` (the counts pushed as server-sent events; the open stream
+//!   [holds](crate::Presence::hold) the session), `POST /presence/release` and
 //!   `GET /presence/presence.js`.
 //! - [`SCRIPT`], the page script served by those routes (plain JS, no dependencies):
-//!   heartbeats with `fetch` while the page is visible and in use, re-joins after the
+//!   while the page is visible, the counts come pushed over one stream that also keeps
+//!   the visitor online; otherwise (or where the stream cannot work) it heartbeats with
+//!   `fetch` while the page is visible and in use, re-joins after the
 //!   server forgot the session, says goodbye with `navigator.sendBeacon` on `pagehide`,
 //!   and fills elements marked `data-presence="online"` (or `members`, `hidden`,
 //!   `guests`, `bots`, `sessions`, `page`, `peak`, `peak-at`) and
@@ -80,6 +84,7 @@
 mod key;
 mod layer;
 mod routes;
+mod stream;
 
 use std::fmt;
 use std::time::Duration;
@@ -110,16 +115,30 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 ///   visible and in use, so that the numbers on the page follow changes within that
 ///   time (default: none, the numbers follow the heartbeats). A read is not activity and
 ///   keeps nobody online.
+/// - `data-stream="off"`: poll only, never open the stream.
+///
+/// **The stream.** While the tab is visible the script opens `GET /presence/stream` (an
+/// `EventSource`): the counts arrive as they change, nothing is polled, and the open
+/// stream holds the session, so the only requests are a heartbeat every half
+/// `idle_timeout` (which keeps the stream's hold trusted) and activity reports. When the
+/// tab is hidden it releases the stream's hold (`POST /presence/release`) and closes it:
+/// the visitor stays online as an ordinary session, as a hidden tab does when polling; on
+/// `pagehide` it closes the stream (so the back/forward cache keeps the page) and its
+/// leave names the stream. A stream lost otherwise starts the server's `hold_grace`; the
+/// script heartbeats at once and polls meanwhile. Where `EventSource` is missing, where
+/// the stream is refused (`429`, `503`: it closes before it opened) or does not open
+/// within 5 s, it polls as below and tries the stream again later, backing off up to a
+/// minute, never giving it up for good.
 ///
 /// Half a second after it runs, the script reports activity (`POST /presence/active`):
-/// that counts a first-time visitor, whose page came without the presence cookie. Then it
-/// beats only while the tab is visible, reports input since the last beat as activity,
+/// that counts a first-time visitor, whose page came without the presence cookie. When
+/// polling, it then beats only while the tab is visible, reports input since the last beat as activity,
 /// stops on `410 Gone` and re-joins on the next input, sends
 /// `navigator.sendBeacon(".../leave")` on `pagehide` (no `unload` or `beforeunload`
 /// listener, no WebSocket, so the back/forward cache keeps working), and fills elements
 /// marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"`
 /// (`peak-at` as `YYYY-MM-DD HH:MM:SS UTC`) and `data-presence-page="/some/path"` (the
-/// sessions on that page) with the counts returned by each beat or read, and elements
+/// sessions on that page) with the counts pushed, or returned by each beat or read, and elements
 /// marked `data-presence-list="members"` (members online) or `data-presence-list="page"`
 /// (sessions on this page) with the names the JSON carries: "alice, bob and 12 more",
 /// where 12 is the members count (or the page's session count) minus the names shown.

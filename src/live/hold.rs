@@ -146,6 +146,30 @@ impl Hold {
             .is_some_and(|t| t.hold_activity(self.id, self.generation, None).is_ok())
     }
 
+    /// Whether the session this hold started on is still live and held (it was not ended
+    /// by an explicit [`leave`](crate::Presence::leave)): a connection whose hold is no
+    /// longer live may close, or take a new hold.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionId};
+    ///
+    /// let presence = Presence::new();
+    /// let id = SessionId::new_v4();
+    /// let hold = presence.hold(id, Kind::Guest, "/")?;
+    /// assert!(hold.is_live());
+    /// presence.leave(id);
+    /// presence.touch(id, Kind::Guest)?; // a new session of the same id
+    /// assert!(!hold.is_live(), "not the session it started on");
+    /// # Ok::<(), presence_tracker::PresenceError>(())
+    /// ```
+    pub fn is_live(&self) -> bool {
+        self.generation != 0
+            && self
+                .tracker
+                .upgrade()
+                .is_some_and(|t| t.is_held_by(self.id, self.generation))
+    }
+
     /// Ends this hold without a grace: if it was the last, the session goes on as an
     /// ordinary one from its last touch, visit or heartbeat (so it may be due at once).
     /// A stream that stopped being trusted, or that the page released.
