@@ -1253,6 +1253,8 @@ async fn serve() -> Result<(), String> {
     );
     shutdown_signal().await;
     save(&presence);
+    // The presence streams end (pages poll and retry), so the drain does not wait on them.
+    presence.shutdown();
     let _ = stop.send(true);
     let drain = env_secs("PRESENCE_DRAIN_SECS").unwrap_or(Duration::from_secs(10));
     match tokio::time::timeout(drain, server).await {

@@ -252,7 +252,9 @@ impl PresenceBuilder {
     /// Save when the stop signal arrives, *then* drain the connections with a time cap. Do
     /// not save only after `axum::serve(..).with_graceful_shutdown(..)` returns: it waits
     /// for every connection, so one client that never finishes its request keeps the save
-    /// from running until the service manager's SIGKILL loses every session.
+    /// from running until the service manager's SIGKILL loses every session. Shut the
+    /// tracker down before the drain too: the HTTP layer's presence streams are requests
+    /// that end only then.
     ///
     /// ```no_run
     /// # #[cfg(feature = "axum")]
@@ -271,6 +273,7 @@ impl PresenceBuilder {
     /// );
     /// tokio::signal::ctrl_c().await?; // or SIGTERM
     /// presence.save_snapshot()?; // at once: nothing can hold it up
+    /// presence.shutdown(); // ends the presence streams, which the drain would wait on
     /// let _ = stop.send(true);
     /// let _ = tokio::time::timeout(Duration::from_secs(10), server).await; // drain, capped
     /// presence.save_snapshot()?; // what changed during the drain
