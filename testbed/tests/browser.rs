@@ -1359,3 +1359,64 @@ async fn seven_tabs_of_one_browser_over_http1_all_load_and_update() {
     b.close().await.unwrap();
     drop(driver);
 }
+
+#[cfg(feature = "demo-chat")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_room_shows_joins_messages_and_leaves_live() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .build();
+    let (base, _log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(70), Profile::new(71));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/chat")).await.unwrap();
+    sign_in(&a, "ann").await;
+    eventually!(wait, "ann is in the room", text(&a, "#room").await == "ann");
+    b.goto(&format!("{base}/chat")).await.unwrap();
+    sign_in(&b, "bob").await;
+    eventually!(
+        wait,
+        "ann sees bob join",
+        text(&a, "#room").await == "ann and bob"
+            && text(&a, "#chat-log").await.contains("bob joined")
+    );
+    assert_eq!(presence.page_members("/chat", 10), ["ann", "bob"]);
+
+    let field = b.find(Locator::Css("#message")).await.unwrap();
+    field.send_keys("<b>hi</b> ann").await.unwrap();
+    click(&b, "#send").await;
+    eventually!(
+        wait,
+        "ann reads bob's message, as text",
+        text(&a, "#chat-log").await.contains("bob: <b>hi</b> ann")
+    );
+    assert!(
+        a.find(Locator::Css("#chat-log b")).await.is_err(),
+        "never markup"
+    );
+
+    // bob closes the room's tab: ann sees him leave (the socket's hold and the page's
+    // stream go with it; the page's goodbye takes him offline after its grace).
+    let page_tab = b.window().await.unwrap();
+    let blank = b.new_window(true).await.unwrap();
+    b.switch_to_window(page_tab).await.unwrap();
+    b.close_window().await.unwrap();
+    b.switch_to_window(blank.handle).await.unwrap();
+    eventually!(
+        wait,
+        "ann sees bob leave",
+        text(&a, "#room").await == "ann" && text(&a, "#chat-log").await.contains("bob left")
+    );
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
