@@ -223,11 +223,11 @@ impl Presence {
         self.tracker.watch_changes()
     }
 
-    /// A receiver that turns `true` when [`shutdown`](Self::shutdown) is called: the HTTP
-    /// streams end then.
+    /// Whether [`shutdown`](Self::shutdown) was called: the HTTP streams end then (the
+    /// change signal of [`watch_changes`](Self::watch_changes) wakes them to look).
     #[allow(dead_code)] // used by the optional HTTP layer
-    pub(crate) fn stopped(&self) -> watch::Receiver<bool> {
-        self.tracker.stopped()
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.tracker.is_stopped()
     }
 
     /// When session `id` was last touched, visited or heartbeated, holds aside (a held

@@ -354,9 +354,9 @@ impl Tracker {
         self.live.watch_changes()
     }
 
-    /// A receiver that turns `true` when the tracker is shut down.
-    pub(crate) fn stopped(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.live.stopped()
+    /// Whether the tracker is shut down (the HTTP streams end).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.live.is_stopped()
     }
 
     /// One more watcher of `page`: its receiver and the state it starts from.

@@ -352,7 +352,6 @@ impl Routes {
             names: self.names,
             pending_leaves: Mutex::new(HashMap::default()),
             streams: Streams::new(self.max_streams, self.streams_per_session),
-            started: std::time::Instant::now(),
             #[cfg(feature = "redis")]
             cluster: self.cluster,
         }));
@@ -400,8 +399,6 @@ pub(super) struct Settings {
     pending_leaves: Mutex<HashMap<SessionId, PendingLeave, foldhash::fast::RandomState>>,
     /// The open streams.
     pub(super) streams: Streams,
-    /// When the routes were built: the clock of the streams' cluster ticks.
-    pub(super) started: std::time::Instant,
     #[cfg(feature = "redis")]
     cluster: Option<crate::cluster::Cluster>,
 }

@@ -2,27 +2,31 @@
 //! open) and `POST /presence/release` (the page hides: its stream's hold is let go), with
 //! the registry of open streams that bounds them.
 //!
-//! A stream is a body polled by the server's connection task, not a task of its own: it
-//! waits on the tracker's publish signal (one `watch` receiver), reads its JSON when a
-//! publish found a change, and sends it only if it differs from what it sent last. Streams
-//! asking for the same pages share one JSON per publish (a small cache keyed by the query),
-//! so a change costs one build per distinct query, not one per stream. Its hold is dropped
-//! with the body, which the server drops when the connection closes: the session then
-//! leaves after `hold_grace` unless its page comes back.
+//! A stream is a body polled by the server's connection task, not a task of its own, and
+//! has no timer of its own: it waits on the tracker's publish signal (one `watch`
+//! receiver) and on one beat shared by all streams (the trust checks and keep-alive
+//! comments; with a cluster, the reads of its view). It reads its JSON when a publish found
+//! a change, and sends it only if it differs from what it sent last (it keeps a digest, not
+//! the JSON). Streams asking for the same pages share one JSON per publish (a small cache
+//! keyed by the query), so a change costs one build per distinct query, not one per stream.
+//! Its hold is dropped with the body, which the server drops when the connection closes: the
+//! session then leaves after `hold_grace` unless its page comes back.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::Presence;
 
 use super::layer::Classified;
 use super::routes::{
@@ -69,6 +73,8 @@ pub(super) struct Streams {
     serial: AtomicU64,
     /// The JSON of the last publish per query, shared by the streams that ask the same.
     cache: Mutex<JsonCache>,
+    /// The beat all streams share, started with the first (its task ends with the routes).
+    beat: OnceLock<watch::Receiver<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +104,30 @@ impl Streams {
             open: Mutex::new(Registry::default()),
             serial: AtomicU64::new(0),
             cache: Mutex::new(JsonCache::default()),
+            beat: OnceLock::new(),
         }
+    }
+
+    /// A receiver of the shared beat: every `period` (the streams' trust checks and
+    /// keep-alive comments; with a cluster, the publish interval), one timer for all
+    /// streams. The task ends when the routes are dropped.
+    fn beat(&self, period: Duration) -> watch::Receiver<u64> {
+        self.beat
+            .get_or_init(|| {
+                let (beat, receiver) = watch::channel(0u64);
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval_at(Instant::now() + period, period);
+                    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = every.tick() => beat.send_modify(|n| *n = n.wrapping_add(1)),
+                            () = beat.closed() => return,
+                        }
+                    }
+                });
+                receiver
+            })
+            .clone()
     }
 
     /// A place for a stream of session `id` named `name`, if the bounds allow.
@@ -107,7 +136,11 @@ impl Streams {
         if open.total >= self.max {
             return Err(Refused::TooMany);
         }
-        let mine = open.by_session.entry(id).or_default();
+        // Most sessions have one stream: room for one, not the four a first push makes.
+        let mine = open
+            .by_session
+            .entry(id)
+            .or_insert_with(|| Vec::with_capacity(1));
         if mine.len() >= self.per_session {
             if mine.is_empty() {
                 open.by_session.remove(&id);
@@ -201,8 +234,7 @@ pub(super) async fn stream(
     };
     let settings = &state.0;
     let presence = &settings.presence;
-    let stopped = presence.stopped();
-    if *stopped.borrow() {
+    if presence.is_stopped() {
         // Shutting down: the page polls meanwhile and tries again later.
         return unavailable();
     }
@@ -229,14 +261,16 @@ pub(super) async fn stream(
         }
     };
     *control.hold.lock() = Some(hold);
-    let live = Live::new(state.clone(), query, control, ticket, stopped);
+    let beat = settings.streams.beat(beat_period(settings));
+    let live = Live::new(state.clone(), query, control, ticket, beat);
     let events = futures_util::stream::unfold(live, Live::next);
     (
         [(
             http::header::HeaderName::from_static("x-accel-buffering"),
             HeaderValue::from_static("no"),
         )],
-        Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)),
+        // Keep-alive comments come from the stream's own timer (one timer a stream).
+        Sse::new(events),
     )
         .into_response()
 }
@@ -301,13 +335,19 @@ struct Live {
     control: Arc<Control>,
     _ticket: Ticket,
     changes: watch::Receiver<u64>,
-    stopped: watch::Receiver<bool>,
-    /// When to check that the page still makes requests (see [`Live::trusted`]).
-    trust: tokio::time::Interval,
-    /// With a cluster: the view changes with other nodes' flushes, so it is read each tick.
-    tick: Option<tokio::time::Interval>,
-    /// The JSON sent last; `None` before the first event.
-    sent: Option<Arc<str>>,
+    /// The beat all streams share: a trust check (see [`Live::trusted`]) and a keep-alive
+    /// comment when due; with a cluster, a read of its view (it changes with other nodes'
+    /// flushes).
+    beat: watch::Receiver<u64>,
+    /// When the page's requests were last checked.
+    checked: Instant,
+    /// How often they are: a quarter of `idle_timeout`, at most [`KEEP_ALIVE`].
+    check_every: Duration,
+    /// When the last event or comment went out.
+    wrote: Instant,
+    /// A hash of the JSON sent last (not the JSON: ten thousand idle streams would each
+    /// keep a copy); `None` before the first event.
+    sent: Option<u64>,
     /// The hello (the script's heartbeat interval) went out.
     hello: bool,
 }
@@ -318,21 +358,13 @@ impl Live {
         query: PageQuery,
         control: Arc<Control>,
         ticket: Ticket,
-        stopped: watch::Receiver<bool>,
+        mut beat: watch::Receiver<u64>,
     ) -> Self {
         let presence = &state.0.presence;
         let mut changes = presence.watch_changes();
         changes.borrow_and_update();
-        let idle_timeout = presence.idle_timeout();
-        let every = (idle_timeout / 4).clamp(Duration::from_millis(10), KEEP_ALIVE);
-        let mut trust = tokio::time::interval_at(Instant::now() + every, every);
-        trust.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let tick = state.0.has_cluster().then(|| {
-            let every = presence.publish_interval();
-            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            tick
-        });
+        beat.borrow_and_update();
+        let check_every = check_period(presence);
         let key = query.cache_key();
         Live {
             state,
@@ -341,9 +373,10 @@ impl Live {
             control,
             _ticket: ticket,
             changes,
-            stopped,
-            trust,
-            tick,
+            beat,
+            checked: Instant::now(),
+            check_every,
+            wrote: Instant::now(),
             sent: None,
             hello: false,
         }
@@ -363,23 +396,41 @@ impl Live {
         if self.sent.is_none() {
             // At once, and fresh: it shows the visitor's own arrival.
             let json = self.build().await?;
-            return Some((Ok(counts_event(&json)), self.sending(json)));
+            return Some((Ok(counts_event(&json)), self.sending(&json)));
         }
         loop {
-            let check_trust = tokio::select! {
+            if self.state.0.presence.is_stopped() {
+                return None; // shut down: the page polls, and tries again later
+            }
+            let beat = tokio::select! {
                 biased;
-                _ = self.stopped.wait_for(|stopped| *stopped) => return None,
                 () = self.control.ended.notified() => return None,
-                changed = self.changes.changed() => changed.is_err(),
-                _ = self.trust.tick() => true,
-                _ = tick(&mut self.tick) => false,
+                changed = self.changes.changed() => {
+                    // The tracker gone (its publisher with it): nothing more to say.
+                    changed.ok()?;
+                    false
+                }
+                beat = self.beat.changed() => {
+                    beat.ok()?;
+                    true
+                }
             };
-            if check_trust {
-                // A trust check, or the tracker gone (its publisher with it).
-                if !self.trusted() || self.changes.has_changed().is_err() {
+            if self.state.0.presence.is_stopped() {
+                return None;
+            }
+            if beat && self.checked.elapsed() + Duration::from_millis(5) >= self.check_every {
+                self.checked = Instant::now();
+                if !self.trusted() {
                     return None;
                 }
-                continue;
+                // Quiet for about KEEP_ALIVE: a comment, so that proxies keep it open.
+                if self.wrote.elapsed() + Duration::from_secs(1) >= KEEP_ALIVE {
+                    self.wrote = Instant::now();
+                    return Some((Ok(Event::default().comment("")), self));
+                }
+            }
+            if beat && !self.state.0.has_cluster() {
+                continue; // without a cluster, only a publish changes the view
             }
             if !self.holding() {
                 // Its session was ended (an admin's leave): the page finds out and waits
@@ -387,8 +438,8 @@ impl Live {
                 return None;
             }
             let json = self.json().await?;
-            if self.sent.as_deref() != Some(&*json) {
-                return Some((Ok(counts_event(&json)), self.sending(json)));
+            if self.sent != Some(digest(&json)) {
+                return Some((Ok(counts_event(&json)), self.sending(&json)));
             }
         }
     }
@@ -398,8 +449,9 @@ impl Live {
         self.control.hold.lock().as_ref().is_some_and(Hold::is_live)
     }
 
-    fn sending(mut self, json: Arc<str>) -> Self {
-        self.sent = Some(json);
+    fn sending(mut self, json: &str) -> Self {
+        self.sent = Some(digest(json));
+        self.wrote = Instant::now();
         self
     }
 
@@ -450,15 +502,19 @@ impl Live {
         Some(json)
     }
 
-    /// Which cluster tick this is (0 without a cluster).
+    /// Which beat this is, with a cluster (the view changes with it); 0 without.
     fn tick_number(&self) -> u64 {
-        let Some(_) = &self.tick else { return 0 };
-        let every = self.state.0.presence.publish_interval().as_millis().max(1);
-        u64::try_from(self.state.0.started.elapsed().as_millis() / every).unwrap_or(u64::MAX)
+        if self.state.0.has_cluster() {
+            *self.beat.borrow()
+        } else {
+            0
+        }
     }
 
     async fn build(&self) -> Option<Arc<str>> {
-        match counts_body(&self.state.0, &self.query).await {
+        // Boxed: the reads (a cluster's above all) would otherwise make every waiting
+        // stream as large as the largest of them.
+        match Box::pin(counts_body(&self.state.0, &self.query)).await {
             Ok(json) => String::from_utf8(json).ok().map(Arc::from),
             Err(err) => {
                 tracing::error!(error = %err, "could not serialize presence counts");
@@ -468,14 +524,29 @@ impl Live {
     }
 }
 
-/// The next tick of an optional interval; never without one.
-async fn tick(tick: &mut Option<tokio::time::Interval>) {
-    match tick {
-        Some(tick) => {
-            tick.tick().await;
-        }
-        None => std::future::pending().await,
+/// How often a stream checks that its page still makes requests: a quarter of
+/// `idle_timeout`, so that a silent page is let go within about `idle_timeout`; at most
+/// [`KEEP_ALIVE`], the keep-alive comments' period.
+fn check_period(presence: &Presence) -> Duration {
+    (presence.idle_timeout() / 4).clamp(Duration::from_millis(10), KEEP_ALIVE)
+}
+
+/// The period of the streams' shared beat: the check period; with a cluster, the publish
+/// interval if shorter (its view is read at each beat).
+fn beat_period(settings: &Settings) -> Duration {
+    let check = check_period(&settings.presence);
+    if settings.has_cluster() {
+        check.min(settings.presence.publish_interval())
+    } else {
+        check
     }
+}
+
+/// A 64-bit digest of a JSON sent: equal JSON, equal digest; a collision (one in 2^64)
+/// would only skip one update until the next change.
+fn digest(json: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(json)
 }
 
 fn counts_event(json: &str) -> Event {

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -69,8 +69,9 @@ pub(crate) struct Publisher {
     /// The page table's version at the last publish.
     pages_version: AtomicU64,
     publishing: Mutex<()>,
-    /// `true` once the tracker is shut down: the HTTP streams end.
-    stopped: watch::Sender<bool>,
+    /// Set once the tracker is shut down: the HTTP streams end (the change signal wakes
+    /// them to look).
+    stopped: AtomicBool,
 }
 
 impl Publisher {
@@ -83,7 +84,7 @@ impl Publisher {
             max_pages,
             pages_version: AtomicU64::new(0),
             publishing: Mutex::new(()),
-            stopped: watch::Sender::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -208,14 +209,16 @@ impl Publisher {
         }
     }
 
-    /// The tracker is shut down: the HTTP streams end.
+    /// The tracker is shut down: the HTTP streams end. Those waiting on the change signal
+    /// are woken to see it.
     pub(crate) fn stop(&self) {
-        self.stopped.send_replace(true);
+        self.stopped.store(true, Ordering::Release);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// A receiver that turns `true` when the tracker is shut down.
-    pub(crate) fn stopped(&self) -> watch::Receiver<bool> {
-        self.stopped.subscribe()
+    /// Whether the tracker is shut down.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 }
 

@@ -510,6 +510,31 @@ async fn bad_input_is_never_an_error_of_the_server() {
 }
 
 #[tokio::test]
+async fn a_quiet_stream_gets_a_keep_alive_comment_every_15_seconds() {
+    let presence = tracker(Duration::from_secs(60), Duration::from_secs(5));
+    let app = default_app(&presence);
+    let mut events = open(&app, SessionId::new_v4(), "/", "a").await;
+    events.counts(WAIT).await;
+    let opened = Instant::now();
+    let comment = tokio::time::timeout(Duration::from_secs(25), async {
+        loop {
+            if let Some(at) = events.buf.find(": \n\n") {
+                return at;
+            }
+            let frame = events.body.frame().await.unwrap().unwrap();
+            let data = frame.into_data().unwrap();
+            events.buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    })
+    .await;
+    assert!(comment.is_ok(), "no keep-alive comment");
+    assert!(
+        opened.elapsed() >= Duration::from_secs(10),
+        "not before it is needed"
+    );
+}
+
+#[tokio::test]
 async fn an_admin_kill_ends_the_stream_and_the_page_must_come_back() {
     let presence = tracker(Duration::from_secs(60), Duration::from_secs(5));
     let app = default_app(&presence);
@@ -600,7 +625,6 @@ async fn a_connection_dropped_by_the_client_releases_its_hold() {
 }
 
 #[path = "../../tests/common/redis.rs"]
-#[allow(dead_code)]
 mod redis_server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
