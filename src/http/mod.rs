@@ -172,6 +172,7 @@ pub struct ScriptTag {
     interval: Duration,
     heartbeat_limit: Duration,
     refresh: Option<Duration>,
+    stream: bool,
 }
 
 impl ScriptTag {
@@ -183,6 +184,7 @@ impl ScriptTag {
             interval: Duration::from_secs(30).min(presence.idle_timeout() / 3),
             heartbeat_limit: presence.heartbeat_limit(),
             refresh: None,
+            stream: true,
         }
     }
 
@@ -227,6 +229,24 @@ impl ScriptTag {
     }
 }
 
+impl ScriptTag {
+    /// Whether the script opens `GET /presence/stream` while the tab is visible (default:
+    /// yes). With `false` (`data-stream="off"`) it only polls: heartbeats, and reads at the
+    /// [`refresh`](Self::refresh) interval.
+    ///
+    /// ```
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::ScriptTag;
+    ///
+    /// let tag = ScriptTag::new(&Presence::new()).stream(false);
+    /// assert!(tag.to_string().contains(r#"data-stream="off""#));
+    /// ```
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+}
+
 impl fmt::Display for ScriptTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -237,6 +257,9 @@ impl fmt::Display for ScriptTag {
         )?;
         if let Some(refresh) = self.refresh {
             write!(f, r#" data-refresh="{}""#, Seconds(refresh))?;
+        }
+        if !self.stream {
+            f.write_str(r#" data-stream="off""#)?;
         }
         f.write_str(" defer></script>")
     }

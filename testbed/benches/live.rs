@@ -7,6 +7,10 @@
 //!   one, the publish ticker at its default 500 ms, and a thread making 100 joins and
 //!   leaves a second on the watched pages (on both, so that both publish work). The
 //!   ratio is the question: `touch` must stay at 0.95x or better.
+//!   After the criterion groups, the same comparison paired: both trackers exist at once
+//!   and take turns in short rounds (the first alternating); the figure is the median of
+//!   the rounds' ratios, which a shared machine's drift between two criterion runs does not
+//!   move.
 //! - `publish`: one publish (`reap` under `Reaper::Manual`, which publishes) with nobody
 //!   watching, with 1000 watched pages of which none changed, and with 100 changed.
 //!
@@ -142,6 +146,75 @@ fn touch_with_watchers(c: &mut Criterion) {
     group.finish();
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The paired comparison of `touch`; see the module docs.
+fn paired_touch(full: bool) {
+    let n = if full { 100_000 } else { 5_000 };
+    let streams = if full { 10_000 } else { 500 };
+    let (rounds, per_round) = if full { (41, 200_000) } else { (5, 5_000) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys = keys(11, n);
+    let mut rng = SplitMix(15);
+    let stream: Vec<SessionId> = (0..per_round)
+        .map(|_| SessionId::from(keys[rng.below(n)]))
+        .collect();
+    let build = |watched: bool| {
+        let p = tracker(Reaper::Tokio(runtime.handle().clone()));
+        for &k in &keys {
+            p.touch(SessionId::from(k), Kind::Guest).unwrap();
+        }
+        let watchers = watched.then(|| watch(&p, streams));
+        (p, watchers)
+    };
+    let (plain, _none) = build(false);
+    let (watched, _watchers) = build(true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let churns = [
+        churn(plain.clone(), stop.clone()),
+        churn(watched.clone(), stop.clone()),
+    ];
+    let time = |p: &Presence| {
+        let started = std::time::Instant::now();
+        for &id in &stream {
+            black_box(p.touch(id, Kind::Guest).unwrap());
+        }
+        started.elapsed().as_nanos() as f64 / per_round as f64
+    };
+    let (mut a, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = time(&plain);
+            (x, time(&watched))
+        } else {
+            let y = time(&watched);
+            (time(&plain), y)
+        };
+        a.push(x);
+        b.push(y);
+        ratio.push(x / y);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for churn in churns {
+        churn.join().unwrap();
+    }
+    println!(
+        "paired touch, {n} sessions, {rounds} alternating rounds of {per_round} touches: \
+         no watchers {:.1} ns, 1k pages + {streams} streams {:.1} ns; median ratio {:.3} \
+         (above 1: watched is faster)",
+        median(a),
+        median(b),
+        median(ratio)
+    );
+}
+
 fn publish(c: &mut Criterion) {
     let full = full_scale();
     let mut group = c.benchmark_group("publish");
@@ -187,4 +260,12 @@ fn main() {
     touch_with_watchers(&mut c);
     publish(&mut c);
     c.final_summary();
+    // Not with a filter that names other groups: `-- publish` runs only those.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if args.is_empty() || args.iter().any(|a| "paired".contains(a.as_str())) {
+        paired_touch(full_scale());
+    }
 }

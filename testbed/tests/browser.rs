@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use presence_tracker::http as presence_http;
+use presence_tracker::http::ScriptTag;
 use presence_tracker::{Presence, SessionId};
 use serde_json::json;
 
@@ -1418,5 +1419,94 @@ async fn the_chat_room_shows_joins_messages_and_leaves_live() {
 
     a.close().await.unwrap();
     b.close().await.unwrap();
+    drop(driver);
+}
+
+/// A page with the counts and the script (`tag`), the presence routes and the layer, every
+/// request logged.
+async fn serve_page(presence: &Presence, tag: ScriptTag) -> (String, RequestLog) {
+    use axum::extract::{Request, State};
+    use axum::middleware::{self, Next};
+    async fn record(
+        State(log): State<RequestLog>,
+        req: Request,
+        next: Next,
+    ) -> axum::response::Response {
+        log.lock()
+            .push((Instant::now(), req.uri().to_string(), None));
+        next.run(req).await
+    }
+    let log = RequestLog::default();
+    let page = axum::response::Html(format!(
+        "<!doctype html><p><span data-presence=\"online\">0</span> online, \
+         <span data-presence=\"page\">0</span> here</p>{tag}"
+    ));
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(move || async move { page }))
+        .merge(presence_http::routes(presence.clone()))
+        .layer(presence_http::PresenceLayer::new(presence.clone()).secure(false))
+        .layer(middleware::from_fn_with_state(log.clone(), record));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, log)
+}
+
+/// A measurement (BENCHMARKS.md): the requests one visible tab makes in a minute, with the
+/// stream and with today's polling (reads every 2 s, heartbeats every 30 s), each tab in its
+/// own browser against its own server, at the tracker's defaults. A minute long:
+/// `CI=true cargo test -p presence-tracker-testbed --test browser -- --ignored requests_per`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a minute long: a measurement for BENCHMARKS.md"]
+async fn requests_per_visible_tab_per_minute_stream_against_polling() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_s, profile_p) = (Profile::new(80), Profile::new(81));
+    let every = Duration::from_secs(2);
+    let streamed = Presence::new();
+    let polled = Presence::new();
+    let (base_s, log_s) = serve_page(&streamed, ScriptTag::new(&streamed).refresh(every)).await;
+    let (base_p, log_p) = serve_page(
+        &polled,
+        ScriptTag::new(&polled).refresh(every).stream(false),
+    )
+    .await;
+    let s = browser(&driver, &chrome, &profile_s).await;
+    let p = browser(&driver, &chrome, &profile_p).await;
+    // The first visit gets the cookie; the measured one starts from the second.
+    s.goto(&format!("{base_s}/")).await.unwrap();
+    p.goto(&format!("{base_p}/")).await.unwrap();
+    s.goto(&format!("{base_s}/")).await.unwrap();
+    p.goto(&format!("{base_p}/")).await.unwrap();
+    // After the first second (the page, the script, the stream or first read, the first
+    // report), a minute of a visible tab nobody touches.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let count = |log: &RequestLog| {
+        log.lock()
+            .iter()
+            .filter(|(at, uri, _)| *at >= from && uri.starts_with("/presence/"))
+            .map(|(_, uri, _)| uri.split('?').next().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (stream_requests, poll_requests) = (count(&log_s), count(&log_p));
+    println!(
+        "requests per visible tab per minute: stream {} {:?}, polling {}",
+        stream_requests.len(),
+        stream_requests,
+        poll_requests.len()
+    );
+    assert!(stream_requests.is_empty(), "{stream_requests:?}");
+    assert!(
+        (28..=34).contains(&poll_requests.len()),
+        "{}",
+        poll_requests.len()
+    );
+    s.close().await.unwrap();
+    p.close().await.unwrap();
     drop(driver);
 }
