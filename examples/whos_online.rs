@@ -9,9 +9,16 @@
 //! name count once), hide yourself, sign out; visitors whose `User-Agent` says bot,
 //! crawler or spider count as bots; `/admin` lists the sessions, 100 a page, and can kill one.
 //!
-//! Every number in the "who is online" block follows changes within two seconds: the
-//! page script reads `GET /presence/counts` every 2 s while the tab is visible (a plain
-//! `fetch`, so the back/forward cache keeps working), apart from its 30 s heartbeat.
+//! Every number in the "who is online" block follows changes as they happen: while the tab
+//! is visible the page script holds one `GET /presence/stream` open, which pushes the counts
+//! when they change (within half a second) and keeps the visitor online with no polling.
+//! Where the stream cannot work it falls back to reading `GET /presence/counts` every 2 s
+//! (a plain `fetch`, so the back/forward cache keeps working) and a 30 s heartbeat.
+//!
+//! With the feature `demo-chat` (`--features axum,demo-chat`), `/chat` is a chat room on a
+//! WebSocket: the socket [holds](presence_tracker::Presence::hold) the visitor's session
+//! while it is open, and the room's members, joins and leaves come pushed from
+//! [`Presence::watch_page`](presence_tracker::Presence::watch_page).
 //!
 //! Environment: `PORT` (default 3000, on 127.0.0.1), `PRESENCE_IDLE_TIMEOUT` (seconds,
 //! default 300), `PRESENCE_HEARTBEAT_LIMIT` (seconds, default 1200),
@@ -230,6 +237,9 @@ struct Demo {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // one kind of view only
     view: View,
     script_tag: String,
+    /// The chat room's messages, to every open socket (the last few, for the slow).
+    #[cfg(feature = "demo-chat")]
+    chat: tokio::sync::broadcast::Sender<chat::Said>,
     /// Cluster mode: the cluster's `online`, sampled by this node for the admin chart (the
     /// cluster keeps no history of its own).
     #[cfg(feature = "redis")]
@@ -431,6 +441,8 @@ pub(crate) fn node_app(
         presence: presence.clone(),
         view,
         script_tag: tag.to_string(),
+        #[cfg(feature = "demo-chat")]
+        chat: tokio::sync::broadcast::channel(64).0,
         #[cfg(feature = "redis")]
         cluster_history: Default::default(),
     });
@@ -449,7 +461,12 @@ pub(crate) fn node_app(
             (req.method == Method::POST && !path.starts_with("/presence/"))
                 || path == "/favicon.ico"
         });
-    Router::new()
+    let router = Router::new();
+    #[cfg(feature = "demo-chat")]
+    let router = router
+        .route(chat::PAGE, get(chat::page))
+        .route("/chat/ws", get(chat::socket));
+    router
         .route("/", get(home))
         .route("/topic/{id}", get(topic))
         .route("/admin", get(admin))
@@ -463,8 +480,13 @@ pub(crate) fn node_app(
 }
 
 fn classify(req: &Parts) -> Kind {
-    let agent = req
-        .headers
+    kind_of(&req.headers)
+}
+
+/// The visitor's kind from a request's headers: a bot by its user agent, else signed in or
+/// a guest by the demo's cookies.
+fn kind_of(headers: &HeaderMap) -> Kind {
+    let agent = headers
         .get(USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
@@ -475,7 +497,7 @@ fn classify(req: &Parts) -> Kind {
     {
         return Kind::Bot;
     }
-    match signed_in(&req.headers) {
+    match signed_in(headers) {
         Some((name, true)) => Kind::hidden_member(name),
         Some((name, false)) => Kind::member(name),
         None => Kind::Guest,
@@ -825,7 +847,7 @@ Signed in as <b id="me">{name}</b>{state}
 <style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}} .inline{{display:inline}}
 .stats{{background:#eef;padding:.5em 1em}} .note{{color:#718096;font-size:.85em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2em .5em}}</style>
 </head><body>
-<nav><a href="/">Forum index</a> · <a href="/admin">Admin</a> · {account}</nav>
+<nav><a href="/">Forum index</a> · {chat}<a href="/admin">Admin</a> · {account}</nav>
 <h1>{title}</h1>
 {body}
 <div class="stats" id="stats">
@@ -859,6 +881,11 @@ Signed in as <b id="me">{name}</b>{state}
         peak_at = utc(who.peak.at),
         member_names = escape(&members),
         browsing = escape(&browsing),
+        chat = if cfg!(feature = "demo-chat") {
+            r#"<a href="/chat">Chat</a> · "#
+        } else {
+            ""
+        },
     ))
 }
 
@@ -1253,6 +1280,8 @@ async fn serve() -> Result<(), String> {
     );
     shutdown_signal().await;
     save(&presence);
+    // The presence streams end (pages poll and retry), so the drain does not wait on them.
+    presence.shutdown();
     let _ = stop.send(true);
     let drain = env_secs("PRESENCE_DRAIN_SECS").unwrap_or(Duration::from_secs(10));
     match tokio::time::timeout(drain, server).await {
@@ -1303,4 +1332,239 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     println!("shutting down");
+}
+
+/// The chat room: one page, one WebSocket per open page, presence held by the socket.
+///
+/// The socket holds the visitor's session on the room's page (`Presence::hold`): online
+/// while it is open, with no heartbeat, and gone `hold_grace` after it closes unless the page
+/// comes back. The room's members, and who joins or leaves, come from
+/// `Presence::watch_page`: pushed, coalesced, the names of listed members (users, not tabs;
+/// hidden users never), guests counted. The socket is kept honest with pings: one that
+/// stops answering is closed, so a half-open connection keeps no ghost in the room.
+#[cfg(feature = "demo-chat")]
+mod chat {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::extract::State;
+    use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+    use axum::http::HeaderMap;
+    use axum::response::{Html, IntoResponse, Response};
+    use presence_tracker::http::PresenceSession;
+    use presence_tracker::{Kind, PageDiff, PageWatch, SessionId};
+    use serde::Serialize;
+
+    use super::{Demo, GUESTS, NAMES, escape, kind_of, name_list};
+
+    /// The room's page: where its sessions are held.
+    pub(crate) const PAGE: &str = "/chat";
+    /// The longest message, in characters; longer ones are cut.
+    const MAX_MESSAGE: usize = 500;
+    /// A ping this often; a socket silent for three of them is closed.
+    const PING: Duration = Duration::from_secs(20);
+
+    /// A message said in the room.
+    #[derive(Clone, Debug)]
+    pub(crate) struct Said {
+        from: String,
+        text: String,
+    }
+
+    /// What the page is sent.
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Out<'a> {
+        /// Who is in the room ("alice, bob and 2 guests"), and who came or went.
+        Room {
+            text: String,
+            count: usize,
+            joined: &'a [presence_tracker::UserId],
+            left: &'a [presence_tracker::UserId],
+        },
+        Said {
+            from: &'a str,
+            text: &'a str,
+        },
+    }
+
+    pub(crate) async fn page(State(demo): State<Arc<Demo>>, headers: HeaderMap) -> Html<String> {
+        let who = demo.who(PAGE, &[]).await;
+        let body = format!(
+            r#"<p>In this room: <b id="room">{}</b></p>
+<ul id="chat-log" class="note"></ul>
+<form id="say"><input id="message" maxlength="{MAX_MESSAGE}" placeholder="say something" autocomplete="off">
+<button id="send" type="submit">Send</button></form>
+{CHAT_SCRIPT}"#,
+            escape(&name_list(&who.page_names, who.here, GUESTS)),
+        );
+        super::page(&headers, PAGE, "Chat", &body, &who, &demo.script_tag)
+    }
+
+    pub(crate) async fn socket(
+        State(demo): State<Arc<Demo>>,
+        PresenceSession(id): PresenceSession,
+        headers: HeaderMap,
+        upgrade: WebSocketUpgrade,
+    ) -> Response {
+        let kind = kind_of(&headers);
+        upgrade
+            .max_message_size(4 * MAX_MESSAGE)
+            .on_upgrade(move |socket| chat(demo, id, kind, socket))
+            .into_response()
+    }
+
+    /// One open socket: holds its session in the room until it closes.
+    async fn chat(demo: Arc<Demo>, id: SessionId, kind: Kind, mut socket: WebSocket) {
+        let presence = &demo.presence;
+        let (hold, mut room) = match (
+            presence.hold(id, kind.clone(), PAGE),
+            presence.watch_page(PAGE),
+        ) {
+            (Ok(hold), Ok(room)) => (hold, room),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!("chat refused: {err}");
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        let name = match &kind {
+            Kind::Member(user) => user.to_string(),
+            Kind::HiddenMember(_) => "someone (hidden)".to_owned(),
+            _ => "a guest".to_owned(),
+        };
+        let mut said = demo.chat.subscribe();
+        let mut ping = tokio::time::interval(PING);
+        let mut silent = 0;
+        // The room as it is, then what changes.
+        if send_room(&mut socket, &room, &PageDiff::default(), room.count())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        silent = 0;
+                        // Input: the visitor is active, not idle.
+                        if !hold.is_live() || !hold.activity() {
+                            break; // ended by an admin: the page reconnects on its own
+                        }
+                        let text: String = text.trim().chars().take(MAX_MESSAGE).collect();
+                        if !text.is_empty() {
+                            let _ = demo.chat.send(Said { from: name.clone(), text });
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => silent = 0, // pongs and pings
+                },
+                diff = room.changed() => {
+                    if !hold.is_live()
+                        || send_room(&mut socket, &room, &diff, diff.count).await.is_err()
+                    {
+                        break; // ended by an admin, or the page went
+                    }
+                }
+                message = said.recv() => match message {
+                    Ok(Said { from, text }) => {
+                        let out = Out::Said { from: &from, text: &text };
+                        if send(&mut socket, &out).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Too slow for the room: skips ahead.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = ping.tick() => {
+                    silent += 1;
+                    if silent > 3 || socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break; // no answer: a half-open connection keeps no ghost here
+                    }
+                }
+            }
+        }
+        // The hold goes with the socket: the visitor leaves after the grace unless the
+        // page reconnects.
+        drop(hold);
+    }
+
+    async fn send_room(
+        socket: &mut WebSocket,
+        room: &PageWatch,
+        diff: &PageDiff,
+        count: usize,
+    ) -> Result<(), axum::Error> {
+        let names = room.members(NAMES);
+        let out = Out::Room {
+            text: name_list(&names, count, GUESTS),
+            count,
+            joined: &diff.joined,
+            left: &diff.left,
+        };
+        send(socket, &out).await
+    }
+
+    async fn send(socket: &mut WebSocket, out: &Out<'_>) -> Result<(), axum::Error> {
+        let json = serde_json::to_string(out).unwrap_or_default();
+        socket.send(Message::Text(json.into())).await
+    }
+
+    /// The page's side: one socket while the page is shown, closed on `pagehide` (so the
+    /// back/forward cache keeps the page) and opened again when it comes back; reconnects
+    /// after a lost connection. Everything is written as text.
+    const CHAT_SCRIPT: &str = r#"<script>
+(function () {
+  var log = document.getElementById('chat-log');
+  var room = document.getElementById('room');
+  var socket = null, shown = true;
+  function line(text, cls) {
+    var li = document.createElement('li');
+    li.textContent = text;
+    li.className = cls;
+    log.appendChild(li);
+    while (log.children.length > 50) log.removeChild(log.firstChild);
+  }
+  function connect() {
+    if (socket || !shown) return;
+    var s = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/chat/ws');
+    socket = s;
+    s.onmessage = function (e) {
+      var m;
+      try { m = JSON.parse(e.data); } catch (err) { return; }
+      if (m.type === 'room') {
+        room.textContent = m.text;
+        m.joined.forEach(function (n) { line(n + ' joined', 'joined'); });
+        m.left.forEach(function (n) { line(n + ' left', 'left'); });
+      } else if (m.type === 'said') {
+        line(m.from + ': ' + m.text, 'said');
+      }
+    };
+    s.onclose = function () {
+      if (socket === s) socket = null;
+      setTimeout(connect, 2000);
+    };
+  }
+  document.getElementById('say').addEventListener('submit', function (e) {
+    e.preventDefault();
+    var input = document.getElementById('message');
+    if (socket && socket.readyState === 1 && input.value.trim()) {
+      socket.send(input.value);
+      input.value = '';
+    }
+  });
+  window.addEventListener('pagehide', function () {
+    shown = false;
+    if (socket) socket.close();
+    socket = null;
+  });
+  window.addEventListener('pageshow', function (e) {
+    shown = true;
+    if (e.persisted) connect();
+  });
+  connect();
+})();
+</script>"#;
 }

@@ -20,6 +20,8 @@ const DEFAULT_MAX_REMEMBERED_USERS: usize = 200_000;
 const DEFAULT_MAX_SNAPSHOT_SIZE: u64 = 4 << 30;
 /// Longest accepted `reap_interval`: 1 hour.
 pub const MAX_REAP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default of [`PresenceBuilder::max_watched_pages`](crate::PresenceBuilder::max_watched_pages).
+const DEFAULT_MAX_WATCHED_PAGES: usize = 10_000;
 
 /// Settings for a [`Presence`](crate::Presence) tracker; start from [`Presence::builder`](crate::Presence::builder).
 ///
@@ -61,6 +63,9 @@ impl Default for PresenceBuilder {
                 snapshot_file: None,
                 max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
                 history_interval: Duration::from_secs(60),
+                hold_grace: Duration::from_secs(5),
+                publish_interval: Duration::from_millis(500),
+                max_watched_pages: DEFAULT_MAX_WATCHED_PAGES,
             },
         }
     }
@@ -247,7 +252,9 @@ impl PresenceBuilder {
     /// Save when the stop signal arrives, *then* drain the connections with a time cap. Do
     /// not save only after `axum::serve(..).with_graceful_shutdown(..)` returns: it waits
     /// for every connection, so one client that never finishes its request keeps the save
-    /// from running until the service manager's SIGKILL loses every session.
+    /// from running until the service manager's SIGKILL loses every session. Shut the
+    /// tracker down before the drain too: the HTTP layer's presence streams are requests
+    /// that end only then.
     ///
     /// ```no_run
     /// # #[cfg(feature = "axum")]
@@ -266,6 +273,7 @@ impl PresenceBuilder {
     /// );
     /// tokio::signal::ctrl_c().await?; // or SIGTERM
     /// presence.save_snapshot()?; // at once: nothing can hold it up
+    /// presence.shutdown(); // ends the presence streams, which the drain would wait on
     /// let _ = stop.send(true);
     /// let _ = tokio::time::timeout(Duration::from_secs(10), server).await; // drain, capped
     /// presence.save_snapshot()?; // what changed during the drain
@@ -326,6 +334,66 @@ impl PresenceBuilder {
             MAX_REAP_INTERVAL,
         );
         self.settings.history_interval = interval;
+        self
+    }
+}
+
+impl PresenceBuilder {
+    /// How long a session stays after its last [`Hold`](crate::Hold) is dropped: a
+    /// reconnect (a new hold), touch, visit or heartbeat within it continues the session,
+    /// with no `Left` and no `Joined`; otherwise it leaves then with
+    /// [`LeaveReason::Closed`](crate::LeaveReason::Closed). Default 5 s: a page reload or a
+    /// dropped mobile connection comes back within that, and a closed tab shows as gone
+    /// soon after.
+    ///
+    /// Zero ends a session as soon as its last hold is dropped (at the next reap or read).
+    ///
+    /// # Panics
+    /// Above [`MAX_TIMEOUT`].
+    pub fn hold_grace(mut self, grace: Duration) -> Self {
+        check("hold_grace", grace, Duration::ZERO, MAX_TIMEOUT);
+        self.settings.hold_grace = grace;
+        self
+    }
+
+    /// How often the watches ([`Presence::watch`](crate::Presence::watch),
+    /// [`Presence::watch_page`](crate::Presence::watch_page), the HTTP streams) are sent
+    /// what changed: at most once per interval, and only when something did. Default
+    /// 500 ms: a join shows in every open page within half a second, and a burst of
+    /// thousands of changes costs each watcher one message.
+    ///
+    /// The ticker starts with the first watch, and runs as the [`reaper`](Self::reaper)
+    /// does (a tokio task or a thread); under [`Reaper::Manual`] there is none and
+    /// [`Presence::reap`](crate::Presence::reap) publishes.
+    ///
+    /// # Panics
+    /// Below 10 ms or above [`MAX_REAP_INTERVAL`].
+    pub fn publish_interval(mut self, interval: Duration) -> Self {
+        check(
+            "publish_interval",
+            interval,
+            Duration::from_millis(10),
+            MAX_REAP_INTERVAL,
+        );
+        self.settings.publish_interval = interval;
+        self
+    }
+
+    /// The most pages watched at once through
+    /// [`Presence::watch_page`](crate::Presence::watch_page) (watchers of one page share
+    /// it); past it, watching another page is refused with
+    /// [`PresenceError::TooManyWatchedPages`](crate::PresenceError::TooManyWatchedPages).
+    /// Default 10 000. Each watched page costs a channel, and each publish that follows a
+    /// page change looks its version up.
+    ///
+    /// # Panics
+    /// If `max` is 0.
+    pub fn max_watched_pages(mut self, max: usize) -> Self {
+        assert!(
+            max > 0,
+            "presence-tracker: max_watched_pages must be at least 1"
+        );
+        self.settings.max_watched_pages = max;
         self
     }
 }

@@ -26,6 +26,16 @@ pub enum PresenceError {
         /// The limit.
         max: usize,
     },
+    /// The session a [`Hold`](crate::Hold) was taken on has ended (an admin's
+    /// [`leave`](crate::Presence::leave)); the hold keeps nothing online. Take a new one
+    /// to come back.
+    HoldEnded,
+    /// `max_watched_pages` pages are watched already: a watch of another page is refused
+    /// until one is dropped.
+    TooManyWatchedPages {
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for PresenceError {
@@ -44,6 +54,14 @@ impl fmt::Display for PresenceError {
                 f,
                 "page of {len} bytes refused: at most {max} (MAX_PAGE_LEN); \
                  truncate paths and drop query strings before calling"
+            ),
+            PresenceError::HoldEnded => f.write_str(
+                "the held session has ended (an explicit leave); take a new hold to come back",
+            ),
+            PresenceError::TooManyWatchedPages { max } => write!(
+                f,
+                "{max} pages are watched already (max_watched_pages); \
+                 drop a PageWatch before watching another page"
             ),
         }
     }

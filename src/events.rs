@@ -25,6 +25,9 @@ pub enum LeaveReason {
     Left,
     /// Heartbeats alone kept it for `heartbeat_limit` without any activity: a forgotten tab.
     HeartbeatLimit,
+    /// Its last [`Hold`](crate::Hold) was dropped (a connection closed) and nothing held,
+    /// touched or heartbeated it within `hold_grace`.
+    Closed,
 }
 
 /// A change in who is online, from [`Presence::subscribe`](crate::Presence::subscribe).

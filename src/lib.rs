@@ -50,6 +50,10 @@
 //!   ([`PresenceError`]); offline users are remembered for last-seen up to
 //!   [`PresenceBuilder::max_remembered_users`].
 //! - [`Event`] and [`LeaveReason`] from [`Presence::subscribe`].
+//! - Live: [`Presence::hold`] keeps a session online while its [`Hold`] (a WebSocket, a
+//!   stream) lives, with no heartbeats; [`Presence::watch`] pushes the [`Counts`] and
+//!   [`Presence::watch_page`] one page's count and who joined or left it ([`PageWatch`],
+//!   [`PageDiff`]), at most every `publish_interval` and only when they changed.
 //! - [`Clock`], [`SystemClock`] and [`ManualClock`] for tests that move time by hand.
 //! - Restarts and operations: [`PresenceBuilder::snapshot_file`] keeps who is online (and
 //!   last-seen times, the peak, the history) across a restart, [`Presence::save_snapshot`]
@@ -62,7 +66,9 @@
 //!   `deadline = min(last_seen + idle_timeout, last_active + heartbeat_limit)`: `last_seen`
 //!   moves on touch, visit and heartbeat, `last_active` on touch and visit only. So a session
 //!   with no call for `idle_timeout` goes offline, and a forgotten tab whose heartbeats keep
-//!   beating goes offline `heartbeat_limit` after its last activity.
+//!   beating goes offline `heartbeat_limit` after its last activity. These are the rules of
+//!   sessions not held: a held session has no deadline, and leaves `hold_grace` after its
+//!   last [`Hold`] is dropped ([`LeaveReason::Closed`]) unless continued.
 //! - A due session is gone at once for every read, even before the reaper evicts it:
 //!   [`heartbeat`](Presence::heartbeat) returns `false` and does not revive it; a touch starts
 //!   a new session (`Joined`, after its `Left`). Reads settle what is due first (a bounded
@@ -106,12 +112,13 @@
 //   http cluster __internals  the optional parts and the internals' surface, over the API
 //   presence  the API: each operation a few lines over the tracker
 //   builder  the settings, validated
+//   live live::hold live::page  holds and page watches: handles over the tracker
 //   core::snapshot  the tracker's save and restore
 //   core::tracker  the tracker: state, reads, reaping
 //   core::lifecycle  the write path: starts, changes and ends a session
-//   core::users core::pages core::expiry core::counters core::reaper  the tables
+//   core::users core::pages core::holds core::expiry core::counters core::reaper  the tables
 //   core::map core::session core::changes  the map, a session's stored form, the change log
-//   persist observe  the snapshot file's format and I/O; metrics and history
+//   persist observe live::publish  the snapshot file's format and I/O; metrics and history; the watches' channels
 //   events info limits counts  plain types: events, read results, bounds, counts
 //   error clock kind id sync  plain types: errors, time, kinds, ids, the sync primitives
 mod builder;
@@ -124,6 +131,7 @@ mod id;
 mod info;
 mod kind;
 mod limits;
+mod live;
 mod observe;
 mod persist;
 mod presence;
@@ -159,6 +167,7 @@ pub use events::{Event, LeaveReason};
 pub use id::{ParseSessionIdError, SessionId};
 pub use info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
 pub use kind::{Kind, UserId};
+pub use live::{Hold, PageDiff, PageWatch};
 pub use presence::Presence;
 
 #[cfg(feature = "redis")]
@@ -175,6 +184,10 @@ const _: () = {
     handle::<SessionId>();
     handle::<Kind>();
     handle::<Event>();
+    handle::<PageDiff>();
+    const fn guard<T: Send + Sync + std::fmt::Debug + 'static>() {}
+    guard::<Hold>();
+    guard::<PageWatch>();
 };
 
 // The README's web and cluster examples need the `axum` and `redis` features, which the

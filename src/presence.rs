@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::builder::PresenceBuilder;
 use crate::core::changes::ChangeLog;
@@ -14,6 +14,7 @@ use crate::counts::Counts;
 use crate::error::PresenceError;
 use crate::events::Event;
 use crate::info::{SessionCursor, SessionInfo, Touch, UserStatus};
+use crate::live::{Hold, PageWatch};
 use crate::{Kind, SessionId, UserId};
 
 /// The "who is online" tracker. Cheap to clone (an `Arc`); all methods take `&self` and may
@@ -108,6 +109,8 @@ impl Presence {
 
     /// Ends session `id` now ("go offline": logout, tab closed, an admin's kill). Returns the
     /// session as it was, or `None` if it was unknown or already due.
+    ///
+    /// A held session ends too, whatever its holds: they keep nothing online any more.
     pub fn leave(&self, id: SessionId) -> Option<SessionInfo> {
         self.tracker.leave(id)
     }
@@ -165,6 +168,134 @@ impl Presence {
     pub fn erase_user(&self, user: &str) -> Result<usize, PresenceError> {
         crate::limits::check_user(user)?;
         Ok(self.tracker.erase_user(user).len())
+    }
+
+    /// Holds session `id` online on `page` while the returned [`Hold`] lives: for a
+    /// WebSocket or a server-sent event stream, the session is online while its connection
+    /// is open, with no heartbeats. Records activity on `page` (a visit: the session starts
+    /// if new, and takes `kind`).
+    ///
+    /// A held session never expires by `idle_timeout` or `heartbeat_limit` (those promises
+    /// are for sessions not held); the last hold dropped starts
+    /// [`hold_grace`](PresenceBuilder::hold_grace). Several holds of one session keep it
+    /// until the last is dropped. A touch, visit or heartbeat of a held session works as
+    /// usual. See [`Hold`].
+    ///
+    /// # Errors
+    /// As [`visit`](Self::visit): [`PresenceError::Full`] (a hold is a session, and counts
+    /// against `max_sessions`), [`PresenceError::UserTooLong`],
+    /// [`PresenceError::PageTooLong`]; a refused call records nothing.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, SessionId};
+    ///
+    /// let presence = Presence::new();
+    /// let id = SessionId::new_v4();
+    /// let socket = presence.hold(id, Kind::member("alice"), "/chat/rust")?;
+    /// assert_eq!(presence.page_members("/chat/rust", 10), ["alice"]);
+    /// drop(socket); // the session leaves after `hold_grace` unless held or touched again
+    /// # Ok::<(), presence_tracker::PresenceError>(())
+    /// ```
+    pub fn hold(&self, id: SessionId, kind: Kind, page: &str) -> Result<Hold, PresenceError> {
+        self.hold_on(id, kind, Some(page))
+    }
+
+    /// [`hold`](Self::hold), with or without a page (the HTTP layer, when it does not track
+    /// pages).
+    pub(crate) fn hold_on(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+    ) -> Result<Hold, PresenceError> {
+        let (_, generation) = self.tracker.hold(id, kind, page)?;
+        Ok(Hold::new(Arc::downgrade(&self.tracker), id, generation))
+    }
+
+    /// The counts, pushed: a tokio `watch` receiver holding the latest [`Counts`] (those of
+    /// now to start with), sent at most every
+    /// [`publish_interval`](PresenceBuilder::publish_interval) and only when they changed.
+    /// A slow receiver skips to the latest value; nothing queues.
+    ///
+    /// The first watch starts the publish ticker (under [`Reaper::Manual`](crate::Reaper::Manual),
+    /// [`reap`](Self::reap) publishes instead). With no receiver left, a publish costs one
+    /// check. A touch never waits on it or builds anything for it.
+    ///
+    /// ```
+    /// use presence_tracker::{Kind, Presence, Reaper, SessionId};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let presence = Presence::builder().reaper(Reaper::Manual).build();
+    /// let mut counts = presence.watch();
+    /// presence.touch(SessionId::new_v4(), Kind::Guest)?;
+    /// presence.touch(SessionId::new_v4(), Kind::Guest)?;
+    /// presence.reap(); // publishes (a ticker does this without `Reaper::Manual`)
+    /// counts.changed().await.unwrap();
+    /// assert_eq!(counts.borrow_and_update().guests, 2); // both joins, in one message
+    /// # Ok::<(), presence_tracker::PresenceError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn watch(&self) -> watch::Receiver<Counts> {
+        self.tracker.watch()
+    }
+
+    /// One page, pushed: its count and the listed members who join or leave it
+    /// ([`PageWatch::changed`] gives a [`PageDiff`](crate::PageDiff)), coalesced as
+    /// [`watch`](Self::watch).
+    ///
+    /// # Errors
+    /// - [`PresenceError::PageTooLong`] when `page` is longer than
+    ///   [`MAX_PAGE_LEN`](crate::MAX_PAGE_LEN) bytes;
+    /// - [`PresenceError::TooManyWatchedPages`] when
+    ///   [`max_watched_pages`](PresenceBuilder::max_watched_pages) other pages are watched
+    ///   (a page already watched is always accepted: its watchers share it).
+    ///
+    /// ```
+    /// use presence_tracker::{Presence, PresenceError};
+    ///
+    /// let presence = Presence::builder().max_watched_pages(1).build();
+    /// let room = presence.watch_page("/chat/rust")?;
+    /// let same = presence.watch_page("/chat/rust")?; // shares the page
+    /// assert!(matches!(presence.watch_page("/chat/go"), Err(PresenceError::TooManyWatchedPages { max: 1 })));
+    /// drop((room, same)); // frees it
+    /// assert!(presence.watch_page("/chat/go").is_ok());
+    /// # Ok::<(), PresenceError>(())
+    /// ```
+    pub fn watch_page(&self, page: &str) -> Result<PageWatch, PresenceError> {
+        let (receiver, seen) = self.tracker.watch_page(page)?;
+        Ok(PageWatch::new(
+            Arc::downgrade(&self.tracker),
+            page,
+            receiver,
+            seen,
+        ))
+    }
+
+    /// A receiver told of each publish that found a change (counts or any page), for the
+    /// HTTP streams: each then reads its own view.
+    #[allow(dead_code)] // used by the optional HTTP layer
+    pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.tracker.watch_changes()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called: the HTTP streams end then (the
+    /// change signal of [`watch_changes`](Self::watch_changes) wakes them to look).
+    #[allow(dead_code)] // used by the optional HTTP layer
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.tracker.is_stopped()
+    }
+
+    /// When session `id` was last touched, visited or heartbeated, holds aside (a held
+    /// session reads as seen now); `None` if it is unknown or due.
+    #[allow(dead_code)] // used by the optional HTTP layer
+    pub(crate) fn last_call(&self, id: SessionId) -> Option<SystemTime> {
+        self.tracker.last_call(id)
+    }
+
+    /// Holds of session `id` now (0 when it is not held).
+    #[allow(dead_code)] // used by the optional HTTP layer and tests
+    pub(crate) fn holds(&self, id: SessionId) -> usize {
+        self.tracker.holds(id)
     }
 
     /// Who is online now. O(1): reads counters, never scans.
@@ -315,7 +446,8 @@ impl Presence {
     }
 
     /// Evicts every session that is due now and returns how many; sends their `Left` (and
-    /// `UserOffline`) events. The background reaper calls this every `reap_interval`; with
+    /// `UserOffline`) events, then publishes to the watches what changed. The background
+    /// reaper calls this every `reap_interval`; with
     /// [`Reaper::Manual`](crate::Reaper::Manual) call it yourself.
     ///
     /// Costs in proportion to what falls due (plus sessions whose check time came and that
@@ -330,7 +462,8 @@ impl Presence {
         self.tracker.subscribe()
     }
 
-    /// Stops the background reaper (for every clone of this handle) and, with a
+    /// Stops the background reaper and the watches' ticker (for every clone of this
+    /// handle), ends the HTTP layer's streams (so a graceful shutdown completes) and, with a
     /// [`snapshot_file`](PresenceBuilder::snapshot_file), saves the snapshot (a failure is
     /// logged through `tracing`; call [`save_snapshot`](Self::save_snapshot) to handle it).
     /// The tracker keeps working: reads still settle what is due, and [`reap`](Self::reap)
@@ -412,6 +545,33 @@ impl Presence {
     /// The configured `max_sessions`, if any.
     pub fn max_sessions(&self) -> Option<usize> {
         self.tracker.cfg().max_sessions
+    }
+
+    /// The configured [`hold_grace`](PresenceBuilder::hold_grace).
+    ///
+    /// ```
+    /// assert_eq!(presence_tracker::Presence::new().hold_grace(), std::time::Duration::from_secs(5));
+    /// ```
+    pub fn hold_grace(&self) -> Duration {
+        Duration::from_millis(self.tracker.cfg().hold_grace)
+    }
+
+    /// The configured [`publish_interval`](PresenceBuilder::publish_interval).
+    ///
+    /// ```
+    /// assert_eq!(presence_tracker::Presence::new().publish_interval(), std::time::Duration::from_millis(500));
+    /// ```
+    pub fn publish_interval(&self) -> Duration {
+        self.tracker.publish_interval()
+    }
+
+    /// The configured [`max_watched_pages`](PresenceBuilder::max_watched_pages).
+    ///
+    /// ```
+    /// assert_eq!(presence_tracker::Presence::new().max_watched_pages(), 10_000);
+    /// ```
+    pub fn max_watched_pages(&self) -> usize {
+        self.tracker.max_watched_pages()
     }
 }
 

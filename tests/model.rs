@@ -5,6 +5,10 @@
 //! `now < min(last_seen + idle_timeout, last_active + heartbeat_limit)`, idle from
 //! `last_active + idle_after`, and every change (expiries included, at their deadline)
 //! happens at a logical instant. Reads must show exactly that state.
+//!
+//! Holds too: a held session has no deadline and reads as seen now; its last hold dropped,
+//! it leaves `hold_grace` later (`Closed`) unless held, touched or heartbeated again; a hold
+//! of a session that ended (an explicit leave) does nothing, whatever came after.
 
 mod common;
 
@@ -13,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use common::drain;
 use presence_tracker::{
-    Event, Kind, LeaveReason, ManualClock, Presence, Reaper, SessionId, SessionState, Touch,
-    UserStatus,
+    Event, Hold, Kind, LeaveReason, ManualClock, Presence, PresenceError, Reaper, SessionId,
+    SessionState, Touch, UserStatus,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -22,6 +26,7 @@ use proptest::test_runner::Config;
 const IDLE_TIMEOUT: u64 = 10_000;
 const IDLE_AFTER: u64 = 4_000;
 const HEARTBEAT_LIMIT: u64 = 25_000;
+const HOLD_GRACE: u64 = 3_000;
 const POOL: usize = 6;
 const PAGES: [&str; 3] = ["/", "/forum", "/forum/42"];
 const USERS: [&str; 3] = ["a", "b", "c"];
@@ -55,6 +60,14 @@ enum Op {
     Erase(usize),
     /// Read everything (in the rare-reads run; the other run reads after every op).
     Check,
+    /// A new hold of session `i` as kind `k` on page `p`.
+    Hold(usize, usize, usize),
+    /// Drops one of the holds taken on session `i` (the `n`th, modulo; whatever session of
+    /// that id it held).
+    DropHold(usize, usize),
+    /// Activity through one of the holds of `i` (the `n`th, modulo), moving it to page `p`
+    /// if given.
+    HoldActivity(usize, usize, Option<usize>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -71,7 +84,20 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reap),
         1 => (0..USERS.len()).prop_map(Op::Erase),
         2 => Just(Op::Check),
+        3 => (0..POOL, 0..7usize, 0..PAGES.len()).prop_map(|(i, k, p)| Op::Hold(i, k, p)),
+        3 => (0..POOL, 0..3usize).prop_map(|(i, n)| Op::DropHold(i, n)),
+        1 => (0..POOL, 0..3usize, prop::option::of(0..PAGES.len()))
+            .prop_map(|(i, n, p)| Op::HoldActivity(i, n, p)),
     ]
+}
+
+/// A session's hold state in the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MHold {
+    Free,
+    Held,
+    /// Its last hold dropped at `last_seen`.
+    Released,
 }
 
 #[derive(Clone, Debug)]
@@ -81,13 +107,31 @@ struct MSession {
     first_seen: u64,
     last_seen: u64,
     last_active: u64,
+    hold: MHold,
+    /// Which session of its id this is: holds taken on it carry the same number.
+    epoch: u64,
 }
 
 impl MSession {
     fn deadline(&self) -> u64 {
-        (self.last_seen + IDLE_TIMEOUT).min(self.last_active + HEARTBEAT_LIMIT)
+        match self.hold {
+            MHold::Free => (self.last_seen + IDLE_TIMEOUT).min(self.last_active + HEARTBEAT_LIMIT),
+            MHold::Held => u64::MAX,
+            MHold::Released => self.last_seen + HOLD_GRACE,
+        }
+    }
+    /// Last seen as reads show it: now while held.
+    fn seen(&self, now: u64) -> u64 {
+        if self.hold == MHold::Held {
+            now
+        } else {
+            self.last_seen
+        }
     }
     fn reason(&self) -> LeaveReason {
+        if self.hold == MHold::Released {
+            return LeaveReason::Closed;
+        }
         if self.last_active + HEARTBEAT_LIMIT < self.last_seen + IDLE_TIMEOUT {
             LeaveReason::HeartbeatLimit
         } else {
@@ -116,6 +160,9 @@ struct Model {
     peak: usize,
     peak_at: u64,
     events: Vec<Event>,
+    /// Per session slot, the epochs of the holds taken on it and not dropped, in order.
+    holds: Vec<Vec<u64>>,
+    last_epoch: u64,
 }
 
 impl Model {
@@ -129,6 +176,37 @@ impl Model {
             peak: 0,
             peak_at: 0,
             events: Vec::new(),
+            holds: vec![Vec::new(); POOL],
+            last_epoch: 0,
+        }
+    }
+
+    /// Whether hold `n` of slot `i` holds its live session.
+    fn hold_is_current(&self, i: usize, n: usize) -> bool {
+        match (self.holds[i].get(n), self.sessions.get(&i)) {
+            (Some(&epoch), Some(s)) => s.epoch == epoch && s.hold == MHold::Held,
+            _ => false,
+        }
+    }
+
+    /// A hold of session `i` (activity as `kind` on `page` first).
+    fn hold(&mut self, i: usize, kind: Kind, page: usize) {
+        self.activity(i, kind, Some(page));
+        let s = self.sessions.get_mut(&i).unwrap();
+        s.hold = MHold::Held;
+        self.holds[i].push(s.epoch);
+    }
+
+    /// Drops hold `n` of slot `i`; the last hold of a session releases it.
+    fn drop_hold(&mut self, i: usize, n: usize) {
+        let epoch = self.holds[i].remove(n);
+        let now = self.now;
+        let remaining = self.holds[i].iter().filter(|&&e| e == epoch).count();
+        if let Some(s) = self.sessions.get_mut(&i) {
+            if s.epoch == epoch && s.hold == MHold::Held && remaining == 0 {
+                s.hold = MHold::Released;
+                s.last_seen = now;
+            }
         }
     }
 
@@ -221,12 +299,30 @@ impl Model {
         }
     }
 
+    /// A heartbeat of session `i`: a released one goes on as an ordinary session (which may
+    /// be due at once); whether it is live.
+    fn heartbeat(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(&i) else {
+            return false;
+        };
+        let released = s.hold == MHold::Released;
+        if released {
+            s.hold = MHold::Free;
+        }
+        s.last_seen = now;
+        !released || s.deadline() > now
+    }
+
     fn activity(&mut self, i: usize, kind: Kind, page: Option<usize>) -> Touch {
         let now = self.now;
         let id = self.ids[i];
         if let Some(s) = self.sessions.get_mut(&i) {
             s.last_seen = now;
             s.last_active = now;
+            if s.hold == MHold::Released {
+                s.hold = MHold::Free;
+            }
             if page.is_some() {
                 s.page = page;
             }
@@ -250,12 +346,15 @@ impl Model {
             self.note_peak();
             return Touch::Refreshed;
         }
+        self.last_epoch += 1;
         let s = MSession {
             kind: kind.clone(),
             page,
             first_seen: now,
             last_seen: now,
             last_active: now,
+            hold: MHold::Free,
+            epoch: self.last_epoch,
         };
         self.sessions.insert(i, s);
         self.events.push(Event::Joined {
@@ -274,7 +373,7 @@ impl Model {
         if !live.is_empty() {
             return UserStatus2::Online {
                 sessions: live.len(),
-                last_seen: live.iter().map(|s| s.last_seen).max().unwrap(),
+                last_seen: live.iter().map(|s| s.seen(self.now)).max().unwrap(),
                 idle: live.iter().all(|s| s.idle(self.now)),
                 hidden: live.iter().all(|s| s.kind.is_hidden()),
             };
@@ -316,6 +415,8 @@ struct Run {
     rx: tokio::sync::broadcast::Receiver<Event>,
     base: SystemTime,
     model: Model,
+    /// The real holds, per session slot, as `model.holds` has their epochs.
+    holds: Vec<Vec<Hold>>,
 }
 
 impl Run {
@@ -328,6 +429,7 @@ impl Run {
             .idle_after(Duration::from_millis(IDLE_AFTER))
             .heartbeat_limit(Duration::from_millis(HEARTBEAT_LIMIT))
             .remember_users_for(Duration::from_millis(remember))
+            .hold_grace(Duration::from_millis(HOLD_GRACE))
             .event_capacity(100_000)
             .build();
         let rx = presence.subscribe();
@@ -338,6 +440,7 @@ impl Run {
             rx,
             base,
             model: Model::new(remember),
+            holds: (0..POOL).map(|_| Vec::new()).collect(),
         }
     }
 
@@ -376,18 +479,57 @@ impl Run {
             }
             Op::Heartbeat(i) => {
                 let got = self.presence.heartbeat(id(i));
-                let now = m.now;
-                let live = m.sessions.get_mut(&i).map(|s| s.last_seen = now).is_some();
-                prop_assert_eq!(got, live, "heartbeat result");
+                prop_assert_eq!(got, m.heartbeat(i), "heartbeat result");
+                // Continued past its heartbeat limit: due now, ended by the next read.
+                m.expire();
             }
             Op::Leave(i) => {
                 let got = self.presence.leave(id(i)).map(|s| (s.kind, s.page));
-                let expected = m.sessions.remove(&i).map(|s| {
+                let expected = m.sessions.remove(&i).map(|mut s| {
                     let now = m.now;
+                    s.last_seen = s.seen(now);
                     m.ended(i, &s, LeaveReason::Left, now);
                     (s.kind, s.page.map(|p| PAGES[p].to_string()))
                 });
                 prop_assert_eq!(got, expected, "leave result");
+            }
+            Op::Hold(i, k, p) => {
+                let hold = self.presence.hold(id(i), kind(k), PAGES[p]).unwrap();
+                prop_assert_eq!(hold.session(), id(i));
+                self.holds[i].push(hold);
+                m.hold(i, kind(k), p);
+            }
+            Op::DropHold(i, n) => {
+                if self.holds[i].is_empty() {
+                    return Ok(false);
+                }
+                let n = n % self.holds[i].len();
+                drop(self.holds[i].remove(n));
+                m.drop_hold(i, n);
+            }
+            Op::HoldActivity(i, n, page) => {
+                if self.holds[i].is_empty() {
+                    return Ok(false);
+                }
+                let n = n % self.holds[i].len();
+                let hold = &self.holds[i][n];
+                let current = m.hold_is_current(i, n);
+                match page {
+                    None => prop_assert_eq!(hold.activity(), current, "hold activity"),
+                    Some(p) => {
+                        let got = hold.visit(PAGES[p]);
+                        let expected = if current {
+                            Ok(())
+                        } else {
+                            Err(PresenceError::HoldEnded)
+                        };
+                        prop_assert_eq!(got, expected, "hold visit");
+                    }
+                }
+                if current {
+                    let k = m.sessions[&i].kind.clone();
+                    m.activity(i, k, page);
+                }
             }
             Op::Advance(by) => {
                 self.advance(by);
@@ -396,7 +538,7 @@ impl Run {
             }
             Op::ToDeadline(i, minus_one) | Op::ToIdle(i, minus_one) => {
                 let target = match (op, m.sessions.get(&i)) {
-                    (Op::ToDeadline(..), Some(s)) => Some(s.deadline()),
+                    (Op::ToDeadline(..), Some(s)) if s.hold != MHold::Held => Some(s.deadline()),
                     (Op::ToIdle(..), Some(s)) if !s.idle(m.now) => Some(s.last_active + IDLE_AFTER),
                     _ => None,
                 };
@@ -487,7 +629,7 @@ impl Run {
                     s.kind.clone(),
                     page,
                     state,
-                    (s.first_seen, s.last_seen, s.last_active),
+                    (s.first_seen, s.seen(now), s.last_active),
                 )
             });
             prop_assert_eq!(got, expected, "session({})", i);

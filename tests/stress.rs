@@ -287,3 +287,116 @@ fn refreshed_session_is_never_evicted_by_a_hot_reaper() {
         Some(Kind::member("keeper"))
     );
 }
+
+#[test]
+fn holds_and_drops_racing_a_hot_reaper_never_lose_a_held_session() {
+    // Threads take and drop holds on shared sessions (so one thread's drop races another's
+    // hold), touch, heartbeat and take holds of fresh sessions, while the reaper runs every
+    // millisecond with timeouts of a few milliseconds. A session with a hold outstanding
+    // must be live at every look; at quiescence the counts equal a recount, every counter
+    // is sane, and once the last holds are dropped everything leaves, `Closed` among the
+    // reasons. Each session's events alternate Joined / Left.
+    const POOL: usize = 16;
+    const THREADS: u64 = 4;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_millis(4))
+        .idle_after(Duration::from_millis(2))
+        .heartbeat_limit(Duration::from_millis(8))
+        .hold_grace(Duration::from_millis(3))
+        .reap_interval(Duration::from_millis(1))
+        .reaper(Reaper::Thread)
+        .event_capacity(1 << 20)
+        .build();
+    let mut rx = presence.subscribe();
+    let ids: Arc<Vec<SessionId>> = Arc::new((0..POOL).map(|_| SessionId::new_v4()).collect());
+    let started = Instant::now();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (presence, ids) = (presence.clone(), ids.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(0xC0FF_EE00 ^ ((t + 3) * 0x5851_F42D));
+                let mut holds = Vec::new();
+                let mut looks = 0u64;
+                while started.elapsed() < Duration::from_millis(1200) {
+                    let id = ids[rng.below(POOL)];
+                    match rng.below(10) {
+                        0..=3 => {
+                            let page = ["/", "/a", "/b"][rng.below(3)];
+                            holds.push(presence.hold(id, random_kind(&mut rng), page).unwrap());
+                        }
+                        4..=6 if !holds.is_empty() => {
+                            let i = rng.below(holds.len());
+                            drop(holds.swap_remove(i));
+                        }
+                        7 => {
+                            presence.touch(id, random_kind(&mut rng)).unwrap();
+                        }
+                        8 => {
+                            presence.heartbeat(id);
+                        }
+                        _ if !holds.is_empty() => {
+                            let i = rng.below(holds.len());
+                            assert!(holds[i].activity(), "a held session is live");
+                        }
+                        _ => {}
+                    }
+                    // Every session this thread holds is live, whatever the others do.
+                    if let Some(hold) = holds.get(rng.below(holds.len().max(1))) {
+                        assert!(
+                            presence.session(hold.session()).is_some(),
+                            "a held session was lost"
+                        );
+                        looks += 1;
+                    }
+                    if rng.below(32) == 0 {
+                        // Let time pass: unheld sessions expire, graces run out.
+                        thread::sleep(Duration::from_micros(500 * rng.below(8) as u64));
+                    }
+                }
+                (holds, looks)
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    let mut looks = 0;
+    for worker in workers {
+        let (holds, n) = worker.join().unwrap();
+        kept.extend(holds);
+        looks += n;
+    }
+    assert!(looks > 1000, "only {looks} looks");
+    // Quiescent, some holds still out: those sessions are live, and counts match.
+    thread::sleep(Duration::from_millis(30));
+    for hold in &kept {
+        assert!(presence.session(hold.session()).is_some());
+    }
+    sane(&presence.counts(), POOL);
+    assert_counts_match_sessions(&presence);
+    drop(kept);
+    thread::sleep(Duration::from_millis(60));
+    let c = presence.counts();
+    assert_eq!(fields(&c), (0, 0, 0, 0, 0, 0, 0), "{c:?}");
+
+    let mut alive: std::collections::HashMap<SessionId, bool> = Default::default();
+    let mut closed = 0;
+    loop {
+        match rx.try_recv() {
+            Ok(Event::Joined { session, .. }) => {
+                let was = alive.insert(session, true).unwrap_or(false);
+                assert!(!was, "Joined twice without a Left");
+            }
+            Ok(Event::Left {
+                session, reason, ..
+            }) => {
+                let was = alive.insert(session, false).unwrap_or(false);
+                assert!(was, "Left without a Joined");
+                closed += usize::from(reason == LeaveReason::Closed);
+            }
+            Ok(_) => {}
+            Err(TryRecvError::Empty) => break,
+            Err(err) => panic!("event receiver: {err:?}"),
+        }
+    }
+    assert!(closed > 0, "no session left by its grace");
+    assert!(alive.values().all(|live| !live));
+}

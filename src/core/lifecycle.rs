@@ -1,6 +1,6 @@
 //! The write path: [`Lifecycle`] owns the session map and every table kept in step with it
-//! (counters and capacity, users, pages, the expiry index, the change log, the event queue),
-//! its fields private. One function starts a session (`start`), one changes it (`change`:
+//! (counters and capacity, users, pages, holds, the expiry index, the change log, the event
+//! queue), its fields private. One function starts a session (`start`), one changes it (`change`:
 //! activity the hot path could not take, a kind or page change), one ends it (`end`); the
 //! counters, users, pages, capacity, change log and events move there and nowhere else. The
 //! operations (activity, leave, reaping, the bulk restore) call them; the tracker above
@@ -18,9 +18,10 @@ use crate::clock::{Tick, WallClock};
 use crate::core::changes::ChangeLog;
 use crate::core::counters::Counters;
 use crate::core::expiry::ExpiryIndex;
+use crate::core::holds::{Dropped, HoldTable};
 use crate::core::map::{Cold, Entry as MapEntry, SessionMap, SlotRef};
-use crate::core::pages::PageTable;
-use crate::core::session::{Config, Details, KindTag, Session, narrow, widen};
+use crate::core::pages::{PageState, PageTable};
+use crate::core::session::{Config, Details, HoldState, KindTag, Session, narrow, widen};
 use crate::core::users::{UserSession, UserSnapshot, UserTable, WhenOffline};
 use crate::counts::Counts;
 use crate::error::PresenceError;
@@ -47,6 +48,8 @@ pub(crate) struct Lifecycle {
     counters: Counters,
     users: UserTable,
     pages: PageTable,
+    /// How many holds each held session has, and of which generation.
+    holds: HoldTable,
     expiry: ExpiryIndex,
     /// Serialises reaps; a read or write that finds one in flight does not wait.
     reaping: Mutex<()>,
@@ -90,6 +93,7 @@ impl Lifecycle {
             counters: Counters::new(now),
             users: UserTable::new(max_remembered_users),
             pages: PageTable::default(),
+            holds: HoldTable::default(),
             expiry: ExpiryIndex::new(),
             reaping: Mutex::new(()),
             events: EventQueue::new(events),
@@ -109,7 +113,9 @@ impl Lifecycle {
         now: Tick,
     ) -> Result<Touch, PresenceError> {
         let refreshed = self.sessions.read(&id, |s, d| {
+            // A released session in its grace goes on as an ordinary one: the write path.
             let unchanged = !s.idle
+                && s.hold != HoldState::Released
                 && s.is(|| d.get(), &kind)
                 && page.is_none_or(|p| d.get().page.as_ref().map(SharedStr::as_str) == Some(p))
                 && now < s.deadline(&self.cfg, now);
@@ -127,18 +133,37 @@ impl Lifecycle {
         // the rest, and no request waits on it.
         check_lengths(&kind, page)?;
         self.settle_at(now);
-        let result = self.activity_slow(id, kind, page, now);
+        let result = self.activity_slow(id, kind, page, now, false);
+        self.events.deliver();
+        result.map(|(touch, _)| touch)
+    }
+
+    /// Activity of session `id` at `now` that also holds it: the write path always. Returns
+    /// how the session went and the hold's generation.
+    pub(crate) fn hold(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+        now: Tick,
+    ) -> Result<(Touch, u64), PresenceError> {
+        check_lengths(&kind, page)?;
+        self.settle_at(now);
+        let result = self.activity_slow(id, kind, page, now, true);
         self.events.deliver();
         result
     }
 
+    /// Activity on the write path; with `hold`, the session is held once more and the
+    /// hold's generation returned (0 without).
     fn activity_slow(
         &self,
         id: SessionId,
         kind: Kind,
         page: Option<&str>,
         now: Tick,
-    ) -> Result<Touch, PresenceError> {
+        hold: bool,
+    ) -> Result<(Touch, u64), PresenceError> {
         let mut settled = false;
         loop {
             match self.sessions.entry(id) {
@@ -147,15 +172,17 @@ impl Lifecycle {
                     let (session, details) = entry.get_mut();
                     if now < session.deadline(&self.cfg, now) {
                         self.change(id, slot, (session, details), kind, page, now);
-                        return Ok(Touch::Refreshed);
+                        let generation = self.take_hold(id, session, hold);
+                        return Ok((Touch::Refreshed, generation));
                     }
                     // Due but not yet reaped: it ends, and a new session starts in its place.
                     let reason = session.leave_reason(&self.cfg, now);
                     self.end(id, session, details, reason, now, Place::Reused);
                     let (fresh, fresh_details, check) = self.start(id, kind, page, now);
                     (*session, *details) = (fresh, fresh_details);
+                    let generation = self.take_hold(id, session, hold);
                     self.expiry.schedule(check, slot);
-                    return Ok(Touch::Joined);
+                    return Ok((Touch::Joined, generation));
                 }
                 MapEntry::Vacant(entry) => {
                     if !self.reserve() {
@@ -173,7 +200,8 @@ impl Lifecycle {
                         settled = true;
                         continue;
                     }
-                    let (fresh, details, check) = self.start(id, kind, page, now);
+                    let (mut fresh, details, check) = self.start(id, kind, page, now);
+                    let generation = self.take_hold(id, &mut fresh, hold);
                     match entry.insert(fresh, details) {
                         Ok(slot) => self.expiry.schedule(check, slot),
                         Err((fresh, details)) => {
@@ -184,10 +212,104 @@ impl Lifecycle {
                             return Err(PresenceError::Full { max_sessions });
                         }
                     }
-                    return Ok(Touch::Joined);
+                    return Ok((Touch::Joined, generation));
                 }
             }
         }
+    }
+
+    /// With `hold`, one more hold of live session `id`: its generation. Under the shard
+    /// write lock. A held session needs no new expiry item: its current one comes no later
+    /// than it would have expired, and is rescheduled then.
+    fn take_hold(&self, id: SessionId, session: &mut Session, hold: bool) -> u64 {
+        if !hold {
+            return 0;
+        }
+        session.hold = HoldState::Held;
+        self.holds.take(id)
+    }
+
+    /// Drops one hold (of generation `generation`) of session `id`. The last one leaves the
+    /// session `Released` from now, gone at `hold_grace` unless continued (`grace`), or an
+    /// ordinary session from its last touch or heartbeat (not `grace`: it may be due at
+    /// once). A hold of a session that ended does nothing.
+    pub(crate) fn release(&self, id: SessionId, generation: u64, now: Tick, grace: bool) {
+        let MapEntry::Occupied(mut entry) = self.sessions.entry(id) else {
+            return;
+        };
+        let slot = entry.slot_ref();
+        let (session, _) = entry.get_mut();
+        if session.hold != HoldState::Held || self.holds.drop_one(id, generation) != Dropped::Last {
+            return;
+        }
+        if grace {
+            session.hold = HoldState::Released;
+            session.set_seen(now);
+        } else {
+            session.hold = HoldState::Free;
+        }
+        let next = session.next_change(&self.cfg, now);
+        session.next_check = narrow(next);
+        self.expiry.schedule(next, slot);
+    }
+
+    /// Activity of held session `id` through its hold of generation `generation`, moving it
+    /// to `page` if given; [`PresenceError::HoldEnded`] if that session ended.
+    pub(crate) fn hold_activity(
+        &self,
+        id: SessionId,
+        generation: u64,
+        page: Option<&str>,
+        now: Tick,
+    ) -> Result<(), PresenceError> {
+        check_lengths(&Kind::Guest, page)?;
+        let current =
+            |s: &Session| s.hold == HoldState::Held && self.holds.is_current(id, generation);
+        if page.is_none() {
+            // The usual case (input on an open connection): a read lock, as a touch.
+            let fast = self.sessions.read(&id, |s, _| {
+                if !current(s) {
+                    return Some(false);
+                }
+                (!s.idle).then(|| s.refresh(now, true)).map(|()| true)
+            });
+            match fast {
+                None | Some(Some(false)) => return Err(PresenceError::HoldEnded),
+                Some(Some(true)) => return Ok(()),
+                Some(None) => {} // counted idle: the write path
+            }
+        }
+        self.settle_at(now);
+        let result = match self.sessions.entry(id) {
+            MapEntry::Occupied(mut entry) => {
+                let slot = entry.slot_ref();
+                let (session, details) = entry.get_mut();
+                if current(session) {
+                    let kind = session.kind(details);
+                    self.change(id, slot, (session, details), kind, page, now);
+                    Ok(())
+                } else {
+                    Err(PresenceError::HoldEnded)
+                }
+            }
+            MapEntry::Vacant(_) => Err(PresenceError::HoldEnded),
+        };
+        self.events.deliver();
+        result
+    }
+
+    /// Whether session `id` is held by holds of generation `generation`.
+    pub(crate) fn is_held_by(&self, id: SessionId, generation: u64) -> bool {
+        self.sessions
+            .read(&id, |s, _| {
+                s.hold == HoldState::Held && self.holds.is_current(id, generation)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Holds of session `id` (0 when it is not held).
+    pub(crate) fn holds(&self, id: SessionId) -> usize {
+        self.holds.holds(id)
     }
 
     /// Takes one place for a new entry, if `max_sessions` allows.
@@ -218,6 +340,10 @@ impl Lifecycle {
         now: Tick,
     ) {
         session.refresh(now, true);
+        if session.hold == HoldState::Released {
+            // Activity within the grace: it goes on as an ordinary session.
+            session.hold = HoldState::Free;
+        }
         if session.idle {
             session.idle = false;
             self.counters.active.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +472,9 @@ impl Lifecycle {
         offline: WhenOffline,
     ) {
         self.changes.record(id);
+        if session.hold == HoldState::Held {
+            self.holds.remove(id);
+        }
         if place == Place::Freed {
             self.counters.occupied.fetch_sub(1, Ordering::Relaxed);
         }
@@ -518,13 +647,43 @@ impl Lifecycle {
     /// or due (then not revived). The hot path: a shard read lock.
     pub(crate) fn heartbeat(&self, id: SessionId, now: Tick) -> bool {
         let live = |s: &Session, _: Cold<'_, Details>| {
+            if s.hold == HoldState::Released {
+                return None; // continued from its grace: the write path
+            }
             let live = now < s.deadline(&self.cfg, now);
             if live {
                 s.refresh(now, false);
             }
-            live
+            Some(live)
         };
-        self.sessions.read(&id, live).unwrap_or(false)
+        match self.sessions.read(&id, live) {
+            None => false,
+            Some(Some(live)) => live,
+            Some(None) => self.heartbeat_released(id, now),
+        }
+    }
+
+    /// A heartbeat of a session whose last hold was dropped: within the grace it goes on as
+    /// an ordinary session (which may be due at once, past its `heartbeat_limit`).
+    fn heartbeat_released(&self, id: SessionId, now: Tick) -> bool {
+        let MapEntry::Occupied(mut entry) = self.sessions.entry(id) else {
+            return false;
+        };
+        let slot = entry.slot_ref();
+        let (session, _) = entry.get_mut();
+        if now >= session.deadline(&self.cfg, now) {
+            return false;
+        }
+        if session.hold == HoldState::Released {
+            session.hold = HoldState::Free;
+        }
+        session.refresh(now, false);
+        let next = session.next_change(&self.cfg, now);
+        if next < widen(now, session.next_check) {
+            session.next_check = narrow(next);
+            self.expiry.schedule(next, slot);
+        }
+        now < session.deadline(&self.cfg, now)
     }
 
     /// Ends session `id` now (an explicit leave, or a due session found first by this call);
@@ -680,6 +839,9 @@ impl Lifecycle {
                 evicted += 1;
                 return;
             }
+            if session.hold == HoldState::Held {
+                session.keep_times_in_range(now);
+            }
             if !session.idle && session.idle_at(&self.cfg, now) <= now {
                 session.idle = true;
                 self.counters.idle.fetch_add(1, Ordering::Relaxed);
@@ -822,6 +984,16 @@ impl Lifecycle {
     pub(crate) fn page_members(&self, page: &str, limit: usize) -> Vec<UserId> {
         self.pages.members(page, limit)
     }
+
+    /// The page table's version: it moves whenever any page changes.
+    pub(crate) fn pages_version(&self) -> u64 {
+        self.pages.version()
+    }
+
+    /// The pages of `asked` whose version moved: see [`PageTable::changed_since`].
+    pub(crate) fn pages_changed_since(&self, asked: &[(&str, u64)]) -> Vec<Option<PageState>> {
+        self.pages.changed_since(asked)
+    }
 }
 
 fn user_session(id: SessionId, tag: KindTag, user: Option<&UserId>) -> Option<UserSession<'_>> {
@@ -851,6 +1023,7 @@ mod tests {
             reap_interval: Duration::from_secs(1),
             max_sessions,
             remember_users_for: 60_000,
+            hold_grace: 500,
         };
         let life = Lifecycle::new(cfg, 0, 100, 16);
         life.changes().enable();

@@ -1,17 +1,18 @@
 //! The core: the tracker and the tables it keeps in step. The session map (shards, slab,
-//! table), each session's stored form, the expiry index, the user and page tables, the
+//! table), each session's stored form, the expiry index, the user, page and hold tables, the
 //! counters, the change log; the write path (one place starts, changes and ends a session);
 //! the tracker (state, reads, reaping), its background reaper, and the tracker's save to and
 //! restore from the snapshot file.
 //!
 //! It owns every table about sessions; nothing outside this folder changes one. It does not
 //! know the public handle (`Presence`), the builder, the HTTP layer or the cluster view; it
-//! uses the plain types at the crate root, `persist` for the file format and `observe` for
-//! metrics and history.
+//! uses the plain types at the crate root, `persist` for the file format, `observe` for
+//! metrics and history, and `live::publish` for the watches' channels it feeds.
 
 pub(crate) mod changes;
 pub(crate) mod counters;
 pub(crate) mod expiry;
+pub(crate) mod holds;
 pub(crate) mod lifecycle;
 #[cfg(feature = "__bench_internals")]
 #[doc(hidden)]

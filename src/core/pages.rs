@@ -10,9 +10,14 @@
 //! pages). Names are copied into `String`s after the lock is released. The table's lock is
 //! taken only when a session changes page or listing, joins or leaves with a page, or a
 //! reader asks; it nests inside a session's shard lock and takes no other lock.
+//!
+//! Each change stamps the pages it changes with a new version (one counter for the table,
+//! readable without the lock), so that the publisher of page watches can tell in one load
+//! whether any page changed, and per watched page whether that one did.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -26,12 +31,20 @@ struct Page {
     sessions: usize,
     /// Listed users on this page and their listed sessions here.
     members: BTreeMap<ByName, u32>,
+    /// The table's version at this page's last change.
+    version: u64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct PageTable {
     pages: Mutex<Pages>,
+    /// Bumped under the lock by every change: 0 until the first.
+    version: AtomicU64,
 }
+
+/// A watched page as the publisher sends it: its version, its sessions and its listed
+/// members in name order.
+pub(crate) type PageState = (u64, usize, Vec<UserId>);
 
 #[derive(Debug, Default)]
 struct Pages {
@@ -55,14 +68,16 @@ impl PageTable {
     ) -> SharedStr {
         let mut guard = self.pages.lock();
         let pages = &mut *guard;
+        let version = self.bump();
         if let Some((page, member)) = from {
-            pages.release(page, member);
+            pages.release(page, member, version);
         }
         let name = match pages.map.get_key_value(to) {
             Some((name, _)) => name.clone(),
             None => SharedStr::new(to),
         };
         let page = pages.map.entry(name.clone()).or_default();
+        page.version = version;
         page.sessions += 1;
         if let Some(user) = member {
             *page.members.entry(ByName::new(user.clone())).or_insert(0) += 1;
@@ -77,6 +92,7 @@ impl PageTable {
     pub(crate) fn restore(&self, pages: Vec<(&str, usize, Vec<UserId>)>) -> Vec<SharedStr> {
         let mut guard = self.pages.lock();
         let table = &mut *guard;
+        let version = self.bump();
         pages
             .into_iter()
             .map(|(to, sessions, mut members)| {
@@ -85,6 +101,7 @@ impl PageTable {
                     None => SharedStr::new(to),
                 };
                 let page = table.map.entry(name.clone()).or_default();
+                page.version = version;
                 recount(
                     &mut table.busiest,
                     &name,
@@ -116,6 +133,7 @@ impl PageTable {
         let Some(page) = pages.map.get_mut(page) else {
             return;
         };
+        page.version = self.bump();
         if let Some(user) = from {
             unlist(page, user);
         }
@@ -126,7 +144,38 @@ impl PageTable {
 
     /// A session on `page` (listed as `member`) ends.
     pub(crate) fn leave(&self, page: &SharedStr, member: Option<&UserId>) {
-        self.pages.lock().release(page, member);
+        let mut pages = self.pages.lock();
+        let version = self.bump();
+        pages.release(page, member, version);
+    }
+
+    /// A new version for a change made under the lock.
+    fn bump(&self) -> u64 {
+        self.version.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The table's version: it moves whenever any page changes.
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// For each `(page, version)`, the page's state if its version is not `version` (a
+    /// page with no session is at version 0, empty), under one hold of the lock. Costs the
+    /// members of the pages that changed.
+    pub(crate) fn changed_since(&self, asked: &[(&str, u64)]) -> Vec<Option<PageState>> {
+        let pages = self.pages.lock();
+        asked
+            .iter()
+            .map(|&(name, seen)| match pages.map.get(name) {
+                Some(p) if p.version != seen => Some((
+                    p.version,
+                    p.sessions,
+                    p.members.keys().map(|n| n.user().clone()).collect(),
+                )),
+                Some(_) => None,
+                None => (seen != 0).then(|| (0, 0, Vec::new())),
+            })
+            .collect()
     }
 
     pub(crate) fn count(&self, page: &str) -> usize {
@@ -164,9 +213,10 @@ impl PageTable {
 }
 
 impl Pages {
-    /// One session (listed as `member`) leaves `name`.
-    fn release(&mut self, name: &SharedStr, member: Option<&UserId>) {
+    /// One session (listed as `member`) leaves `name`, a change of `version`.
+    fn release(&mut self, name: &SharedStr, member: Option<&UserId>, version: u64) {
         if let Some(page) = self.map.get_mut(name) {
+            page.version = version;
             if let Some(user) = member {
                 unlist(page, user);
             }
@@ -228,6 +278,43 @@ mod tests {
         pages.relist(&p, Some(&alice), None);
         assert!(pages.members("/t/1", 10).is_empty());
         assert_eq!(pages.count("/t/1"), 2);
+    }
+
+    #[test]
+    fn every_change_moves_the_version_of_the_pages_it_changes() {
+        let pages = PageTable::default();
+        let alice = UserId::from("alice");
+        assert_eq!(pages.changed_since(&[("/a", 0)]), [None]);
+        let a = pages.change(None, "/a", Some(&alice));
+        let v1 = pages.version();
+        let seen = pages.changed_since(&[("/a", 0), ("/b", 0)]);
+        assert_eq!(seen, [Some((v1, 1, vec![alice.clone()])), None]);
+        assert_eq!(
+            pages.changed_since(&[("/a", v1)]),
+            [None],
+            "no change, no state"
+        );
+        pages.change(None, "/b", None);
+        assert_eq!(
+            pages.changed_since(&[("/a", v1)]),
+            [None],
+            "another page's change"
+        );
+        pages.relist(&a, Some(&alice), None);
+        let v2 = pages.version();
+        assert_eq!(pages.changed_since(&[("/a", v1)]), [Some((v2, 1, vec![]))]);
+        pages.leave(&a, None);
+        assert_eq!(
+            pages.changed_since(&[("/a", v2)]),
+            [Some((0, 0, vec![]))],
+            "an emptied page reads as version 0"
+        );
+        assert_eq!(pages.changed_since(&[("/a", 0)]), [None]);
+        pages.change(None, "/a", None);
+        assert!(
+            pages.changed_since(&[("/a", v2)])[0].is_some(),
+            "versions are never reused"
+        );
     }
 
     #[test]

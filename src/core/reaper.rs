@@ -1,8 +1,11 @@
-//! The background reaper: a thread or a tokio task that calls `reap` every `reap_interval`.
+//! The background work: a thread or a tokio task that runs a pass every interval: the reaper
+//! (`reap` every `reap_interval`) and the publish ticker of the watches (every
+//! `publish_interval`, started with the first watch).
 //!
-//! It holds only a `Weak` reference to what it reaps (anything that implements [`Reap`]), so it never keeps a tracker alive: it stops when the
-//! last handle is dropped (the tracker's drop signals it, so it does not even sleep out its
-//! interval) or on `Presence::shutdown`.
+//! It holds only a `Weak` reference to what it drives (anything that implements
+//! [`Periodic`]), so it never keeps a tracker alive: it stops when the last handle is dropped
+//! (the tracker's drop signals it, so it does not even sleep out its interval) or on
+//! `Presence::shutdown`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -11,11 +14,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
-/// What a reaper drives: the tracker implements it.
-pub(crate) trait Reap: Send + Sync + 'static {
-    /// Evicts one bounded batch of what is due now; returns whether more is due. Between
-    /// batches the reaper lets other work run, so no caller waits on a large reap.
-    fn reap_step(&self) -> bool;
+/// What a background loop drives: the tracker's reaping, and its publishing.
+pub(crate) trait Periodic: Send + Sync + 'static {
+    /// One bounded step of a pass (for the reaper, one batch of what is due now); returns
+    /// whether more is to do. Between steps the loop lets other work run, so no caller
+    /// waits on a large reap.
+    fn step(&self) -> bool;
 
     /// A pass (the steps of one interval) is over after `took`: for the history, the gauges
     /// and a word about a slow pass.
@@ -75,28 +79,30 @@ impl ReaperControl {
         signal.notify.notify_one();
     }
 
-    /// Starts the configured reaper for `tracker`.
-    pub(crate) fn start(&self, reaper: Reaper, weak: Weak<dyn Reap>, interval: Duration) {
+    /// Starts the background loop `name` for `weak`, as `reaper` says (already resolved
+    /// from [`Reaper::Auto`] by [`resolve`]).
+    pub(crate) fn start(
+        &self,
+        reaper: Reaper,
+        name: &'static str,
+        weak: Weak<dyn Periodic>,
+        interval: Duration,
+    ) {
         let signal = self.signal.clone();
-        let reaper = match reaper {
-            Reaper::Auto => match tokio::runtime::Handle::try_current() {
-                Ok(handle) => Reaper::Tokio(handle),
-                Err(_) => Reaper::Thread,
-            },
-            other => other,
-        };
         match reaper {
             Reaper::Manual | Reaper::Auto => {}
             Reaper::Thread => {
                 let spawned = std::thread::Builder::new()
-                    .name("presence-reaper".into())
+                    .name(name.into())
                     .spawn(move || run_thread(weak, signal, interval));
                 // Without a thread the tracker still works, reads included (they settle
-                // what is due); only `Left` events wait for the next write or read.
+                // what is due); only `Left` events (or published watches) wait for the
+                // next write or read.
                 if let Err(err) = spawned {
                     tracing::error!(
                         error = %err,
-                        "presence: cannot start the reaper thread; reads and writes still \
+                        thread = name,
+                        "presence: cannot start a background thread; reads and writes still \
                          settle what is due, `Left` events wait for them"
                     );
                 }
@@ -106,6 +112,17 @@ impl ReaperControl {
                 handle.spawn(run_task(weak, signal, interval));
             }
         }
+    }
+}
+
+/// [`Reaper::Auto`] made concrete: a tokio task when called inside a runtime, else a thread.
+pub(crate) fn resolve(reaper: Reaper) -> Reaper {
+    match reaper {
+        Reaper::Auto => match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Reaper::Tokio(handle),
+            Err(_) => Reaper::Thread,
+        },
+        other => other,
     }
 }
 
@@ -131,7 +148,7 @@ impl Drop for ReaperControl {
     }
 }
 
-fn run_thread(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) {
+fn run_thread(tracker: Weak<dyn Periodic>, signal: Arc<Signal>, interval: Duration) {
     loop {
         {
             let mut guard = signal.lock.lock();
@@ -147,7 +164,7 @@ fn run_thread(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) 
             return;
         };
         let started = Instant::now();
-        while tracker.reap_step() {
+        while tracker.step() {
             if signal.stopped.load(Ordering::Acquire) {
                 return;
             }
@@ -157,7 +174,7 @@ fn run_thread(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) 
     }
 }
 
-async fn run_task(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Duration) {
+async fn run_task(tracker: Weak<dyn Periodic>, signal: Arc<Signal>, interval: Duration) {
     loop {
         // `notify_one` leaves a permit if we are not waiting yet, so a stop is never missed.
         let _ = tokio::time::timeout(interval, signal.notify.notified()).await;
@@ -168,7 +185,7 @@ async fn run_task(tracker: Weak<dyn Reap>, signal: Arc<Signal>, interval: Durati
             return;
         };
         let started = Instant::now();
-        while tracker.reap_step() {
+        while tracker.step() {
             if signal.stopped.load(Ordering::Acquire) {
                 return;
             }

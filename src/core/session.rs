@@ -1,6 +1,6 @@
-//! One session's stored form: its hot part ([`Session`]: times, kind tag, idle flag, expiry
-//! bookkeeping) and cold part ([`Details`]: user, page, first seen), the [`Config`] limits in
-//! ticks, and the deadline arithmetic every path shares.
+//! One session's stored form: its hot part ([`Session`]: times, kind tag, idle flag, hold
+//! state, expiry bookkeeping) and cold part ([`Details`]: user, page, first seen), the
+//! [`Config`] limits in ticks, and the deadline arithmetic every path shares.
 //!
 //! Plain data: nothing here takes a lock or knows about the map, the counters or events.
 
@@ -22,7 +22,30 @@ pub(crate) struct Config {
     pub(crate) reap_interval: Duration,
     pub(crate) max_sessions: Option<usize>,
     pub(crate) remember_users_for: Tick,
+    /// How long a session whose last hold was dropped stays.
+    pub(crate) hold_grace: Tick,
 }
+
+/// Whether a connection holds the session (see `Presence::hold`). The number of holds and
+/// which session they belong to are in the hold table; the session keeps only what its
+/// deadline needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HoldState {
+    /// An ordinary session, under `idle_timeout` and `heartbeat_limit`.
+    Free,
+    /// Held by at least one live hold: it never expires, and its last-seen reads as now.
+    Held,
+    /// Its last hold was dropped at its stored last-seen: it leaves `hold_grace` after
+    /// (`LeaveReason::Closed`) unless held, touched or heartbeated again (then `Free`).
+    Released,
+}
+
+/// A held session that went idle is still looked at once in this while, so that its stored
+/// times stay within the 32-bit range they are widened from (see [`Session`]).
+pub(crate) const HELD_RECHECK: Tick = 24 * 3600 * 1000;
+/// How far back a held session's stored times are kept at most: past every timeout
+/// (`MAX_TIMEOUT`, 7 days), so that moving them up to this changes no comparison.
+const HELD_FLOOR: Tick = 8 * 24 * 3600 * 1000;
 
 /// One session's hot part, in 16 bytes (32 with its id in the map's slot, one cache line):
 /// what `touch` and `heartbeat` read and write, and all the reaper's first look needs. The
@@ -36,7 +59,9 @@ pub(crate) struct Config {
 /// milliseconds tell apart. Every read and reap settles due sessions, so a time is only
 /// misread if nothing at all (no reap, no read) happened for 24 days under
 /// [`Reaper::Manual`](crate::Reaper::Manual) and the session is then touched: it is simply
-/// refreshed.
+/// refreshed. A held session may keep old times for any length of time: the reaper looks at
+/// it at least every [`HELD_RECHECK`] and moves them up to [`HELD_FLOOR`] before now, which
+/// changes no comparison with a timeout.
 #[derive(Debug)]
 pub(crate) struct Session {
     /// Last seen in the low half, last active in the high half; see [`Times`].
@@ -44,6 +69,8 @@ pub(crate) struct Session {
     pub(crate) tag: KindTag,
     /// Counted as idle (set by the reaper, cleared by activity).
     pub(crate) idle: bool,
+    /// Held by a connection, or released and in its grace. Changed under the write lock.
+    pub(crate) hold: HoldState,
     /// The low 32 bits of the time of this session's one current expiry item.
     pub(crate) next_check: u32,
 }
@@ -80,6 +107,7 @@ impl Session {
             next_check: 0,
             tag,
             idle: false,
+            hold: HoldState::Free,
         };
         let details = Details {
             user,
@@ -114,8 +142,20 @@ impl Session {
                 .is_none_or(|user| details().user.as_ref() == Some(user))
     }
 
+    /// Last seen: now while held (a held session is seen all the time), else its last
+    /// touch, visit or heartbeat (or, released, when its last hold was dropped).
     #[inline]
     pub(crate) fn last_seen(&self, now: Tick) -> Tick {
+        if self.hold == HoldState::Held {
+            return now;
+        }
+        self.last_call(now)
+    }
+
+    /// The time stored as last seen: the last touch, visit or heartbeat (or a hold's
+    /// release), even while held.
+    #[inline]
+    pub(crate) fn last_call(&self, now: Tick) -> Tick {
         widen(now, Times(self.times.load(Ordering::Relaxed)).seen())
     }
 
@@ -133,13 +173,32 @@ impl Session {
         )
     }
 
+    /// When it is due: never while held; `hold_grace` after its release while released;
+    /// else when either limit is reached.
     #[inline]
     pub(crate) fn deadline(&self, cfg: &Config, now: Tick) -> Tick {
-        let (seen, active) = self.limits(cfg, now);
-        seen.min(active)
+        match self.hold {
+            HoldState::Free => {
+                let (seen, active) = self.limits(cfg, now);
+                seen.min(active)
+            }
+            HoldState::Held => Tick::MAX,
+            HoldState::Released => self.last_call(now) + cfg.hold_grace,
+        }
+    }
+
+    /// The deadline as the cluster view sends it: a held session as if touched now.
+    pub(crate) fn lease_deadline(&self, cfg: &Config, now: Tick) -> Tick {
+        match self.hold {
+            HoldState::Held => now + cfg.idle_timeout,
+            _ => self.deadline(cfg, now),
+        }
     }
 
     pub(crate) fn leave_reason(&self, cfg: &Config, now: Tick) -> LeaveReason {
+        if self.hold == HoldState::Released {
+            return LeaveReason::Closed;
+        }
         let (seen, active) = self.limits(cfg, now);
         if active < seen {
             LeaveReason::HeartbeatLimit
@@ -152,13 +211,36 @@ impl Session {
         self.last_active(now) + cfg.idle_after
     }
 
-    /// When its state may next change: it expires, or (while counted active) goes idle.
+    /// When its state may next change: it expires, or (while counted active) goes idle. A
+    /// held session never expires: it is looked at again within [`HELD_RECHECK`].
     pub(crate) fn next_change(&self, cfg: &Config, now: Tick) -> Tick {
-        let deadline = self.deadline(cfg, now);
+        let deadline = match self.hold {
+            HoldState::Held => now + HELD_RECHECK,
+            _ => self.deadline(cfg, now),
+        };
         if self.idle {
             deadline
         } else {
             deadline.min(self.idle_at(cfg, now))
+        }
+    }
+
+    /// Stores `now` as last seen, whatever was stored (a hold's release: its grace starts
+    /// now). Under the write lock.
+    pub(crate) fn set_seen(&mut self, now: Tick) {
+        let times = Times(*self.times.get_mut());
+        *self.times.get_mut() = Times::new(narrow(now), times.active()).0;
+    }
+
+    /// Moves a held session's stored times up to [`HELD_FLOOR`] before now, so that they
+    /// stay within the range they are widened from however long it is held. Every timeout
+    /// is shorter than that, so no comparison changes. Under the write lock.
+    pub(crate) fn keep_times_in_range(&mut self, now: Tick) {
+        let floor = now.saturating_sub(HELD_FLOOR);
+        let (seen, active) = (self.last_call(now), self.last_active(now));
+        if seen < floor || active < floor {
+            *self.times.get_mut() =
+                Times::new(narrow(seen.max(floor)), narrow(active.max(floor))).0;
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::clock::Tick;
 use crate::core::lifecycle::Saved;
+use crate::core::session::{Config, HoldState, Session};
 use crate::core::tracker::Tracker;
 use crate::kind::KindTag;
 use crate::observe::history::{SAMPLES as HISTORY_SAMPLES, from_unix_ms, unix_ms};
@@ -17,6 +18,20 @@ use crate::persist::format::{
     read_bounded, with_header, write_atomic,
 };
 use crate::{Kind, UserId};
+
+/// The last activity a snapshot records for session `s`. A held session (or one in the
+/// grace after its last hold) is exempt from `heartbeat_limit` while held, but is restored
+/// as an ordinary session: its last activity is saved no older than `heartbeat_limit -
+/// idle_timeout`, so that it comes back live for `idle_timeout` from when it was last seen
+/// (long enough for its connection to come back and hold it again), not past its heartbeat
+/// limit and silently gone.
+fn saved_active(s: &Session, cfg: &Config, now: Tick) -> Tick {
+    let active = s.last_active(now);
+    if s.hold == HoldState::Free {
+        return active;
+    }
+    active.max(now.saturating_sub(cfg.heartbeat_limit.saturating_sub(cfg.idle_timeout)))
+}
 
 /// Here, beside the save it makes, so that the tracker's module calls nothing above it.
 impl Drop for Tracker {
@@ -167,7 +182,11 @@ impl Tracker {
             put_varint(&mut sessions, user);
             let page = d.page.as_ref().map_or(0, |p| strings.index(p.as_str()) + 1);
             put_varint(&mut sessions, page);
-            for t in [s.last_seen(now), s.last_active(now), d.first_seen] {
+            for t in [
+                s.last_seen(now),
+                saved_active(s, self.cfg(), now),
+                d.first_seen,
+            ] {
                 put_varint(&mut sessions, now.saturating_sub(t));
             }
         });

@@ -8,7 +8,12 @@
 //! 1. `reaping`: serialises reaps; a read or write that finds one in flight does not wait;
 //! 2. a session's shard lock in `sessions` (a read lock on the hot path);
 //! 3. the user table's lock, then the page table's lock, then the change log's;
-//! 4. leaves: the expiry index's lock, the peak's lock, the event queue's lock.
+//! 4. leaves: the hold table's lock, the expiry index's lock, the peak's lock, the event
+//!    queue's lock.
+//!
+//! The publisher's locks (see `live::publish`) are taken with none of these held, except
+//! that registering a watched page reads the page table inside the publisher's registry
+//! lock.
 //!
 //! Every change to a session, and the counters and events it implies, happens under that
 //! session's shard *write* lock, so events about one session are queued in the order the
@@ -16,7 +21,8 @@
 //! runs under any of these locks.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::SessionId;
@@ -24,7 +30,7 @@ use crate::clock::{Tick, TimeSource, WallClock, millis};
 use crate::core::changes::ChangeLog;
 use crate::core::lifecycle::{Lifecycle, READ_BATCH};
 use crate::core::map::Cold;
-use crate::core::reaper::{Reap, Reaper, ReaperControl};
+use crate::core::reaper::{Periodic, Reaper, ReaperControl, resolve};
 use crate::core::session::{Config, Details, Session};
 use crate::core::users::UserSnapshot;
 use crate::counts::Counts;
@@ -32,6 +38,7 @@ use crate::error::PresenceError;
 use crate::events::Event;
 use crate::info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
 use crate::kind::{Kind, UserId};
+use crate::live::publish::{Full, PageRead, PageView, Publisher};
 use crate::observe::history::History;
 use crate::persist::format::SnapshotFile;
 
@@ -51,6 +58,9 @@ pub(crate) struct Settings {
     pub(crate) snapshot_file: Option<PathBuf>,
     pub(crate) max_snapshot_size: u64,
     pub(crate) history_interval: Duration,
+    pub(crate) hold_grace: Duration,
+    pub(crate) publish_interval: Duration,
+    pub(crate) max_watched_pages: usize,
 }
 
 /// The shared state behind every [`Presence`](crate::Presence) handle.
@@ -64,6 +74,34 @@ pub(crate) struct Tracker {
     pub(super) history: History,
     /// Where the tracker is saved across restarts, if anywhere.
     pub(super) snapshot: Option<SnapshotFile>,
+    /// The watches' channels and the watched pages.
+    live: Publisher,
+    /// The publish ticker, started with the first watch (never under `Reaper::Manual`).
+    ticker: ReaperControl,
+    ticker_started: AtomicBool,
+    /// How background work runs (`Reaper::Auto` resolved at build).
+    background: Reaper,
+    publish_interval: Duration,
+    /// What the ticker drives: a publish each interval.
+    publishing: Arc<Publishing>,
+}
+
+/// The ticker's pass: one publish. Its own allocation, so that the ticker holds a `Weak`
+/// of it and never keeps the tracker alive.
+#[derive(Debug)]
+struct Publishing {
+    tracker: Weak<Tracker>,
+}
+
+impl Periodic for Publishing {
+    fn step(&self) -> bool {
+        if let Some(tracker) = self.tracker.upgrade() {
+            tracker.publish();
+        }
+        false
+    }
+
+    fn pass_done(&self, _took: Duration) {}
 }
 
 impl Tracker {
@@ -77,20 +115,35 @@ impl Tracker {
             reap_interval: b.reap_interval,
             max_sessions: b.max_sessions,
             remember_users_for: millis(b.remember_users_for),
+            hold_grace: millis(b.hold_grace),
         };
         let reap_interval = cfg.reap_interval;
-        let tracker = Arc::new(Tracker {
-            wall: WallClock::new(now, b.clock.wall_now()),
+        let background = resolve(b.reaper);
+        let wall = WallClock::new(now, b.clock.wall_now());
+        let life = Lifecycle::new(cfg, now, b.max_remembered_users, b.event_capacity);
+        let live = Publisher::new(life.counts(&wall), b.max_watched_pages);
+        let tracker = Arc::new_cyclic(|me| Tracker {
+            wall,
             clock: b.clock,
-            life: Lifecycle::new(cfg, now, b.max_remembered_users, b.event_capacity),
+            life,
             reaper: ReaperControl::default(),
             history: History::new(b.history_interval),
             snapshot: b
                 .snapshot_file
                 .map(|path| SnapshotFile::new(path, b.max_snapshot_size)),
+            live,
+            ticker: ReaperControl::default(),
+            ticker_started: AtomicBool::new(false),
+            background: background.clone(),
+            publish_interval: b.publish_interval,
+            publishing: Arc::new(Publishing {
+                tracker: me.clone(),
+            }),
         });
-        let weak = Arc::downgrade(&tracker);
-        tracker.reaper.start(b.reaper, weak, reap_interval);
+        let weak: Weak<dyn Periodic> = Arc::downgrade(&tracker) as Weak<Tracker>;
+        tracker
+            .reaper
+            .start(background, "presence-reaper", weak, reap_interval);
         tracker
     }
 
@@ -129,12 +182,15 @@ impl Tracker {
         self.life.activity(id, kind, page, self.clock.now())
     }
 
-    /// [`Presence::reap`](crate::Presence::reap): everything due now, then its events.
+    /// [`Presence::reap`](crate::Presence::reap): everything due now, then its events, then
+    /// a publish to the watches.
     pub(crate) fn reap(&self) -> usize {
         let started = Instant::now();
         let evicted = self.life.reap_all(self.clock.now());
         self.life.deliver();
         self.after_pass(self.clock.now(), started.elapsed());
+        // Under `Reaper::Manual` there is no ticker: a reap publishes.
+        self.publish();
         evicted
     }
 
@@ -227,9 +283,160 @@ impl Tracker {
         self.wall.at(self.clock.now())
     }
 
-    /// Stops the background reaper.
+    /// Stops the background reaper and the publish ticker, and ends the HTTP streams.
     pub(crate) fn stop_reaper(&self) {
         self.reaper.stop();
+        // Marked started, so that a later watch does not start it again.
+        self.ticker_started.store(true, Ordering::Relaxed);
+        self.ticker.stop();
+        self.live.stop();
+    }
+
+    /// Session `id` held once more (activity, and its page if given): how it went, and the
+    /// hold's generation.
+    pub(crate) fn hold(
+        &self,
+        id: SessionId,
+        kind: Kind,
+        page: Option<&str>,
+    ) -> Result<(Touch, u64), PresenceError> {
+        self.life.hold(id, kind, page, self.clock.now())
+    }
+
+    /// One hold of session `id` dropped: see [`Lifecycle::release`].
+    pub(crate) fn release(&self, id: SessionId, generation: u64, grace: bool) {
+        self.life.release(id, generation, self.clock.now(), grace);
+    }
+
+    /// Activity through a hold: see [`Lifecycle::hold_activity`].
+    pub(crate) fn hold_activity(
+        &self,
+        id: SessionId,
+        generation: u64,
+        page: Option<&str>,
+    ) -> Result<(), PresenceError> {
+        self.life
+            .hold_activity(id, generation, page, self.clock.now())
+    }
+
+    /// How long ago session `id` was last touched, visited or heartbeated (held or not);
+    /// `None` if it is unknown or due.
+    #[allow(dead_code)] // used by the optional HTTP layer
+    pub(crate) fn quiet_for(&self, id: SessionId) -> Option<Duration> {
+        let now = self.clock.now();
+        let cfg = self.cfg();
+        self.life
+            .read(&id, |s, _| {
+                (now < s.deadline(cfg, now))
+                    .then(|| Duration::from_millis(now.saturating_sub(s.last_call(now))))
+            })
+            .flatten()
+    }
+
+    /// When session `id` was last touched, visited or heartbeated, held or not; `None` if
+    /// it is unknown or due.
+    pub(crate) fn last_call(&self, id: SessionId) -> Option<std::time::SystemTime> {
+        let now = self.clock.now();
+        let cfg = self.cfg();
+        self.life
+            .read(&id, |s, _| {
+                (now < s.deadline(cfg, now)).then(|| self.wall.at(s.last_call(now)))
+            })
+            .flatten()
+    }
+
+    /// Whether session `id` is held by holds of generation `generation`.
+    pub(crate) fn is_held_by(&self, id: SessionId, generation: u64) -> bool {
+        self.life.is_held_by(id, generation)
+    }
+
+    /// Holds of session `id`.
+    pub(crate) fn holds(&self, id: SessionId) -> usize {
+        self.life.holds(id)
+    }
+
+    /// A receiver of the counts, from now on; starts the ticker.
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<Counts> {
+        self.start_ticker();
+        self.live.watch_counts(self.counts())
+    }
+
+    /// A receiver told of every publish that found a change; starts the ticker.
+    pub(crate) fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.start_ticker();
+        self.live.watch_changes()
+    }
+
+    /// Whether the tracker is shut down (the HTTP streams end).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.live.is_stopped()
+    }
+
+    /// One more watcher of `page`: its receiver and the state it starts from.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn watch_page(
+        &self,
+        page: &str,
+    ) -> Result<(tokio::sync::watch::Receiver<Arc<PageView>>, Arc<PageView>), PresenceError> {
+        crate::limits::check_lengths(&Kind::Guest, Some(page))?;
+        self.settle();
+        self.start_ticker();
+        self.live
+            .watch_page(page, || self.read_page(page))
+            .map_err(|Full| PresenceError::TooManyWatchedPages {
+                max: self.max_watched_pages(),
+            })
+    }
+
+    /// `page`'s version, sessions and listed members now.
+    fn read_page(&self, page: &str) -> PageRead {
+        self.life
+            .pages_changed_since(&[(page, u64::MAX)])
+            .pop()
+            .flatten()
+            .unwrap_or((0, 0, Vec::new()))
+    }
+
+    /// A watcher of `page` is gone.
+    pub(crate) fn unwatch_page(&self, page: &str) {
+        self.live.unwatch_page(page);
+    }
+
+    /// The configured `max_watched_pages`.
+    pub(crate) fn max_watched_pages(&self) -> usize {
+        self.live.max_pages()
+    }
+
+    /// The configured `publish_interval`.
+    pub(crate) fn publish_interval(&self) -> Duration {
+        self.publish_interval
+    }
+
+    /// Sends the watches what changed (nothing at all when nobody watches): the ticker's
+    /// pass, and part of a manual [`reap`](Self::reap).
+    pub(crate) fn publish(&self) {
+        if !self.live.wanted() {
+            return;
+        }
+        let counts = self.counts();
+        let version = self.life.pages_version();
+        self.live.publish(counts, version, |asked| {
+            self.life.pages_changed_since(asked)
+        });
+    }
+
+    /// Starts the publish ticker once (not under `Reaper::Manual`, where `reap` publishes).
+    fn start_ticker(&self) {
+        if self.ticker_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak: Weak<dyn Periodic> = Arc::downgrade(&self.publishing) as Weak<Publishing>;
+        self.ticker.start(
+            self.background.clone(),
+            "presence-ticker",
+            weak,
+            self.publish_interval,
+        );
     }
 
     pub(crate) fn session(&self, id: SessionId) -> Option<SessionInfo> {
@@ -247,7 +454,7 @@ impl Tracker {
         let cfg = self.cfg();
         self.life
             .read(&id, |s, d| {
-                let deadline = s.deadline(cfg, now);
+                let deadline = s.lease_deadline(cfg, now);
                 (now < deadline).then(|| {
                     let left = Duration::from_millis(deadline - now);
                     (self.info(id, s, d.get(), now), left)
@@ -338,8 +545,8 @@ impl Tracker {
     }
 }
 
-impl Reap for Tracker {
-    fn reap_step(&self) -> bool {
+impl Periodic for Tracker {
+    fn step(&self) -> bool {
         let more = self.life.reap_step(self.clock.now());
         self.life.deliver();
         more

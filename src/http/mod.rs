@@ -9,10 +9,14 @@
 //!   and records each request as activity on its page once the browser has returned the
 //!   cookie. Handlers get the id with the [`PresenceSession`] extractor.
 //! - [`routes`] (or [`Routes`] for the settings): `POST /presence/heartbeat`,
-//!   `POST /presence/active`, `POST /presence/leave`, `GET /presence/counts` and
+//!   `POST /presence/active`, `POST /presence/leave`, `GET /presence/counts`,
+//!   `GET /presence/stream` (the counts pushed as server-sent events; the open stream
+//!   [holds](crate::Presence::hold) the session), `POST /presence/release` and
 //!   `GET /presence/presence.js`.
 //! - [`SCRIPT`], the page script served by those routes (plain JS, no dependencies):
-//!   heartbeats with `fetch` while the page is visible and in use, re-joins after the
+//!   while the page is visible, the counts come pushed over one stream that also keeps
+//!   the visitor online; otherwise (or where the stream cannot work) it heartbeats with
+//!   `fetch` while the page is visible and in use, re-joins after the
 //!   server forgot the session, says goodbye with `navigator.sendBeacon` on `pagehide`,
 //!   and fills elements marked `data-presence="online"` (or `members`, `hidden`,
 //!   `guests`, `bots`, `sessions`, `page`, `peak`, `peak-at`) and
@@ -81,6 +85,7 @@
 mod key;
 mod layer;
 mod routes;
+mod stream;
 
 use std::fmt;
 use std::time::Duration;
@@ -115,21 +120,35 @@ pub(crate) const ROUTES_PREFIX: &str = "/presence";
 ///   visible and in use, so that the numbers on the page follow changes within that
 ///   time (default: none, the numbers follow the heartbeats). A read is not activity and
 ///   keeps nobody online.
+/// - `data-stream="off"`: poll only, never open the stream.
+///
+/// **The stream.** While the tab is visible the script opens `GET /presence/stream` (an
+/// `EventSource`): the counts arrive as they change, nothing is polled, and the open
+/// stream holds the session, so the only requests are a heartbeat every half
+/// `idle_timeout` (which keeps the stream's hold trusted) and activity reports. When the
+/// tab is hidden it releases the stream's hold (`POST /presence/release`) and closes it:
+/// the visitor stays online as an ordinary session, as a hidden tab does when polling; on
+/// `pagehide` it closes the stream (so the back/forward cache keeps the page) and its
+/// leave names the stream. A stream lost otherwise starts the server's `hold_grace`; the
+/// script heartbeats at once and polls meanwhile. Where `EventSource` is missing, where
+/// the stream is refused (`429`, `503`: it closes before it opened) or does not open
+/// within 5 s, it polls as below and tries the stream again later, backing off up to a
+/// minute, never giving it up for good.
 ///
 /// Half a second after it runs, the script reports activity (`POST /presence/active`):
-/// that counts a first-time visitor, whose page came without the presence cookie. Then it
-/// beats only while the tab is visible, reports input since the last beat as activity,
-/// backs off while the visitor is idle (each beat without input since the one before
-/// waits twice as long: 30 s, 60 s, 120 s, … up to half of `idle_timeout`, so a session
-/// stays online as before and a failed beat, retried at the interval, still comes in
-/// time; input or the tab coming back into view brings the next beat within the interval
-/// and starts over), stops after `data-heartbeat-limit` without input and on
+/// that counts a first-time visitor, whose page came without the presence cookie. When
+/// polling, it then beats only while the tab is visible, reports input since the last beat
+/// as activity, backs off while the visitor is idle (each beat without input since the one
+/// before waits twice as long: 30 s, 60 s, 120 s, … up to half of `idle_timeout`, so a
+/// session stays online as before and a failed beat, retried at the interval, still comes
+/// in time; input or the tab coming back into view brings the next beat within the
+/// interval and starts over), stops after `data-heartbeat-limit` without input and on
 /// `410 Gone`, re-joins on the next input, sends
 /// `navigator.sendBeacon(".../leave")` on `pagehide` (no `unload` or `beforeunload`
 /// listener, no WebSocket, so the back/forward cache keeps working), and fills elements
 /// marked `data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"`
 /// (`peak-at` as `YYYY-MM-DD HH:MM:SS UTC`) and `data-presence-page="/some/path"` (the
-/// sessions on that page) with the counts returned by each beat or read, and elements
+/// sessions on that page) with the counts pushed, or returned by each beat or read, and elements
 /// marked `data-presence-list="members"` (members online) or `data-presence-list="page"`
 /// (sessions on this page) with the names the JSON carries: "alice, bob and 12 more",
 /// where 12 is the members count (or the page's session count) minus the names shown.
@@ -166,6 +185,7 @@ pub struct ScriptTag {
     idle_timeout: Duration,
     backoff: bool,
     refresh: Option<Duration>,
+    stream: bool,
 }
 
 impl ScriptTag {
@@ -180,6 +200,7 @@ impl ScriptTag {
             idle_timeout: presence.idle_timeout(),
             backoff: true,
             refresh: None,
+            stream: true,
         }
     }
 
@@ -245,6 +266,24 @@ impl ScriptTag {
     }
 }
 
+impl ScriptTag {
+    /// Whether the script opens `GET /presence/stream` while the tab is visible (default:
+    /// yes). With `false` (`data-stream="off"`) it only polls: heartbeats, and reads at the
+    /// [`refresh`](Self::refresh) interval.
+    ///
+    /// ```
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::ScriptTag;
+    ///
+    /// let tag = ScriptTag::new(&Presence::new()).stream(false);
+    /// assert!(tag.to_string().contains(r#"data-stream="off""#));
+    /// ```
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+}
+
 impl fmt::Display for ScriptTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -259,6 +298,9 @@ impl fmt::Display for ScriptTag {
         }
         if let Some(refresh) = self.refresh {
             write!(f, r#" data-refresh="{}""#, Seconds(refresh))?;
+        }
+        if !self.stream {
+            f.write_str(r#" data-stream="off""#)?;
         }
         f.write_str(" defer></script>")
     }

@@ -12,6 +12,8 @@
  * data-page             the page key (default location.pathname)
  * data-refresh          seconds between reads of the counts while the tab is visible
  *                       (default: none, the counts follow the heartbeats)
+ * data-stream           "off" keeps to polling (default: the counts are pushed over
+ *                       GET /presence/stream while the tab is visible)
  *
  * Elements marked data-presence="online|members|hidden|guests|bots|sessions|page|peak|peak-at"
  * are filled from the JSON counts, elements marked data-presence-page="/some/path" with
@@ -21,6 +23,10 @@
  * Everything is written as text, never as markup. Heartbeats and reads use fetch (no
  * WebSocket, which would keep the page out of the back/forward cache) and stop while the
  * tab is hidden; leaving uses navigator.sendBeacon on pagehide (no unload listener).
+ *
+ * While the tab is visible the counts come pushed over one EventSource (the stream also
+ * holds the session, so nothing is polled); see "The stream" below. Polling is the
+ * fallback where the stream cannot work.
  */
 (function () {
   'use strict';
@@ -43,6 +49,7 @@
   var gone = false; // the server answered 410: wait for input, then re-join
   var asked = 0; // answers older than the last one shown are dropped
   var shown = 0;
+  var stream = null; // the open (or opening) stream, see "The stream"
 
   // The pages whose counts the document shows, asked for with every request.
   function watched() {
@@ -190,6 +197,10 @@
   function onInput() {
     lastInput = Date.now();
     if (document.hidden) return;
+    if (streaming()) {
+      inputSinceBeat = true; // reported with the stream's next heartbeat
+      return;
+    }
     startRefresh();
     if (gone || timer === null) {
       // Re-join (after a 410) or resume (after hiding or the heartbeat limit) at once.
@@ -201,6 +212,7 @@
       inputSinceBeat = true;
       backoff.input();
     }
+    openStream();
   }
 
   /* ---- Backoff: heartbeats follow attention ------------------------------------------
@@ -269,6 +281,7 @@
     if (document.hidden) {
       stop();
       stopRefresh();
+      closeStream(true); // its hold goes; the visitor stays online as a hidden tab does
     } else {
       onInput(); // coming back to the tab is attention
     }
@@ -277,7 +290,9 @@
   window.addEventListener('pagehide', function () {
     stop();
     stopRefresh();
-    if (navigator.sendBeacon) navigator.sendBeacon(url('leave'));
+    closeStream(false); // closed here, so the back/forward cache can keep the page
+    // The leave names the last stream, so that its hold goes too if it is still open.
+    if (navigator.sendBeacon) navigator.sendBeacon(url('leave') + (lastStream ? '&stream=' + lastStream : ''));
   });
 
   window.addEventListener('pageshow', function (event) {
@@ -286,9 +301,113 @@
       gone = false;
       lastInput = Date.now();
       send('active');
-      start();
+      openStream();
+      if (!streaming()) start();
     }
   });
+
+  /* ---- The stream -------------------------------------------------------------------
+   * GET /presence/stream pushes the counts while the tab is visible, and holds the
+   * session while it is open: no polling, no heartbeat but one every half idle_timeout
+   * (the server's first event says how often), so that a half-open connection cannot keep
+   * a ghost online. On hide the page releases its hold (the visitor goes on as an ordinary
+   * session, as a hidden tab does) and closes it; on pagehide the leave names it. A stream
+   * lost without either starts the server's hold_grace: a heartbeat at once keeps the
+   * visitor. Where EventSource is missing, where the stream closes before it opened (a 429
+   * or 503 is invisible to EventSource) or does not open in time, the page polls as above,
+   * and tries the stream again later, backing off, never for good.
+   */
+  var useStream = !!window.EventSource && ds.stream !== 'off';
+  var streamFailures = 0;
+  var streamRetry = null; // the timer of the next try
+  var streamBeat = null; // the timer of the heartbeats while streaming
+  var lastStream = ''; // the name of the last stream opened, for the leave
+
+  function streaming() {
+    return stream !== null && stream.open;
+  }
+
+  function openStream() {
+    if (!useStream || stream !== null || streamRetry !== null || document.hidden || gone ||
+      Date.now() - lastInput >= limit) return;
+    var name = 's' + Date.now().toString(36) + Math.random().toString(36).slice(2, 10);
+    var source = new EventSource(base + '/stream?page=' + encodeURIComponent(page) + watched() +
+      '&stream=' + name);
+    var s = { source: source, name: name, open: false, beat: 0, timeout: null };
+    stream = s;
+    lastStream = name;
+    s.timeout = setTimeout(function () {
+      if (stream === s && !s.open) lostStream(); // a proxy holding it back: poll instead
+    }, 5000);
+    source.addEventListener('stream', function (e) {
+      try { s.beat = JSON.parse(e.data).heartbeat; } catch (err) { /* keep the default */ }
+    });
+    source.addEventListener('counts', function (e) {
+      if (stream !== s) return;
+      if (!s.open) {
+        s.open = true;
+        clearTimeout(s.timeout);
+        streamFailures = 0;
+        gone = false; // the stream's hold counts the visitor
+        stop(); // pushed from now on: nothing to poll
+        stopRefresh();
+        startStreamBeat(s.beat);
+      }
+      var counts;
+      try { counts = JSON.parse(e.data); } catch (err) { return; }
+      fill(counts, ++asked);
+    });
+    source.onerror = function () {
+      if (stream === s) lostStream();
+    };
+  }
+
+  // Ends the stream; with `release`, its hold goes first (the visitor stays online).
+  function closeStream(release) {
+    var s = stream;
+    if (s === null) return;
+    stream = null;
+    clearTimeout(s.timeout);
+    stopStreamBeat();
+    if (release && navigator.sendBeacon) navigator.sendBeacon(base + '/release?stream=' + s.name);
+    s.source.close();
+  }
+
+  function lostStream() {
+    var wasOpen = streaming();
+    closeStream(false);
+    streamFailures++;
+    var delay = Math.min(60000, 1000 * Math.pow(2, Math.min(streamFailures - 1, 6)));
+    streamRetry = setTimeout(function () {
+      streamRetry = null;
+      openStream();
+    }, delay * (0.75 + Math.random() / 2));
+    if (document.hidden || Date.now() - lastInput >= limit) return;
+    // Poll meanwhile; a lost stream's grace is kept by a heartbeat at once.
+    if (wasOpen) send('heartbeat');
+    start();
+    startRefresh();
+  }
+
+  function startStreamBeat(every) {
+    stopStreamBeat();
+    streamBeat = setInterval(function () {
+      if (Date.now() - lastInput >= limit) {
+        // Forgotten: let the session go as a polling page does. Input resumes.
+        closeStream(true);
+        return;
+      }
+      send(inputSinceBeat ? 'active' : 'heartbeat');
+      inputSinceBeat = false;
+    }, every > 0 ? every : interval);
+  }
+
+  function stopStreamBeat() {
+    if (streamBeat !== null) {
+      clearInterval(streamBeat);
+      streamBeat = null;
+    }
+  }
 
   // The first report, shortly after load, is activity: it counts a first-time visitor
   // (whose page came without our cookie), refreshes the counts, and cancels the pending
@@ -297,5 +416,8 @@
   setTimeout(function () {
     if (!document.hidden && !gone) send('active');
   }, 500);
-  if (!document.hidden) start();
+  if (!document.hidden) {
+    openStream();
+    if (stream === null) start(); // no stream here: poll
+  }
 })();

@@ -1,5 +1,5 @@
-//! The presence routes (heartbeat, activity, leave, counts, script) and the
-//! [`PresenceSession`] extractor. The routes rely on [`PresenceLayer`](super::PresenceLayer)
+//! The presence routes (heartbeat, activity, leave, counts, script; the stream and its
+//! release are in `stream.rs`) and the [`PresenceSession`] extractor. The routes rely on [`PresenceLayer`](super::PresenceLayer)
 //! for the session id and the visitor's kind; they never parse the cookie themselves.
 
 use std::collections::HashMap;
@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::layer::{Classified, page_key};
+use super::stream::{self, MAX_STREAMS, STREAMS_PER_SESSION, Streams};
 use super::{ROUTES_PREFIX, SCRIPT, Seconds};
 use crate::{Counts, Presence, SessionId, UserId};
 
@@ -137,6 +138,8 @@ where
 /// | `POST /presence/active` | user input on an open page: [`Presence::visit`] (or `touch`) with the visitor's kind; the script's first call after load, and its way to re-join after a `410`. `204` or `200` JSON like the heartbeat; `410 Gone` when the request brought no valid cookie (see below) |
 /// | `POST /presence/leave` | explicit "go offline" (`navigator.sendBeacon` on `pagehide`): `204`; see below |
 /// | `GET /presence/counts` | the JSON counts |
+/// | `GET /presence/stream` | the JSON counts pushed (server-sent events) while the page is open; the open stream holds the session. See below |
+/// | `POST /presence/release` | `?stream=NAME`: the page hides; that stream's hold is let go (the session goes on as an ordinary one) and the stream ends. `204`, or `410` like a heartbeat |
 /// | `GET /presence/presence.js` | the page [`SCRIPT`](super::SCRIPT), cacheable |
 ///
 /// The JSON is [`Counts`] as serialized with the `serde` feature, plus `names`: the first
@@ -171,9 +174,28 @@ where
 /// unless another tab reports within the grace (a tab that becomes visible does so at
 /// once).
 ///
-/// Responses other than the script carry `Cache-Control: no-store`. The answers of
-/// `heartbeat` and `active` carry `Presence-Idle-Timeout`, the tracker's `idle_timeout` in
-/// seconds (e.g. `300`, or `0.5`), which bounds the page script's backoff.
+/// **Stream** (`text/event-stream`): an event `stream` (`{"heartbeat": ms}`, how often the
+/// script should send a heartbeat while the stream is open: half the tracker's
+/// `idle_timeout`), then an event `counts` with the JSON of `GET /presence/counts` for the
+/// same `?page=` and `pages=`, at once and then whenever it changed, at most every
+/// [`publish_interval`](crate::PresenceBuilder::publish_interval); a comment every 15 s
+/// keeps proxies from closing it. While open it [holds](Presence::hold) the visitor's
+/// session on its page: no expiry, no heartbeat needed. Its hold is trusted for
+/// `idle_timeout` after the browser's last request (a half-open connection must not keep
+/// a ghost online); when the connection closes without a release or a leave (a crash, a
+/// lost network), the session leaves after [`hold_grace`](crate::PresenceBuilder::hold_grace)
+/// unless the page comes back. `?stream=NAME` (up to 64 letters, digits, `-`, `_`) names it
+/// for `release` and `leave`. Answers `429` past [`max_streams`](Routes::max_streams) open
+/// streams or [`streams_per_session`](Routes::streams_per_session) of one session, `410`
+/// when the request brought no valid cookie, `503` once the tracker is
+/// [shut down](Presence::shutdown) (open streams end then, so a graceful shutdown
+/// completes) or when the tracker is full. It carries `Cache-Control: no-cache` and
+/// `X-Accel-Buffering: no`; keep it out of response compression (tower-http's default
+/// predicate does), which would hold events back.
+///
+/// Responses other than the script and the stream carry `Cache-Control: no-store`. The
+/// answers of `heartbeat` and `active` carry `Presence-Idle-Timeout`, the tracker's
+/// `idle_timeout` in seconds (e.g. `300`, or `0.5`), which bounds the page script's backoff.
 ///
 /// ```
 /// use std::time::Duration;
@@ -194,20 +216,72 @@ pub struct Routes {
     presence: Presence,
     leave_grace: Duration,
     names: usize,
+    max_streams: usize,
+    streams_per_session: usize,
     #[cfg(feature = "redis")]
     cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Routes {
-    /// The routes for `presence`, with the defaults: a leave grace of 2 s, 50 names.
+    /// The routes for `presence`, with the defaults: a leave grace of 2 s, 50 names, at
+    /// most 10 000 streams, 4 of one session.
     pub fn new(presence: Presence) -> Self {
         Routes {
             presence,
             leave_grace: LEAVE_GRACE,
             names: 50,
+            max_streams: MAX_STREAMS,
+            streams_per_session: STREAMS_PER_SESSION,
             #[cfg(feature = "redis")]
             cluster: None,
         }
+    }
+
+    /// The most `GET /presence/stream` open at once; past it a stream is answered `429` and
+    /// the script polls instead (and tries the stream again later). Default 10 000. A
+    /// stream costs its connection and a few KiB (the benchmarks document measures it);
+    /// serving many needs a raised open-files limit (`ulimit -n`).
+    ///
+    /// ```
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::Routes;
+    ///
+    /// let routes = Routes::new(Presence::new()).max_streams(50_000);
+    /// # let _: axum::Router = routes.build();
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `max` is 0.
+    pub fn max_streams(mut self, max: usize) -> Self {
+        assert!(max > 0, "Routes::max_streams must be at least 1");
+        self.max_streams = max;
+        self
+    }
+
+    /// The most streams one session (one browser: its tabs share the cookie) may have open;
+    /// past it, `429` and that tab polls. Default 4: the script opens a stream only while
+    /// its tab is visible, and a browser over HTTP/1.1 has six connections per host for
+    /// all its tabs, so four streams leave two for everything else.
+    ///
+    /// ```
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::http::Routes;
+    ///
+    /// let routes = Routes::new(Presence::new()).streams_per_session(2);
+    /// # let _: axum::Router = routes.build();
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0 or over 64.
+    pub fn streams_per_session(mut self, n: usize) -> Self {
+        assert!(
+            (1..=64).contains(&n),
+            "Routes::streams_per_session must be between 1 and 64, got {n}"
+        );
+        self.streams_per_session = n;
+        self
     }
 
     /// Answers with the cluster-wide view (feature `redis`): the JSON counts (of
@@ -283,6 +357,7 @@ impl Routes {
             leave_grace: self.leave_grace,
             names: self.names,
             pending_leaves: Mutex::new(HashMap::default()),
+            streams: Streams::new(self.max_streams, self.streams_per_session),
             #[cfg(feature = "redis")]
             cluster: self.cluster,
         }));
@@ -290,7 +365,9 @@ impl Routes {
             .route(&format!("{ROUTES_PREFIX}/heartbeat"), post(heartbeat))
             .route(&format!("{ROUTES_PREFIX}/active"), post(active))
             .route(&format!("{ROUTES_PREFIX}/leave"), post(leave))
+            .route(&format!("{ROUTES_PREFIX}/release"), post(stream::release))
             .route(&format!("{ROUTES_PREFIX}/counts"), get(counts))
+            .route(&format!("{ROUTES_PREFIX}/stream"), get(stream::stream))
             .route(&format!("{ROUTES_PREFIX}/presence.js"), get(script))
             .with_state(state)
     }
@@ -316,10 +393,10 @@ const MAX_PAGES_PER_REQUEST: usize = 32;
 
 /// The routes' shared state.
 #[derive(Clone)]
-struct RouteState(Arc<Settings>);
+pub(super) struct RouteState(pub(super) Arc<Settings>);
 
-struct Settings {
-    presence: Presence,
+pub(super) struct Settings {
+    pub(super) presence: Presence,
     /// The `Presence-Idle-Timeout` of the beats' answers.
     idle_timeout: Option<HeaderValue>,
     leave_grace: Duration,
@@ -328,23 +405,43 @@ struct Settings {
     /// One entry (and one task) per session however many leaves arrive, so its size is
     /// bounded by the live sessions.
     pending_leaves: Mutex<HashMap<SessionId, PendingLeave, foldhash::fast::RandomState>>,
+    /// The open streams.
+    pub(super) streams: Streams,
     #[cfg(feature = "redis")]
     cluster: Option<crate::cluster::Cluster>,
 }
 
+impl Settings {
+    /// Whether a leave of session `id` is waiting out its grace.
+    pub(super) fn leaving(&self, id: SessionId) -> bool {
+        self.pending_leaves.lock().contains_key(&id)
+    }
+
+    /// Whether the JSON is the cluster's view.
+    pub(super) fn has_cluster(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.cluster.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+}
+
 #[derive(Clone, Copy)]
 struct PendingLeave {
-    /// The session's last sign of life when the (latest) leave arrived.
+    /// The session's last request (touch, visit or heartbeat) when the (latest) leave
+    /// arrived.
     seen: SystemTime,
     /// When the grace of the latest leave ends.
     due: tokio::time::Instant,
 }
 
-/// `?page=` and the repeated `pages=` of the presence routes.
+/// `?page=`, the repeated `pages=` and `stream=` of the presence routes.
 #[derive(Debug, Default)]
-struct PageQuery {
+pub(super) struct PageQuery {
     page: Option<String>,
     pages: Vec<String>,
+    /// The stream a release or a leave names (unchecked: see `stream::stream_name`).
+    pub(super) stream: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
@@ -359,6 +456,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
         for (key, value) in pairs {
             match key.as_str() {
                 "page" if q.page.is_none() => q.page = Some(value),
+                "stream" if q.stream.is_none() => q.stream = Some(value),
                 "pages" if q.pages.len() < MAX_PAGES_PER_REQUEST && is_page(&value) => {
                     let page = page_key(&value);
                     if !q.pages.iter().any(|p| p == page) {
@@ -379,8 +477,18 @@ fn is_page(page: &str) -> bool {
 
 impl PageQuery {
     /// The page, if it looks like a path, as the layer records it.
-    fn page(&self) -> Option<&str> {
+    pub(super) fn page(&self) -> Option<&str> {
         self.page.as_deref().filter(|p| is_page(p)).map(page_key)
+    }
+
+    /// What the JSON depends on, as one string: streams asking the same share it.
+    pub(super) fn cache_key(&self) -> Box<str> {
+        let mut key = String::from(self.page().unwrap_or(""));
+        for page in &self.pages {
+            key.push('\n');
+            key.push_str(page);
+        }
+        key.into()
     }
 }
 
@@ -404,6 +512,20 @@ fn as_map<S: serde::Serializer>(pages: &[(&str, usize)], s: S) -> Result<S::Ok, 
 }
 
 async fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
+    match counts_body(settings, query).await {
+        Ok(json) => json_response(json),
+        Err(err) => {
+            tracing::error!(error = %err, "could not serialize presence counts");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The JSON counts for `query`: this node's, or the cluster's view.
+pub(super) async fn counts_body(
+    settings: &Settings,
+    query: &PageQuery,
+) -> Result<Vec<u8>, serde_json::Error> {
     #[cfg(feature = "redis")]
     if let Some(cluster) = &settings.cluster {
         return cluster_json(settings, cluster, query).await;
@@ -422,7 +544,7 @@ async fn counts_json(settings: &Settings, query: &PageQuery) -> Response {
             .map(|p| (p.as_str(), presence.page_count(p)))
             .collect(),
     };
-    json_response(&body)
+    serde_json::to_vec(&body)
 }
 
 /// The counts from the cluster-wide view; page counts and names fall back to this node's
@@ -432,7 +554,7 @@ async fn cluster_json(
     settings: &Settings,
     cluster: &crate::cluster::Cluster,
     query: &PageQuery,
-) -> Response {
+) -> Result<Vec<u8>, serde_json::Error> {
     let presence = &settings.presence;
     let n = settings.names;
     let page = query.page();
@@ -469,7 +591,7 @@ async fn cluster_json(
         }
     };
     counts.stale |= degraded;
-    json_response(&CountsBody {
+    serde_json::to_vec(&CountsBody {
         counts,
         page: page_count,
         names,
@@ -478,21 +600,15 @@ async fn cluster_json(
     })
 }
 
-fn json_response(body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(json) => (
-            [
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-            json,
-        )
-            .into_response(),
-        Err(err) => {
-            tracing::error!(error = %err, "could not serialize presence counts");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+fn json_response(json: Vec<u8>) -> Response {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        json,
+    )
+        .into_response()
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -502,7 +618,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
         .any(|v| v.as_bytes().windows(16).any(|w| w == b"application/json"))
 }
 
-fn no_content() -> Response {
+pub(super) fn no_content() -> Response {
     (
         StatusCode::NO_CONTENT,
         [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
@@ -510,7 +626,7 @@ fn no_content() -> Response {
         .into_response()
 }
 
-fn gone() -> Response {
+pub(super) fn gone() -> Response {
     (
         StatusCode::GONE,
         [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
@@ -613,6 +729,9 @@ async fn leave(
     query: PageQuery,
 ) -> Response {
     let settings = &state.0;
+    // The page's stream, if it is still open, lets go first: its hold must not keep the
+    // session (another tab's may).
+    stream::release_named(settings, id, &query);
     let info = match settings.presence.session(id) {
         Some(info) => info,
         // Live on another node: taken up here, so that this leave ends it for the cluster.
@@ -638,7 +757,8 @@ async fn leave(
         }
     };
     let pending = PendingLeave {
-        seen: info.last_seen,
+        // The time of its last request, holds aside (a held session reads as seen now).
+        seen: settings.presence.last_call(id).unwrap_or(info.last_seen),
         due: tokio::time::Instant::now() + settings.leave_grace,
     };
     let first = settings.pending_leaves.lock().insert(id, pending).is_none();
@@ -664,11 +784,10 @@ async fn settle_leave(state: RouteState, id: SessionId, mut due: tokio::time::In
         }
         pending.remove(&id);
         drop(pending);
-        // No lock is held here: `leave` sends events.
-        let quiet = settings
-            .presence
-            .session(id)
-            .is_some_and(|s| s.last_seen == leave.seen);
+        // No lock is held here: `leave` sends events. A session another tab's stream holds
+        // stays; so does one that made a request since.
+        let presence = &settings.presence;
+        let quiet = presence.holds(id) == 0 && presence.last_call(id) == Some(leave.seen);
         if quiet {
             settings.presence.leave(id);
         }

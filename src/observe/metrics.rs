@@ -49,6 +49,7 @@ pub(crate) fn reason_label(reason: LeaveReason) -> &'static str {
         LeaveReason::Expired => "expired",
         LeaveReason::Left => "left",
         LeaveReason::HeartbeatLimit => "heartbeat_limit",
+        LeaveReason::Closed => "closed",
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use presence_tracker::http as presence_http;
+use presence_tracker::http::ScriptTag;
 use presence_tracker::{Presence, SessionId};
 use serde_json::json;
 
@@ -301,8 +302,10 @@ async fn two_browsers_see_each_other_sign_in_hide_and_leave() {
         presence.session(a_id).unwrap().last_seen > hidden_since
     );
 
-    // Killed by the admin: A's next heartbeat gets 410, the script stops, and the next
-    // input re-joins.
+    // Killed by the admin: A's stream ends, its heartbeat gets 410, the script stops, and
+    // the next input re-joins. (First let A's stream, asked for as A came back, open: a
+    // kill racing its request would be undone by it, as by any request in flight.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
     presence.leave(a_id);
     tokio::time::sleep(HEARTBEAT * 3).await;
     assert!(
@@ -632,13 +635,14 @@ async fn a_restart_between_two_heartbeats_keeps_the_visitor_and_the_peak() {
     let peak = first.counts().peak;
     assert_eq!(peak.online, 1);
 
-    // The restart: graceful stop, save, a new tracker from the file, the same address.
+    // The restart: save and shut the tracker down (its streams end), graceful stop, a new
+    // tracker from the file, the same address.
+    first.shutdown(); // saves
     stop_first.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("the first server stops gracefully")
         .unwrap();
-    first.shutdown(); // saves
     drop(first);
     let restarted_at = std::time::SystemTime::now();
     let second = build();
@@ -1154,5 +1158,583 @@ async fn idle_heartbeats_back_off_input_starts_over_and_the_visitor_stays_online
     );
 
     client.close().await.unwrap();
+    drop(driver);
+}
+
+/// Every request the server saw: when, its path and query, and the session its cookie
+/// named (`None` without one).
+type RequestLog = std::sync::Arc<parking_lot::Mutex<Vec<(Instant, String, Option<SessionId>)>>>;
+
+/// The demo, as [`serve_demo`], with every request recorded.
+async fn serve_logged(presence: &Presence, heartbeat: Duration) -> (String, RequestLog) {
+    use axum::extract::{Request, State};
+    use axum::middleware::{self, Next};
+    async fn record(
+        State(log): State<RequestLog>,
+        req: Request,
+        next: Next,
+    ) -> axum::response::Response {
+        let session = req
+            .headers()
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix("presence_id="))
+            .find_map(|v| v.get(v.len().saturating_sub(36)..)?.parse().ok());
+        let uri = req.uri().to_string();
+        log.lock().push((Instant::now(), uri, session));
+        next.run(req).await
+    }
+    let log = RequestLog::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = demo::app(presence.clone(), Some(heartbeat))
+        .layer(middleware::from_fn_with_state(log.clone(), record));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, log)
+}
+
+/// The requests of session `id` since `since` whose path starts with `prefix`.
+fn requests(log: &RequestLog, id: SessionId, since: Instant, prefix: &str) -> Vec<String> {
+    log.lock()
+        .iter()
+        .filter(|(at, uri, s)| *at >= since && *s == Some(id) && uri.starts_with(prefix))
+        .map(|(_, uri, _)| uri.clone())
+        .collect()
+}
+
+/// Whether session `id` is held by a presence stream: it asked for one, and the server
+/// shows it as seen now, twice, further apart than a polling page's requests could explain
+/// (a held session reads as seen now without a request).
+async fn streaming(log: &RequestLog, presence: &Presence, id: SessionId) -> bool {
+    let asked = log
+        .lock()
+        .iter()
+        .any(|(_, uri, s)| *s == Some(id) && uri.starts_with("/presence/stream"));
+    let seen_now = || {
+        presence
+            .session(id)
+            .is_some_and(|s| s.last_seen.elapsed().unwrap_or_default() < Duration::from_millis(30))
+    };
+    if !asked || !seen_now() {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(170)).await;
+    seen_now()
+}
+
+/// The process ids of the browser started with `profile` (its own processes: the profile
+/// directory is in each one's command line).
+fn browser_pids(profile: &Profile) -> Vec<u32> {
+    let needle = format!("--user-data-dir={}", profile.0.display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_stream_a_second_browser_shows_within_a_second_and_nothing_is_polled() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .build();
+    // Heartbeats and reads every half second if the page polled: anything polled shows.
+    let (base, log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(60), Profile::new(61));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    let a_id = session_of(&a).await;
+    eventually!(wait, "A streams", streaming(&log, &presence, a_id).await);
+    tokio::time::sleep(Duration::from_secs(1)).await; // the first report, 0.5 s after load
+    let since = Instant::now();
+
+    b.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "B is online", presence.counts().online == 2);
+    let joined = Instant::now();
+    eventually!(
+        wait,
+        "A shows B",
+        text(&a, "[data-presence=online]").await == "2"
+    );
+    let took = joined.elapsed();
+    assert!(took < Duration::from_secs(1), "A showed B after {took:?}");
+    // A few seconds more, as a page open for a while: no read, no heartbeat.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let polled: Vec<String> = [
+        "/presence/counts",
+        "/presence/heartbeat",
+        "/presence/active",
+    ]
+    .iter()
+    .flat_map(|p| requests(&log, a_id, since, p))
+    .collect();
+    assert!(polled.is_empty(), "A polled: {polled:?}");
+    assert!(streaming(&log, &presence, a_id).await);
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_tab_lets_its_stream_go_and_stays_online() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    // A short grace: a hidden tab kept online by its grace alone would be gone.
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .hold_grace(Duration::from_millis(500))
+        .build();
+    let (base, log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(62);
+    let a = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    let id = session_of(&a).await;
+    eventually!(wait, "A streams", streaming(&log, &presence, id).await);
+    set_hidden(&a, true).await;
+    eventually!(
+        wait,
+        "A released its stream",
+        !requests(&log, id, Instant::now() - wait, "/presence/release").is_empty()
+    );
+    let hidden = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(presence.session(id).is_some(), "a hidden tab stays online");
+    assert!(!streaming(&log, &presence, id).await, "and holds nothing");
+    assert!(
+        log.lock()
+            .iter()
+            .all(|(at, _, s)| *at < hidden || *s != Some(id)),
+        "a hidden tab sends nothing"
+    );
+    set_hidden(&a, false).await;
+    eventually!(
+        wait,
+        "A streams again",
+        streaming(&log, &presence, id).await
+    );
+
+    a.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_tab_shows_gone_within_the_leave_grace_and_a_second() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .hold_grace(Duration::from_secs(30)) // gone through the leave, not the grace
+        .build();
+    let (base, log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(63), Profile::new(64));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    b.goto(&format!("{base}/topic/1")).await.unwrap();
+    eventually!(wait, "both online", presence.counts().online == 2);
+    let b_id = session_of(&b).await;
+    eventually!(wait, "B streams", streaming(&log, &presence, b_id).await);
+    eventually!(
+        wait,
+        "A shows B",
+        text(&a, "[data-presence=online]").await == "2"
+    );
+
+    // B opens a blank tab (so the browser stays), then closes the page's tab.
+    let page_tab = b.window().await.unwrap();
+    let blank = b.new_window(true).await.unwrap();
+    b.switch_to_window(page_tab).await.unwrap();
+    let closed = Instant::now();
+    b.close_window().await.unwrap();
+    b.switch_to_window(blank.handle).await.unwrap();
+    eventually!(
+        wait,
+        "A shows B gone",
+        text(&a, "[data-presence=online]").await == "1"
+    );
+    let took = closed.elapsed();
+    // The routes' default leave grace is 2 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "A showed B gone after {took:?}"
+    );
+    assert!(presence.session(b_id).is_none());
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_browser_leaves_within_the_hold_grace_and_a_second() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let grace = Duration::from_secs(2);
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .hold_grace(grace)
+        .build();
+    let (base, log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(65), Profile::new(66));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    b.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "both online", presence.counts().online == 2);
+    let b_id = session_of(&b).await;
+    eventually!(wait, "B streams", streaming(&log, &presence, b_id).await);
+    eventually!(
+        wait,
+        "A shows B",
+        text(&a, "[data-presence=online]").await == "2"
+    );
+
+    // B's browser dies: no pagehide, no beacon; the server sees its connection drop.
+    let pids = browser_pids(&profile_b);
+    assert!(!pids.is_empty(), "B's processes");
+    let killed = Instant::now();
+    for pid in pids {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    tokio::time::sleep(grace / 2).await;
+    assert!(presence.session(b_id).is_some(), "within the grace");
+    eventually!(
+        wait,
+        "A shows B gone",
+        text(&a, "[data-presence=online]").await == "1"
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < grace + Duration::from_secs(1),
+        "A showed B gone after {took:?}"
+    );
+    assert!(
+        requests(&log, b_id, killed, "/presence/leave").is_empty(),
+        "gone through the grace, not a goodbye"
+    );
+
+    a.close().await.unwrap();
+    drop(b);
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_restored_from_the_back_forward_cache_streams_again() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+    let (base, log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let profile = Profile::new(67);
+    let a = browser(&driver, &chrome, &profile).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "A is online", presence.counts().online == 1);
+    let id = session_of(&a).await;
+    eventually!(wait, "A streams", streaming(&log, &presence, id).await);
+    a.execute("window.stillHere = 42", vec![]).await.unwrap();
+    click(&a, "a[href='/topic/1']").await;
+    eventually!(
+        wait,
+        "A is on the topic",
+        presence.page_count("/topic/1") == 1
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let back = Instant::now();
+    a.back().await.unwrap();
+    eventually!(
+        wait,
+        "A is back on the index",
+        a.current_url().await.unwrap().path() == "/"
+    );
+    let restored = a
+        .execute("return window.stillHere === 42", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        restored,
+        json!(true),
+        "restored from the back/forward cache"
+    );
+    eventually!(wait, "A re-joined the index", presence.page_count("/") == 1);
+    eventually!(
+        wait,
+        "the restored page streams again",
+        !requests(&log, id, back, "/presence/stream?page=%2F").is_empty()
+            && streaming(&log, &presence, id).await
+    );
+
+    a.close().await.unwrap();
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_tabs_of_one_browser_over_http1_all_load_and_update() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .build();
+    let (base, log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(68), Profile::new(69));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let wait = Duration::from_secs(20);
+
+    // Seven tabs, each loading a page of the site (HTTP/1.1: six connections per host for
+    // them all). The first page sets the cookie, so that every tab is one session.
+    let page = |n: usize| match n % 4 {
+        0 => format!("{base}/"),
+        t => format!("{base}/topic/{t}"),
+    };
+    let load = async |n: usize| {
+        let started = Instant::now();
+        tokio::time::timeout(wait, a.goto(&page(n)))
+            .await
+            .unwrap_or_else(|_| panic!("tab {n} never loaded: connections starved"))
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "tab {n} loaded in {took:?}");
+        assert!(
+            a.find(Locator::Css("[data-presence=online]")).await.is_ok(),
+            "tab {n} shows the counts"
+        );
+    };
+    a.goto(&page(0)).await.unwrap();
+    let mut tabs = vec![a.window().await.unwrap()];
+    for n in 1..7 {
+        let tab = a.new_window(true).await.unwrap().handle;
+        a.switch_to_window(tab.clone()).await.unwrap();
+        load(n).await;
+        tabs.push(tab);
+    }
+    let id = session_of(&a).await;
+    assert_eq!(presence.counts().sessions, 1, "one browser, one session");
+
+    // Headless, only the active tab is visible. Make them all visible, as seven windows
+    // side by side would be: each wants a stream; four get one, the others poll.
+    let shown = Instant::now();
+    for tab in &tabs {
+        a.switch_to_window(tab.clone()).await.unwrap();
+        set_hidden(&a, false).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = requests(&log, id, shown, "/presence/stream").len();
+    assert!(asked >= 7, "every visible tab asked for a stream: {asked}");
+    // Four streams held, two connections left: a page still loads.
+    load(6).await;
+    set_hidden(&a, false).await;
+
+    // Another visitor arrives: every tab shows it.
+    let b = browser(&driver, &chrome, &profile_b).await;
+    b.goto(&format!("{base}/")).await.unwrap();
+    eventually!(wait, "B is online", presence.counts().online == 2);
+    for (n, tab) in tabs.iter().enumerate() {
+        a.switch_to_window(tab.clone()).await.unwrap();
+        eventually!(
+            wait,
+            format!("tab {n} shows 2 online"),
+            text(&a, "[data-presence=online]").await == "2"
+        );
+    }
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
+
+#[cfg(feature = "demo-chat")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_room_shows_joins_messages_and_leaves_live() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let presence = Presence::builder()
+        .idle_timeout(Duration::from_secs(120))
+        .build();
+    let (base, _log) = serve_logged(&presence, HEARTBEAT).await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_a, profile_b) = (Profile::new(70), Profile::new(71));
+    let a = browser(&driver, &chrome, &profile_a).await;
+    let b = browser(&driver, &chrome, &profile_b).await;
+    let wait = Duration::from_secs(10);
+
+    a.goto(&format!("{base}/chat")).await.unwrap();
+    sign_in(&a, "ann").await;
+    eventually!(wait, "ann is in the room", text(&a, "#room").await == "ann");
+    b.goto(&format!("{base}/chat")).await.unwrap();
+    sign_in(&b, "bob").await;
+    eventually!(
+        wait,
+        "ann sees bob join",
+        text(&a, "#room").await == "ann and bob"
+            && text(&a, "#chat-log").await.contains("bob joined")
+    );
+    assert_eq!(presence.page_members("/chat", 10), ["ann", "bob"]);
+
+    let field = b.find(Locator::Css("#message")).await.unwrap();
+    field.send_keys("<b>hi</b> ann").await.unwrap();
+    click(&b, "#send").await;
+    eventually!(
+        wait,
+        "ann reads bob's message, as text",
+        text(&a, "#chat-log").await.contains("bob: <b>hi</b> ann")
+    );
+    assert!(
+        a.find(Locator::Css("#chat-log b")).await.is_err(),
+        "never markup"
+    );
+
+    // bob closes the room's tab: ann sees him leave (the socket's hold and the page's
+    // stream go with it; the page's goodbye takes him offline after its grace).
+    let page_tab = b.window().await.unwrap();
+    let blank = b.new_window(true).await.unwrap();
+    b.switch_to_window(page_tab).await.unwrap();
+    b.close_window().await.unwrap();
+    b.switch_to_window(blank.handle).await.unwrap();
+    eventually!(
+        wait,
+        "ann sees bob leave",
+        text(&a, "#room").await == "ann" && text(&a, "#chat-log").await.contains("bob left")
+    );
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop(driver);
+}
+
+/// A page with the counts and the script (`tag`), the presence routes and the layer, every
+/// request logged.
+async fn serve_page(presence: &Presence, tag: ScriptTag) -> (String, RequestLog) {
+    use axum::extract::{Request, State};
+    use axum::middleware::{self, Next};
+    async fn record(
+        State(log): State<RequestLog>,
+        req: Request,
+        next: Next,
+    ) -> axum::response::Response {
+        log.lock()
+            .push((Instant::now(), req.uri().to_string(), None));
+        next.run(req).await
+    }
+    let log = RequestLog::default();
+    let page = axum::response::Html(format!(
+        "<!doctype html><p><span data-presence=\"online\">0</span> online, \
+         <span data-presence=\"page\">0</span> here</p>{tag}"
+    ));
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(move || async move { page }))
+        .merge(presence_http::routes(presence.clone()))
+        .layer(presence_http::PresenceLayer::new(presence.clone()).secure(false))
+        .layer(middleware::from_fn_with_state(log.clone(), record));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, log)
+}
+
+/// A measurement (BENCHMARKS.md): the requests one visible tab makes in a minute, with the
+/// stream and with today's polling (reads every 2 s, heartbeats every 30 s), each tab in its
+/// own browser against its own server, at the tracker's defaults. A minute long:
+/// `CI=true cargo test -p presence-tracker-testbed --test browser -- --ignored requests_per`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a minute long: a measurement for BENCHMARKS.md"]
+async fn requests_per_visible_tab_per_minute_stream_against_polling() {
+    let Some((chrome, chromedriver)) = binaries() else {
+        return;
+    };
+    let _one_at_a_time = BROWSERS.lock().await;
+    let driver = Driver::start(&chromedriver);
+    let (profile_s, profile_p) = (Profile::new(80), Profile::new(81));
+    let every = Duration::from_secs(2);
+    let streamed = Presence::new();
+    let polled = Presence::new();
+    let (base_s, log_s) = serve_page(&streamed, ScriptTag::new(&streamed).refresh(every)).await;
+    let (base_p, log_p) = serve_page(
+        &polled,
+        ScriptTag::new(&polled).refresh(every).stream(false),
+    )
+    .await;
+    let s = browser(&driver, &chrome, &profile_s).await;
+    let p = browser(&driver, &chrome, &profile_p).await;
+    // The first visit gets the cookie; the measured one starts from the second.
+    s.goto(&format!("{base_s}/")).await.unwrap();
+    p.goto(&format!("{base_p}/")).await.unwrap();
+    s.goto(&format!("{base_s}/")).await.unwrap();
+    p.goto(&format!("{base_p}/")).await.unwrap();
+    // After the first second (the page, the script, the stream or first read, the first
+    // report), a minute of a visible tab nobody touches.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let count = |log: &RequestLog| {
+        log.lock()
+            .iter()
+            .filter(|(at, uri, _)| *at >= from && uri.starts_with("/presence/"))
+            .map(|(_, uri, _)| uri.split('?').next().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (stream_requests, poll_requests) = (count(&log_s), count(&log_p));
+    println!(
+        "requests per visible tab per minute: stream {} {:?}, polling {}",
+        stream_requests.len(),
+        stream_requests,
+        poll_requests.len()
+    );
+    assert!(stream_requests.is_empty(), "{stream_requests:?}");
+    assert!(
+        (28..=34).contains(&poll_requests.len()),
+        "{}",
+        poll_requests.len()
+    );
+    s.close().await.unwrap();
+    p.close().await.unwrap();
     drop(driver);
 }
