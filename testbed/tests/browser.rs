@@ -954,10 +954,13 @@ async fn record_beats(
 }
 
 /// A page with nothing but the script (its interval `interval`, everything else from the
-/// tracker), the routes and the layer, every beat recorded in `beats`.
+/// tracker), the routes and the layer, every beat recorded in `beats`. The script polls
+/// (`stream(false)`): the backoff is for polling pages; a streaming page beats once per
+/// half `idle_timeout` anyway.
 async fn serve_reading_page(presence: &Presence, interval: Duration, beats: Beats) -> String {
     let tag = presence_http::ScriptTag::new(presence)
         .interval(interval)
+        .stream(false)
         .to_string();
     let page = format!(
         "<!doctype html><html><head><title>An article</title></head>\
