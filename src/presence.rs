@@ -375,14 +375,14 @@ impl Presence {
         &self.tracker
     }
 
-    /// Whether a snapshot file is set: shutdown saves the sessions for the next start.
-    #[allow(dead_code)] // used by the optional cluster view
     /// Known users (online or remembered) for which `matches` holds (the cluster's erasure).
     #[cfg(feature = "redis")]
     pub(crate) fn find_users(&self, matches: impl FnMut(&str) -> bool) -> Vec<crate::UserId> {
         self.tracker.find_users(matches)
     }
 
+    /// Whether a snapshot file is set: shutdown saves the sessions for the next start.
+    #[allow(dead_code)] // used by the optional cluster view
     pub(crate) fn has_snapshot_file(&self) -> bool {
         self.tracker.has_snapshot_file()
     }
