@@ -34,7 +34,9 @@
 --   "K" {id(16) len(4 hex) bucket(4 hex) page_len(4 hex) page entry}...   before a bye that
 --       parks: where this node counts its sessions, so that each leaves its page when it
 --       expires or another node takes it
--- Nodes send ages and time left, never timestamps: Redis TIME scores everything.
+-- The node sends "u", "n", "r" and "l" sorted by session bucket: each bucket's run reads and
+-- writes its records and claims once. Nodes send ages and time left, never timestamps:
+-- Redis TIME scores everything.
 --
 -- Returns {status (1 ok, 2 node name in use by another live process, 3 an older call that
 -- arrived late: ignored), fresh, registered at seq, now ms, live nodes, sessions, guests, bots,
