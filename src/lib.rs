@@ -118,7 +118,7 @@
 //   core::lifecycle  the write path: starts, changes and ends a session
 //   core::users core::pages core::holds core::expiry core::counters core::reaper  the tables
 //   core::map core::session core::changes  the map, a session's stored form, the change log
-//   persist observe live::publish  the snapshot file's format and I/O; metrics and history; the watches' channels
+//   persist observe  the snapshot file's format and I/O; metrics, history and the watches' channels
 //   events info limits counts  plain types: events, read results, bounds, counts
 //   error clock kind id sync  plain types: errors, time, kinds, ids, the sync primitives
 mod builder;

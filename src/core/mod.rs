@@ -6,8 +6,8 @@
 //!
 //! It owns every table about sessions; nothing outside this folder changes one. It does not
 //! know the public handle (`Presence`), the builder, the HTTP layer or the cluster view; it
-//! uses the plain types at the crate root, `persist` for the file format, `observe` for
-//! metrics and history, and `live::publish` for the watches' channels it feeds.
+//! uses the plain types at the crate root, `persist` for the file format, and `observe` for
+//! metrics, history and the watches' channels it feeds.
 
 pub(crate) mod changes;
 pub(crate) mod counters;

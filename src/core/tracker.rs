@@ -11,7 +11,7 @@
 //! 4. leaves: the hold table's lock, the expiry index's lock, the peak's lock, the event
 //!    queue's lock.
 //!
-//! The publisher's locks (see `live::publish`) are taken with none of these held, except
+//! The publisher's locks (see `observe::publish`) are taken with none of these held, except
 //! that registering a watched page reads the page table inside the publisher's registry
 //! lock.
 //!
@@ -38,8 +38,8 @@ use crate::error::PresenceError;
 use crate::events::Event;
 use crate::info::{SessionCursor, SessionInfo, SessionState, Touch, UserStatus};
 use crate::kind::{Kind, UserId};
-use crate::live::publish::{Full, PageRead, PageView, Publisher};
 use crate::observe::history::History;
+use crate::observe::publish::{Full, PageRead, PageView, Publisher};
 use crate::persist::format::SnapshotFile;
 
 /// A tracker's settings, as the builder validated them.

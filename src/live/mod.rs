@@ -16,12 +16,11 @@
 //! the versions the page table stamps on page changes.
 //!
 //! The hold state itself lives in the core (the write path starts, holds, releases and ends
-//! a session); this part owns the handles and the publisher's channels (`publish`, which
-//! the tracker feeds and so sits below it).
+//! a session); this part owns the handles. The publisher's channels, which the tracker
+//! feeds, sit below it in `observe::publish`.
 
 pub(crate) mod hold;
 pub(crate) mod page;
-pub(crate) mod publish;
 
 pub use self::hold::Hold;
 pub use self::page::{PageDiff, PageWatch};

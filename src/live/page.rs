@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::UserId;
 use crate::core::tracker::Tracker;
-use crate::live::publish::PageView;
+use crate::observe::publish::PageView;
 
 /// What changed on a watched page since the previous [`PageWatch::changed`]: the net
 /// change, so a reader that is slow loses nothing and queues nothing (a user who joined and
