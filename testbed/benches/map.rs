@@ -19,10 +19,9 @@
 //! The values are shaped like the tracker's: a 16-byte hot part with an atomic time (so a
 //! slot is 32 bytes) and a 24-byte cold part.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
@@ -30,50 +29,7 @@ use presence_tracker::SessionId;
 use presence_tracker::map::{Entry, GroupTable, SessionMap, SlotIndex, SwissTable};
 
 mod common;
-use common::{SplitMix, full_scale, keys};
-
-/// Counts the bytes live on the heap, so a structure's cost is what it allocated.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is
-// updated beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc`, with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc_zeroed`, with the caller's layout.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from this allocator with `layout`; the caller upholds the rest.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
-        }
-        p
-    }
-}
+use common::{Counting, SplitMix, full_scale, keys};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -186,9 +142,9 @@ fn memory(full: bool) {
     for n in sizes(full) {
         let ids = ids_of(&keys(11, n));
         let measure = |build: &dyn Fn() -> Box<dyn std::any::Any>| {
-            let before = LIVE.load(Ordering::Relaxed);
+            let before = common::live_bytes();
             let map = build();
-            let bytes = LIVE.load(Ordering::Relaxed) - before;
+            let bytes = common::live_bytes() - before;
             drop(map);
             bytes as f64 / n as f64
         };

@@ -29,11 +29,10 @@
 //! largest for polling); `PRESENCE_STREAMS_POLL=500,2000` the polling intervals in ms
 //! (default those two; empty: no polling run). Without `--bench` (`cargo test --benches`) it runs once on 50 tabs.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -45,38 +44,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tower::ServiceExt;
 
 mod common;
-use common::full_scale;
+use common::{Counting, full_scale};
 
 const CHILD_ENV: &str = "PRESENCE_STREAMS_CHILD";
 const TABS_ENV: &str = "PRESENCE_STREAMS_TABS";
 const POLL_ENV: &str = "PRESENCE_STREAMS_POLL";
 const PAGE: &str = "/";
-
-/// Counts the heap: bytes live, from every thread.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to `System`; the counter is a plain atomic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -213,7 +186,7 @@ async fn run(n: usize, mode: Mode, full: bool) {
         presence.visit(SessionId::new_v4(), kind, PAGE).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let heap_before = LIVE.load(Ordering::Relaxed);
+    let heap_before = common::live_bytes() as isize;
 
     let exe = std::env::current_exe().unwrap();
     let mut child = tokio::process::Command::new(exe)
@@ -230,7 +203,7 @@ async fn run(n: usize, mode: Mode, full: bool) {
     assert_eq!(ready, "ready", "the clients could not connect");
     let connected = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let heap = LIVE.load(Ordering::Relaxed) - heap_before;
+    let heap = common::live_bytes() as isize - heap_before;
     let window = Duration::from_secs(if full { 10 } else { 1 });
 
     // CPU with nothing changing (polling tabs still poll).
