@@ -204,6 +204,8 @@ local function message(num, kind, id)
   new_keys[ibkey(num)] = true
 end
 
+local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
+
 local function user_touch(user, sortkey)
   local u = users[user]
   if not u then
@@ -213,6 +215,14 @@ local function user_touch(user, sortkey)
     u[3] = sortkey
   end
   return u
+end
+
+-- A renewal's news for its user: last seen and last active (ages in op `a`), the latest wins.
+local function user_seen(user, sortkey, a)
+  local u = user_touch(user, sortkey)
+  local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
+  if seen > u[4] then u[4] = seen end
+  if active > u[5] then u[5] = active end
 end
 
 -- Adds (d = 1) or removes (d = -1) a session's share of the counters and its user's.
@@ -244,8 +254,6 @@ local function without(s, num, id, parked)
   end
   return out, found
 end
-
-local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
 
 -- Releases `num`'s claims on `ids`, all in bucket `b`: a session no claim holds any more
 -- ends. One read and one write of the bucket, one of the claims, whatever their number.
@@ -298,12 +306,7 @@ local function run_bucket(b, ops)
         claims[#claims + 1] = now + hex(a, 20, 8)
         claims[#claims + 1] = n_ids[k]
         local ulen = hex(a, 44, 4)
-        if ulen > 0 then
-          local u = user_touch(string.sub(a, 48, 47 + ulen), nil)
-          local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
-          if seen > u[4] then u[4] = seen end
-          if active > u[5] then u[5] = active end
-        end
+        if ulen > 0 then user_seen(string.sub(a, 48, 47 + ulen), nil, a) end
       else
         rest[#rest + 1] = a -- the claim is gone: as an upsert
       end
@@ -358,12 +361,7 @@ local function run_bucket(b, ops)
           sets[#sets + 1] = id
           sets[#sets + 1] = cmsgpack.pack(s)
         end
-        if user ~= '' and renew then
-          local u = user_touch(user, sortkey)
-          local seen, active = now - hex(a, 28, 8), now - hex(a, 36, 8)
-          if seen > u[4] then u[4] = seen end
-          if active > u[5] then u[5] = active end
-        end
+        if user ~= '' and renew then user_seen(user, sortkey, a) end
       elseif op == 'r' then
         mine[#mine + 1] = id
       elseif op == 'l' then
