@@ -34,6 +34,7 @@ async fn node_with(
 ) -> Cluster {
     Cluster::builder(url)
         .namespace("shared")
+        .shards(redis_server::shards())
         .node_id(name)
         .flush_interval(flush)
         .node_timeout(timeout)
@@ -281,7 +282,8 @@ async fn every_key_has_a_ttl() {
     ca.sync().await.unwrap();
     ca.shutdown().await;
     cb.sync().await.unwrap();
-    let keys = server.cli(&["--scan", "--pattern", "{shared}:*"]);
+    // `{shared}:*`, and `{shared:3}:*` when spread over several tags.
+    let keys = server.cli(&["--scan", "--pattern", "{shared[}:]*"]);
     let keys: Vec<&str> = keys.lines().collect();
     assert!(keys.len() > 20, "{keys:?}");
     for k in keys {

@@ -220,3 +220,45 @@ pub(super) fn is_auth_error(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }
+
+/// The most of `slots` one Redis server holds: all of them on one server, and on a Redis
+/// Cluster the count of its busiest master (from `CLUSTER SLOTS`; all of them if it cannot
+/// tell).
+pub(super) async fn busiest_server(conn: &mut Conn, slots: &[u16]) -> usize {
+    if matches!(conn, Conn::Single(_)) {
+        return slots.len();
+    }
+    let Ok(Value::Array(ranges)) = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async::<Value>(conn)
+        .await
+    else {
+        return slots.len();
+    };
+    // Each range: start, end, then the master's [host, port, id, ...] and its replicas'.
+    let mut masters: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    for r in ranges {
+        let Value::Array(r) = r else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(m))) =
+            (r.first(), r.get(1), r.get(2))
+        else {
+            continue;
+        };
+        let who = match (m.first(), m.get(1)) {
+            (Some(Value::BulkString(host)), Some(Value::Int(port))) => {
+                [host.as_slice(), b":", port.to_string().as_bytes()].concat()
+            }
+            _ => continue,
+        };
+        masters.push((*start, *end, who));
+    }
+    let mut per: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for &slot in slots {
+        let slot = i64::from(slot);
+        match masters.iter().find(|(s, e, _)| (*s..=*e).contains(&slot)) {
+            Some((_, _, who)) => *per.entry(who.as_slice()).or_default() += 1,
+            None => return slots.len(),
+        }
+    }
+    per.into_values().max().unwrap_or(slots.len()).max(1)
+}

@@ -18,7 +18,9 @@
 -- node has no refill left to send, 9 peak online and 10 peak at (ms) this node last saw,
 -- 11 sweep budget (claims), 12 first session bucket and 13 number of buckets whose TTL to
 -- refresh, 14 first and 15 number of this node's page-member buckets whose TTL to refresh,
--- 16 key TTL ms, 17 the highest inbox message this node has taken in (its score).
+-- 16 key TTL ms, 17 the highest inbox message this node has taken in (its score), 18 the
+-- number of session buckets (4096 with one hash tag, fewer per tag when the namespace is
+-- spread over several: a bucket then holds as many sessions).
 -- Then one argument per operation, packed:
 --   "u" id(16) kind(1: g b m h) renew(1: 0/1) ttl_ms(8 hex) seen_age_ms(8 hex)
 --       active_age_ms(8 hex) user_len(4 hex) user sortkey_len(4 hex) sortkey take(1: 0/1)
@@ -51,15 +53,15 @@ local N, NN, ND, NSEQ = P .. 'n', P .. 'nn', P .. 'nd', P .. 'nseq'
 local DEAD, PARKED, FILL, SINCE = P .. 'dead', P .. 'parked', P .. 'fill', P .. 'since'
 local DRAIN, IBN = P .. 'drain', P .. 'ibn'
 local FIXED = { C, U, M, PG, N, NN, ND, NSEQ, DEAD, PARKED, FILL, SINCE, DRAIN, IBN }
-local BUCKETS = 4096
+local BUCKETS = tonumber(ARGV[18])
 -- A node's page entries are spread over this many member buckets by a hash of the page
 -- (computed by the node), so that each stays small and compact.
 local PM_BUCKETS = 256
 
--- Sessions live in 4096 buckets by id so that each bucket stays within Redis's compact
--- encoding (listpack) up to about 500k sessions.
+-- Sessions live in buckets by id (4096 in a namespace of one tag) so that each bucket stays
+-- within Redis's compact encoding (listpack) up to about 500k sessions per tag.
 local function bucket(id)
-  return string.byte(id, 1) * 16 + math.floor(string.byte(id, 2) / 16)
+  return (string.byte(id, 1) * 16 + math.floor(string.byte(id, 2) / 16)) % BUCKETS
 end
 local function skey(b) return P .. 's:' .. b end
 -- A node's claims, by bucket, scored by their expiry; and the buckets it has claims in.
@@ -79,7 +81,7 @@ local timeout, flushms, mode, filled = tonumber(ARGV[5]), tonumber(ARGV[6]), ARG
 local my_peak, my_peak_at, budget = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local ttl_b, ttl_bn, ttl_p, ttl_pn = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local keyttl, inbox_seen = tonumber(ARGV[16]), tonumber(ARGV[17])
-local FIRST_OP = 18
+local FIRST_OP = 19
 
 local function view(status, fresh, reg, more, done)
   local c = redis.call('HMGET', C, 'sessions', 'guests', 'bots', 'members', 'hidden')

@@ -142,6 +142,8 @@ mod cache;
 mod conn;
 mod erase;
 mod log;
+mod node;
+mod tags;
 mod task;
 
 use std::fmt;
@@ -154,9 +156,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{Peak, Presence, UserId, UserStatus};
 use cache::{Answer, Read, ReadCache};
 use conn::Conn;
-use task::{Command, Flusher};
+use task::Command;
 
 pub use cache::MAX_LIST;
+pub use tags::MAX_SHARDS;
 
 /// How long the reads wait for Redis at most.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -189,6 +192,30 @@ pub struct ClusterCounts {
     /// `true` while the last flush failed (Redis unreachable or stalled) or before the first
     /// one succeeded: the view is the last one known.
     pub stale: bool,
+    /// `true` when the view is spread over several hash tags
+    /// ([`ClusterBuilder::shards`]) and some answered the last flush while others did not
+    /// (a Redis Cluster master down, with `cluster-require-full-coverage no`): the counts
+    /// add the current parts and the last known ones of the rest. `stale` is `true` too.
+    pub partial: bool,
+}
+
+impl ClusterCounts {
+    /// Nothing known yet, as of `now`.
+    pub(crate) fn empty(now: SystemTime) -> ClusterCounts {
+        ClusterCounts {
+            online: 0,
+            members: 0,
+            hidden: 0,
+            guests: 0,
+            bots: 0,
+            sessions: 0,
+            nodes: 0,
+            peak: Peak { online: 0, at: now },
+            as_of: now,
+            stale: true,
+            partial: false,
+        }
+    }
 }
 
 /// Why a cluster call failed.
@@ -219,6 +246,16 @@ pub enum ClusterError {
     /// The tracker refused the request (e.g. a user name over
     /// [`MAX_USER_LEN`](crate::MAX_USER_LEN)).
     Presence(crate::PresenceError),
+    /// Another live node spreads this namespace over another number of hash tags
+    /// ([`ClusterBuilder::shards`]): the two would keep two separate views, so this node
+    /// sends nothing until every node of the other count has stopped. Change `shards` on
+    /// every node at once (stop them all), or start the new count under a new namespace.
+    ShardsMismatch {
+        /// This node's `shards`.
+        ours: usize,
+        /// The other node's.
+        theirs: usize,
+    },
 }
 
 impl fmt::Display for ClusterError {
@@ -243,6 +280,12 @@ impl fmt::Display for ClusterError {
                 write!(f, "Redis refused the credentials in the URL: {e}")
             }
             ClusterError::Presence(e) => e.fmt(f),
+            ClusterError::ShardsMismatch { ours, theirs } => write!(
+                f,
+                "another live node spreads this namespace over {theirs} shards, this one over \
+                 {ours}; this node sends nothing until the others stop (use one `shards` for \
+                 every node of a namespace)"
+            ),
         }
     }
 }
@@ -271,6 +314,7 @@ pub struct ClusterBuilder {
     node_id: Option<String>,
     flush_interval: Duration,
     node_timeout: Duration,
+    shards: usize,
 }
 
 /// Longest namespace and node id accepted: they are part of every key or every call.
@@ -310,6 +354,35 @@ impl ClusterBuilder {
         self
     }
 
+    /// Spreads the view over `k` hash tags (default 1), so that the masters of a Redis
+    /// Cluster share the work instead of one doing it all: guests and bots are kept by a
+    /// hash of their session id, a signed-in user's sessions by a hash of the user's name.
+    /// The counts add the tags' parts; page counts, the busiest pages and the name lists are
+    /// merged when read, and a flush sends each tag's calls at once (one round trip per
+    /// Redis server). Between 1 and [`MAX_SHARDS`].
+    ///
+    /// Every node of a namespace must use the same `k`: a node started with another one
+    /// while a node of the first count is live gets [`ClusterError::ShardsMismatch`] from
+    /// [`Cluster::sync`] and sends nothing (never a silently split view).
+    ///
+    /// On one plain Redis more tags buy nothing; a flush then costs about the same (see
+    /// BENCHMARKS.md). On a Redis Cluster of `m` masters, a few tags per master (16 for 3
+    /// to 5 masters) spread the work evenly: tag names are chosen so that their slots fall
+    /// in `k` equal slices of the slot space. With Redis's default
+    /// `cluster-require-full-coverage yes`, one master down makes every master refuse, and
+    /// the whole view is [`stale`](ClusterCounts::stale) until it returns; with `no`, the
+    /// tags of the other masters go on, and the view says it is
+    /// [`partial`](ClusterCounts::partial).
+    ///
+    /// A session that signs in moves from its id's tag to its user's: it ends in the former
+    /// for every node, as after a leave. A node that saw it only before it signed in (no
+    /// sticky sessions) lets go of it there at its next activity (which carries the
+    /// signed-in kind) or expiry.
+    pub fn shards(mut self, k: usize) -> Self {
+        self.shards = k;
+        self
+    }
+
     fn check(&self) -> Result<(), ClusterError> {
         let bad = |s: String| Err(ClusterError::InvalidSetting(s));
         let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_LEN;
@@ -333,6 +406,12 @@ impl ClusterBuilder {
             return bad(format!(
                 "flush_interval must be between 10 ms and 1 h, got {:?}",
                 self.flush_interval
+            ));
+        }
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return bad(format!(
+                "shards must be between 1 and {MAX_SHARDS}, got {}",
+                self.shards
             ));
         }
         if self.node_timeout < self.flush_interval * 2
@@ -361,10 +440,10 @@ impl ClusterBuilder {
             .max(self.node_timeout * 4)
             .max(presence.idle_timeout() * 2)
             .max(self.flush_interval * 16);
-        let now = SystemTime::now();
         Shared {
             url: self.url,
-            prefix: format!("{{{}}}:", self.namespace),
+            base_prefix: format!("{{{}}}:", self.namespace),
+            prefixes: tags::prefixes(&self.namespace, self.shards),
             node_id,
             flush_interval: self.flush_interval,
             node_timeout: self.node_timeout,
@@ -375,18 +454,7 @@ impl ClusterBuilder {
             presence: presence.clone(),
             conn: Mutex::new(None),
             cache: ReadCache::default(),
-            view: Mutex::new(ClusterCounts {
-                online: 0,
-                members: 0,
-                hidden: 0,
-                guests: 0,
-                bots: 0,
-                sessions: 0,
-                nodes: 0,
-                peak: Peak { online: 0, at: now },
-                as_of: now,
-                stale: true,
-            }),
+            view: Mutex::new(ClusterCounts::empty(SystemTime::now())),
         }
     }
 
@@ -426,8 +494,8 @@ impl ClusterBuilder {
             }
         }
         let (tx, rx) = mpsc::channel(16);
-        let flusher = Flusher::new(shared.clone(), presence.clone(), client);
-        tokio::spawn(flusher.run(rx));
+        let node = node::Node::new(shared.clone(), presence.clone(), client);
+        tokio::spawn(node.run(rx));
         Ok(Cluster {
             inner: Arc::new(Inner {
                 shared,
@@ -439,8 +507,12 @@ impl ClusterBuilder {
 
 pub(crate) struct Shared {
     url: String,
-    /// `{ns}:`: every key starts with it.
-    prefix: String,
+    /// `{ns}:`: the namespace's own tag (its shape, see `node.rs`).
+    base_prefix: String,
+    /// `{tag}:` of each hash tag the view is spread over (`{ns}:` alone with one): every
+    /// key of the view starts with one of them. The first also keeps the cluster peak and
+    /// the erasures.
+    prefixes: Vec<String>,
     node_id: String,
     flush_interval: Duration,
     node_timeout: Duration,
@@ -453,6 +525,16 @@ pub(crate) struct Shared {
     cache: ReadCache,
     /// The last complete view (`stale` set while it is not current).
     view: Mutex<ClusterCounts>,
+}
+
+impl Shared {
+    /// The Redis Cluster slot of each tag.
+    fn tag_slots(&self) -> Vec<u16> {
+        self.prefixes
+            .iter()
+            .map(|p| tags::slot(p.trim_start_matches('{').trim_end_matches("}:")))
+            .collect()
+    }
 }
 
 struct Inner {
@@ -474,7 +556,8 @@ impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &*self.inner.shared;
         f.debug_struct("Cluster")
-            .field("namespace", &s.prefix)
+            .field("namespace", &s.base_prefix)
+            .field("shards", &s.prefixes.len())
             .field("node_id", &s.node_id)
             .field("flush_interval", &s.flush_interval)
             .field("node_timeout", &s.node_timeout)
@@ -501,6 +584,7 @@ impl Cluster {
             node_id: None,
             flush_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(10),
+            shards: 1,
         }
     }
 
@@ -587,7 +671,14 @@ impl Cluster {
             .erase_user(user)
             .map_err(ClusterError::Presence)?;
         let mut conn = self.conn()?;
-        erase::store(&mut conn, &s.erase_script, &s.prefix, user, READ_TIMEOUT).await?;
+        erase::store(
+            &mut conn,
+            &s.erase_script,
+            &s.prefixes[0],
+            user,
+            READ_TIMEOUT,
+        )
+        .await?;
         self.sync().await?;
         Ok(ended)
     }
@@ -641,8 +732,8 @@ impl Cluster {
         let s = &*self.inner.shared;
         let mut retried = false;
         loop {
-            let mut conn = self.conn()?;
-            match task::read_many(&mut conn, &s.read_script, &s.prefix, reads, READ_TIMEOUT).await {
+            let conn = self.conn()?;
+            match task::read_spread(&conn, &s.read_script, s, reads, READ_TIMEOUT).await {
                 Ok(v) => return Ok(v),
                 // The first call after Redis came back finds the old connection broken; the
                 // client reconnects, so try once more.
@@ -758,26 +849,42 @@ impl Cluster {
         id: crate::SessionId,
     ) -> Result<Option<(crate::Kind, Option<String>)>, ClusterError> {
         let s = &*self.inner.shared;
-        let mut conn = self.conn()?;
-        let key = format!("{}n", s.prefix);
+        let conn = self.conn()?;
+        // A guest's tag follows from its id, a member's from a name not known here: every
+        // tag is asked, at once.
+        let buckets = tags::buckets(s.prefixes.len()).to_string().into_bytes();
         let args = vec![vec![
             b"sess".to_vec(),
             id.as_uuid().as_bytes().to_vec(),
-            Vec::new(),
+            buckets,
         ]];
-        let answers = tokio::time::timeout(
-            READ_TIMEOUT,
-            conn::eval_many(&mut conn, &s.read_script, &key, &args),
-        )
-        .await
-        .map_err(|_| ClusterError::Timeout(READ_TIMEOUT))??;
-        let answer = answers
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClusterError::Protocol("no answer".into()))??;
-        let mut list: Vec<Vec<String>> = redis::from_redis_value(answer)
-            .map_err(|e| ClusterError::Protocol(format!("session read: {e}")))?;
-        let r = list.pop().unwrap_or_default();
+        let answers = futures_util::future::join_all(s.prefixes.iter().map(|prefix| {
+            let mut conn = conn.clone();
+            let key = format!("{prefix}n");
+            let args = &args;
+            async move {
+                tokio::time::timeout(
+                    READ_TIMEOUT,
+                    conn::eval_many(&mut conn, &s.read_script, &key, args),
+                )
+                .await
+                .map_err(|_| ClusterError::Timeout(READ_TIMEOUT))??
+                .into_iter()
+                .next()
+                .ok_or_else(|| ClusterError::Protocol("no answer".into()))?
+                .map_err(ClusterError::from)
+            }
+        }))
+        .await;
+        let mut found = Vec::new();
+        for answer in answers {
+            let mut list: Vec<Vec<String>> = redis::from_redis_value(answer?)
+                .map_err(|e| ClusterError::Protocol(format!("session read: {e}")))?;
+            if let Some(r) = list.pop().filter(|r| !r.is_empty()) {
+                found = r;
+            }
+        }
+        let r = found;
         let [kind, user, page] = r.as_slice() else {
             return Ok(None);
         };

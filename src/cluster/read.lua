@@ -6,8 +6,11 @@
 --   "user" name ""    {listed sessions, hidden sessions, last seen ms, last active ms, now ms} or {}
 --   "mem" n ""        listed users in name order, at most n
 --   "pm" page n       listed users with a listed session on the page, in name order, at most n
---   "sess" id ""      a session by id (16 bytes): {kind, user, ""}, or {} when no node holds it
---                     (its page is known only to the node that counts it)
+--   "sess" id buckets a session by id (16 bytes), among this tag's session buckets:
+--                     {kind, user, ""}, or {} when no node holds it (its page is known only
+--                     to the node that counts it)
+--   "pcs" pages ""    live sessions on each of several pages, each "len(4 hex) page"
+--                     (merging the busiest pages of several tags)
 -- Each read costs what it returns. Returns one answer per request, in order.
 local P = string.sub(KEYS[1], 1, #KEYS[1] - 1)
 local U, M, PG = P .. 'u', P .. 'm', P .. 'p'
@@ -87,6 +90,17 @@ for i = 1, #ARGV, 3 do
   local r
   if what == 'pc' then
     r = tonumber(redis.call('ZSCORE', PG, a) or 0)
+  elseif what == 'pcs' then
+    local pages, j = {}, 1
+    while j <= #a do
+      local len = tonumber(string.sub(a, j, j + 3), 16)
+      pages[#pages + 1] = string.sub(a, j + 4, j + 3 + len)
+      j = j + 4 + len
+    end
+    r = {}
+    if #pages > 0 then
+      for k, v in ipairs(redis.call('ZMSCORE', PG, unpack(pages))) do r[k] = tonumber(v) or 0 end
+    end
   elseif what == 'top' then
     r = top(tonumber(a))
   elseif what == 'user' then
@@ -104,7 +118,7 @@ for i = 1, #ARGV, 3 do
   elseif what == 'pm' then
     r = page_members(a, tonumber(b))
   elseif what == 'sess' then
-    local bucket = string.byte(a, 1) * 16 + math.floor(string.byte(a, 2) / 16)
+    local bucket = (string.byte(a, 1) * 16 + math.floor(string.byte(a, 2) / 16)) % tonumber(b)
     local v = redis.call('HGET', P .. 's:' .. bucket, a)
     if v then
       local s = cmsgpack.unpack(v)

@@ -29,12 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::cache::{Answer, Read};
 use super::conn::{self, Conn, Lua};
-use super::log::Diagnostics;
-use super::{ClusterCounts, ClusterError, Shared};
+use super::{ClusterCounts, ClusterError, Shared, tags};
 use crate::{Kind, Peak, Presence, SessionId, SessionInfo};
 
 /// Work units one script call carries at first: a unit is about a microsecond of Redis time
@@ -70,8 +69,6 @@ const MAX_INBOX_ROUNDS: usize = 16;
 const READS_PER_CALL: usize = 64;
 /// Explicit leaves kept while Redis is unreachable; past this, a leave is left to expire.
 const MAX_PENDING_LEAVES: usize = 100_000;
-/// Session buckets in Redis (see flush.lua).
-const BUCKETS: u64 = 4096;
 
 pub(super) enum Command {
     Sync(oneshot::Sender<Result<ClusterCounts, ClusterError>>),
@@ -79,7 +76,7 @@ pub(super) enum Command {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pending {
+pub(super) enum Pending {
     /// Only its claim's expiry is due (the renewal wheel; nothing in the change log): the
     /// script moves the expiry and touches the session's record only if the claim is gone.
     Renew,
@@ -119,10 +116,10 @@ const ENTRIES_PER_OP: usize = 128;
 /// Member buckets of each node's page entries (flush.lua and read.lua compute the same).
 pub(super) const PM_BUCKETS: u16 = 256;
 
-/// The session bucket of `id` (flush.lua's `bucket`).
-fn bucket_of(id: SessionId) -> u16 {
+/// The session bucket of `id` among a tag's `buckets` (flush.lua's `bucket`).
+fn bucket_of(id: SessionId, buckets: u64) -> u16 {
     let b = id.as_uuid().as_bytes();
-    u16::from(b[0]) * 16 + u16::from(b[1] / 16)
+    ((u64::from(b[0]) * 16 + u64::from(b[1] / 16)) % buckets) as u16
 }
 
 /// The member bucket of `page`: read.lua computes the same.
@@ -414,6 +411,7 @@ impl Reply {
                 },
                 as_of: system_time(r[3]),
                 stale: r[12] == 1,
+                partial: false,
             },
             stale: r[12] == 1,
             more: r[13] == 1,
@@ -426,12 +424,17 @@ impl Reply {
     }
 }
 
+/// The flush of one hash tag: what this node sends to the part of the view that tag keeps
+/// (all of it with one tag), and the last view of it Redis gave back.
 pub(super) struct Flusher {
     shared: Arc<Shared>,
     presence: Presence,
-    client: redis::Client,
+    /// This tag, among `tags`, and its key prefix and session buckets.
+    tag: usize,
+    tags: usize,
+    prefix: String,
+    buckets: u64,
     script: Lua,
-    read_script: Lua,
     pending: HashMap<SessionId, Pending>,
     leaves: usize,
     sent: HashMap<SessionId, Sent>,
@@ -451,9 +454,6 @@ pub(super) struct Flusher {
     /// Sessions another node took from this one, with the page they had here then: this
     /// node takes one back only when it sees it on another page (or its owner lets it go).
     taken: HashMap<SessionId, Arc<str>>,
-    /// The newest erasure tombstone taken in (ms, Redis time), and the namespace's key.
-    erase_cursor: u64,
-    erase_key: Option<Vec<u8>>,
     /// This process: another one under the same node id has another token.
     token: String,
     /// The last call's sequence number, and the highest Redis acknowledged.
@@ -465,12 +465,18 @@ pub(super) struct Flusher {
     /// Sending everything again after a loss: the view is partial until this node is done.
     refilling: bool,
     /// The last cluster peak seen, sent back so that it survives a lost Redis.
-    peak: (usize, i64),
+    pub(super) peak: (usize, i64),
     ttl_bucket: u64,
     ttl_page: u64,
-    /// Work units per call, sized from the measured time of full calls.
+    /// Work units per call, sized from the measured time of full calls, between
+    /// `min_budget` and `MAX_BUDGET`, aiming at `target` per call.
     budget: usize,
-    log: Diagnostics,
+    min_budget: usize,
+    target: Duration,
+    /// This tag's part of the view as Redis last gave it whole, and whether the last flush
+    /// brought it (`false`: failed, or Redis says it is partial).
+    pub(super) last: ClusterCounts,
+    pub(super) fresh: bool,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -486,22 +492,19 @@ pub(super) fn system_time(ms: i64) -> SystemTime {
 }
 
 impl Flusher {
-    pub(super) fn new(shared: Arc<Shared>, presence: Presence, client: redis::Client) -> Self {
-        // Enable the log before reading the sessions: a change in between is seen twice,
-        // which the pending map absorbs; none is missed.
-        presence.changes().enable();
-        let pending = presence
-            .sessions()
-            .into_iter()
-            .map(|s| (s.id, Pending::Check))
-            .collect();
+    /// The flush of tag `tag` of `tags`; its sessions come through [`route`](Self::route).
+    pub(super) fn new(shared: Arc<Shared>, presence: Presence, tag: usize) -> Self {
+        let tags = shared.prefixes.len();
+        let empty = ClusterCounts::empty(SystemTime::now());
         Flusher {
+            prefix: shared.prefixes[tag].clone(),
             shared,
             presence,
-            client,
+            tag,
+            tags,
+            buckets: tags::buckets(tags),
             script: Lua::new(include_str!("flush.lua")),
-            read_script: Lua::new(include_str!("read.lua")),
-            pending,
+            pending: HashMap::new(),
             leaves: 0,
             sent: HashMap::new(),
             wheel: BTreeMap::new(),
@@ -513,8 +516,6 @@ impl Flusher {
             inbox: HashMap::new(),
             inbox_seen: 0,
             taken: HashMap::new(),
-            erase_cursor: 0,
-            erase_key: None,
             token: uuid::Uuid::new_v4().simple().to_string(),
             seq: 0,
             acked: 0,
@@ -524,35 +525,36 @@ impl Flusher {
             ttl_bucket: 0,
             ttl_page: 0,
             budget: CALL_BUDGET,
-            log: Diagnostics::default(),
+            min_budget: MIN_BUDGET,
+            target: CALL_TARGET,
+            last: empty,
+            fresh: false,
         }
     }
 
-    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut tick = tokio::time::interval(self.shared.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let _ = self.flush(false).await;
-                }
-                command = commands.recv() => match command {
-                    Some(Command::Sync(reply)) => {
-                        let _ = reply.send(self.flush(true).await);
-                    }
-                    Some(Command::Shutdown(reply)) => {
-                        self.bye().await;
-                        let _ = reply.send(());
-                        break;
-                    }
-                    // Every handle dropped without shutdown: leave as shutdown would.
-                    None => {
-                        self.bye().await;
-                        break;
-                    }
-                },
-            }
-        }
+    /// Sizes this tag's calls for `sharing` tags whose calls reach one Redis server at once
+    /// (the calls of one flush go out together): together they take what one call would.
+    pub(super) fn share_server(&mut self, sharing: usize) {
+        let sharing = sharing.max(1);
+        self.target = CALL_TARGET / u32::try_from(sharing).unwrap_or(u32::MAX);
+        self.min_budget = (MIN_BUDGET / sharing).max(MIN_BUDGET / 4);
+        self.budget = self
+            .budget
+            .min(CALL_BUDGET / sharing)
+            .clamp(self.min_budget, MAX_BUDGET);
+    }
+
+    /// Session `id` as this tag sees it: `None` when it is not here or kept by another tag.
+    fn lease(&self, id: SessionId) -> Option<(SessionInfo, Duration)> {
+        let lease = self.presence.session_lease(id)?;
+        (self.tags == 1 || tags::of_session(id, &lease.0.kind, self.tags) == self.tag)
+            .then_some(lease)
+    }
+
+    /// Whether this tag has anything of session `id`: it sent it, counts its page, or has
+    /// it pending.
+    pub(super) fn holds(&self, id: &SessionId) -> bool {
+        self.sent.contains_key(id) || self.own.contains_key(id) || self.pending.contains_key(id)
     }
 
     fn call_timeout(&self) -> Duration {
@@ -579,7 +581,7 @@ impl Flusher {
         self.wheel.entry(b).or_default().push(id);
     }
 
-    fn add_pending(&mut self, id: SessionId, p: Pending) {
+    pub(super) fn add_pending(&mut self, id: SessionId, p: Pending) {
         match p {
             Pending::Leave => {
                 if self.pending.get(&id) == Some(&Pending::Leave) {
@@ -611,18 +613,8 @@ impl Flusher {
         }
     }
 
-    /// Gathers what changed: explicit leaves, the change log, renewals due.
-    fn collect(&mut self) {
-        for id in self.presence.changes().drain_left() {
-            self.add_pending(id, Pending::Leave);
-        }
-        for id in self.presence.changes().drain() {
-            // A session that started and ended while Redis was out of reach was never sent:
-            // nothing to undo. This keeps `pending` within local sessions plus those sent.
-            if self.sent.contains_key(&id) || self.presence.session_lease(id).is_some() {
-                self.add_pending(id, Pending::Check);
-            }
-        }
+    /// Gathers the renewals due (what changed comes through `add_pending`).
+    pub(super) fn collect(&mut self) {
         let now = Instant::now();
         let later = self.wheel.split_off(&self.bucket(now));
         let due = std::mem::replace(&mut self.wheel, later);
@@ -636,10 +628,14 @@ impl Flusher {
                 self.queue(id);
                 continue;
             }
-            let Some((info, _)) = self.presence.session_lease(id) else {
+            let lease = self.lease(id);
+            let Some((info, _)) = lease else {
                 // Gone here: ended (the change log has it too), or due and not reaped yet
                 // (a manual reaper), which the change log does not see: release it.
                 self.add_pending(id, Pending::Check);
+                continue;
+            };
+            let Some(s) = self.sent.get_mut(&id) else {
                 continue;
             };
             if unix_ms(info.last_seen) > s.seen || now >= s.expires {
@@ -750,7 +746,7 @@ impl Flusher {
     /// when it needs none: a page change alone is carried by this node's page counts.
     fn op(&mut self, id: SessionId, now: Instant) -> Option<Op> {
         let p = *self.pending.get(&id)?;
-        let lease = self.presence.session_lease(id);
+        let lease = self.lease(id);
         self.account(id, lease.as_ref().map(|(info, _)| info));
         match lease {
             Some((info, ttl)) => {
@@ -773,6 +769,11 @@ impl Flusher {
                 })
             }
             None if p == Pending::Leave => Some(Op::Leave(id)),
+            // Live here under another tag (a guest signed in, a user signed out): it moved,
+            // so it ends here for every node, as after a leave.
+            None if self.sent.contains_key(&id) && self.presence.session_lease(id).is_some() => {
+                Some(Op::Leave(id))
+            }
             None if self.sent.contains_key(&id) => Some(Op::Release(id)),
             None => {
                 self.remove_pending(&id);
@@ -814,7 +815,8 @@ impl Flusher {
         let ids: Vec<SessionId> = self.pending.keys().copied().collect();
         let mut session_ops: Vec<Op> = ids.into_iter().filter_map(|id| self.op(id, now)).collect();
         // By bucket, so that each call touches few buckets, each once (see flush.lua).
-        session_ops.sort_unstable_by_key(|op| op.id().map(bucket_of));
+        let buckets = self.buckets;
+        session_ops.sort_unstable_by_key(|op| op.id().map(|id| bucket_of(id, buckets)));
         let page_ops = self.page_ops();
         self.calls(session_ops.into_iter().chain(page_ops))
     }
@@ -858,20 +860,21 @@ impl Flusher {
         let s = &*self.shared;
         let ms = |d: Duration| millis(d).to_string().into_bytes();
         let n = |v: u64| v.to_string().into_bytes();
+        let buckets = self.buckets;
         let (ttl_bn, ttl_pn) = if first {
             let per_flush =
-                (BUCKETS * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
+                (buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
             let pm_buckets = u64::from(PM_BUCKETS);
             let pm_per_flush =
                 (pm_buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
             (
-                per_flush.clamp(1, BUCKETS),
+                per_flush.clamp(1, buckets),
                 pm_per_flush.clamp(1, pm_buckets),
             )
         } else {
             (0, 0)
         };
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(17 + call.ops.len());
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(18 + call.ops.len());
         args.push(s.node_id.as_bytes().to_vec());
         args.push(self.token.as_bytes().to_vec());
         args.push(n(call.seq));
@@ -896,24 +899,12 @@ impl Flusher {
         args.push(n(ttl_pn));
         args.push(ms(s.key_ttl));
         args.push(n(self.inbox_seen));
+        args.push(n(buckets));
         if first {
-            self.ttl_bucket = (self.ttl_bucket + ttl_bn) % BUCKETS;
+            self.ttl_bucket = (self.ttl_bucket + ttl_bn) % buckets;
         }
         args.extend(call.encoded.iter().cloned());
         args
-    }
-
-    async fn connection(&mut self) -> Result<Conn, ClusterError> {
-        if let Some(c) = self.shared.conn.lock().clone() {
-            return Ok(c);
-        }
-        let timeout = self.call_timeout();
-        let url = self.shared.url.clone();
-        let c = tokio::time::timeout(timeout, conn::connect(&url, &self.client, timeout))
-            .await
-            .map_err(|_| ClusterError::Timeout(timeout))??;
-        *self.shared.conn.lock() = Some(c.clone());
-        Ok(c)
     }
 
     /// Sends `calls` in one round trip; the replies, in order.
@@ -929,7 +920,7 @@ impl Flusher {
             .enumerate()
             .map(|(i, c)| self.args(mode, c, first && i == 0))
             .collect();
-        let key = format!("{}n", self.shared.prefix);
+        let key = format!("{}n", self.prefix);
         let timeout = self.call_timeout() * u32::try_from(calls.len().max(1)).unwrap_or(1);
         let mut answers =
             tokio::time::timeout(timeout, conn::eval_many(conn, &self.script, &key, &args))
@@ -951,15 +942,8 @@ impl Flusher {
             .collect()
     }
 
-    fn fail(&mut self, e: ClusterError) -> Result<ClusterCounts, ClusterError> {
-        self.shared.view.lock().stale = true;
-        if matches!(e, ClusterError::Timeout(_)) {
-            // A stalled server: drop the connection, and with it the calls queued on it,
-            // rather than pile one more on it every flush. The next flush connects anew
-            // (bounded by the same timeout), so nothing waits in memory but `pending`.
-            *self.shared.conn.lock() = None;
-        }
-        self.log.failed(&self.shared.node_id, &e);
+    fn fail(&mut self, e: ClusterError) -> Result<(), ClusterError> {
+        self.fresh = false;
         Err(e)
     }
 
@@ -969,11 +953,14 @@ impl Flusher {
         self.wheel.clear();
         self.forget_pages();
         for s in self.presence.sessions() {
-            self.add_pending(s.id, Pending::Check);
+            if self.tags == 1 || tags::of_session(s.id, &s.kind, self.tags) == self.tag {
+                self.add_pending(s.id, Pending::Check);
+            }
         }
         self.refilling = true;
         tracing::info!(
             node = %self.shared.node_id,
+            tag = %self.prefix,
             sessions = self.pending.len(),
             "presence cluster: Redis lost this node's sessions; sending them all again"
         );
@@ -994,7 +981,7 @@ impl Flusher {
         self.reg = Some(reply.reg);
         if call.filled && self.refilling && !lost {
             self.refilling = false;
-            tracing::info!(node = %self.shared.node_id, "presence cluster: refill sent");
+            tracing::info!(node = %self.shared.node_id, tag = %self.prefix, "presence cluster: refill sent");
         }
         for &(kind, id, stamp) in &reply.inbox {
             let e = self.inbox.entry(id).or_insert((kind, stamp));
@@ -1007,31 +994,19 @@ impl Flusher {
         if let Some(p) = reply.next_page {
             self.ttl_page = p;
         }
-        let mut view = self.shared.view.lock();
         if reply.stale {
-            view.stale = true;
+            self.fresh = false;
         } else {
-            *view = reply.counts;
-            self.peak = (
-                reply.counts.peak.online,
-                unix_ms(reply.counts.peak.at) as i64,
-            );
+            self.last = reply.counts;
+            self.fresh = true;
         }
         Ok(lost)
     }
 
-    pub(super) async fn flush(&mut self, asked: bool) -> Result<ClusterCounts, ClusterError> {
+    /// Flushes this tag: what changed, the inbox, and a dead node's claims for most of a
+    /// flush interval. `self.last` and `self.fresh` then say what Redis gave back.
+    pub(super) async fn flush(&mut self, mut conn: Conn) -> Result<(), ClusterError> {
         self.collect();
-        let mut conn = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => return self.fail(e),
-        };
-        // Users another node erased: ended here first, so that their leaves go out now.
-        match self.erasures(&mut conn).await {
-            Ok(true) => self.collect(),
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "presence cluster: erasure check failed"),
-        }
         let started = Instant::now();
         let mut resynced = false;
         let mut inbox_rounds = 0;
@@ -1105,54 +1080,7 @@ impl Flusher {
                 more = reply.more;
             }
         }
-        let view = *self.shared.view.lock();
-        self.log.succeeded(&self.shared.node_id, view.stale);
-        if !view.stale {
-            // Asked for (`sync`): every cached key now; on the tick, those due.
-            let min_age = if asked {
-                Duration::ZERO
-            } else {
-                self.shared.flush_interval.mul_f32(0.9)
-            };
-            if let Err(e) = self.refresh(&mut conn, min_age).await {
-                tracing::debug!(error = %e, "presence cluster: cache refresh failed");
-            }
-        }
-        Ok(view)
-    }
-
-    /// Erases here the users another node erased: the tombstones stored since the last
-    /// check, matched against the names this node knows (one hash per name, only when a
-    /// tombstone is new). The sessions ended go out as leaves at the next flush.
-    async fn erasures(&mut self, conn: &mut Conn) -> Result<bool, ClusterError> {
-        let (key, tombs) = super::erase::newer(
-            conn,
-            &self.shared.prefix,
-            self.erase_cursor,
-            self.call_timeout(),
-        )
-        .await?;
-        if tombs.is_empty() {
-            return Ok(false);
-        }
-        let Some(key) = key.or_else(|| self.erase_key.clone()) else {
-            return Ok(false);
-        };
-        self.erase_key = Some(key.clone());
-        self.erase_cursor = tombs.iter().map(|t| t.1).max().unwrap_or(self.erase_cursor);
-        let tombs: HashSet<String> = tombs.into_iter().map(|t| t.0).collect();
-        let users = self
-            .presence
-            .find_users(|name| tombs.contains(&super::erase::tombstone(&key, name)));
-        for user in &users {
-            let ended = self.presence.erase_user(user.as_str()).unwrap_or(0);
-            tracing::info!(
-                node = %self.shared.node_id,
-                sessions = ended,
-                "presence cluster: erased a user another node erased"
-            );
-        }
-        Ok(!users.is_empty())
+        Ok(())
     }
 
     /// Sizes the next calls from a round trip of `calls` calls carrying `units`: only full
@@ -1162,30 +1090,10 @@ impl Flusher {
             return;
         }
         let per_unit = took.as_secs_f64() / units as f64;
-        let fit = (CALL_TARGET.as_secs_f64() / per_unit.max(1e-9)) as usize;
+        let fit = (self.target.as_secs_f64() / per_unit.max(1e-9)) as usize;
         self.budget = fit
             .clamp(self.budget * 2 / 3, self.budget * 4 / 3)
-            .clamp(MIN_BUDGET, MAX_BUDGET);
-    }
-
-    /// Reads again the cached keys that are due, in one round trip.
-    async fn refresh(&mut self, conn: &mut Conn, min_age: Duration) -> Result<(), ClusterError> {
-        let due = self.shared.cache.due(min_age);
-        if due.is_empty() {
-            return Ok(());
-        }
-        let answers = read_many(
-            conn,
-            &self.read_script,
-            &self.shared.prefix,
-            &due,
-            self.call_timeout(),
-        )
-        .await?;
-        for (read, answer) in due.into_iter().zip(answers) {
-            self.shared.cache.store(read, answer);
-        }
-        Ok(())
+            .clamp(self.min_budget, MAX_BUDGET);
     }
 
     fn confirm(&mut self, ops: Vec<Op>, sent_at: Instant, stamp: u64) {
@@ -1258,7 +1166,7 @@ impl Flusher {
     /// Before a bye that parks: tells Redis on which page (and with which entry) this node
     /// counts each of its sessions, so that a parked session leaves its page when it expires
     /// or another node takes it. `false` if Redis did not take it all.
-    async fn park(&mut self) -> bool {
+    async fn park(&mut self, conn: &mut Conn) -> bool {
         let items: Vec<(SessionId, Vec<u8>)> = self
             .own
             .iter()
@@ -1280,13 +1188,10 @@ impl Flusher {
             .chunks(ENTRIES_PER_OP)
             .map(|c| Op::Park(c.to_vec()))
             .collect();
-        let Ok(mut conn) = self.connection().await else {
-            return false;
-        };
         for call in self.calls(ops.into_iter()) {
             let sent_at = Instant::now();
             match self
-                .send(&mut conn, "f", std::slice::from_ref(&call), false)
+                .send(conn, "f", std::slice::from_ref(&call), false)
                 .await
             {
                 Ok(replies) if replies.iter().all(|r| r.status == Status::Ok) => {
@@ -1300,49 +1205,39 @@ impl Flusher {
         true
     }
 
-    /// The final flush: what changed, then this node's claims, a batch per call, and its
-    /// registry entry. Best effort: Redis down means the node timeout does it instead.
-    async fn bye(&mut self) {
-        let flushed = self.flush(false).await.is_ok();
-        self.presence.changes().disable();
-        // A tracker with a snapshot file saves its sessions at shutdown and restores them at
-        // the next start: a restart is coming, so its sessions stay in the view ("parked")
-        // and expire on their own time if the node does not come back.
-        let mode = if self.presence.has_snapshot_file() {
-            "k"
-        } else {
-            "b"
-        };
-        if flushed && mode == "k" && !self.park().await {
-            tracing::warn!(node = %self.shared.node_id, "presence cluster: shutdown could not park this node's pages; they leave the view after the node timeout");
-        }
-        if flushed {
-            if let Ok(mut conn) = self.connection().await {
-                'bye: loop {
-                    let calls: Vec<Call> = (0..PIPELINE)
-                        .map(|_| {
-                            self.seq += 1;
-                            Call::empty(self.seq, true)
-                        })
-                        .collect();
-                    match self.send(&mut conn, mode, &calls, false).await {
-                        Ok(replies) => {
-                            for r in replies {
-                                if r.status != Status::Ok {
-                                    break 'bye;
+    /// This tag's part of the final flush, after a last flush that succeeded (`conn`): this
+    /// node's claims, a batch per call, and its registry entry ("b"), or its sessions parked
+    /// until their own expiry ("k", a restart is coming). Best effort: Redis down means the
+    /// node timeout does it instead.
+    pub(super) async fn bye(&mut self, conn: Option<Conn>, mode: &str) {
+        if let Some(mut conn) = conn {
+            if mode == "k" && !self.park(&mut conn).await {
+                tracing::warn!(node = %self.shared.node_id, "presence cluster: shutdown could not park this node's pages; they leave the view after the node timeout");
+            }
+            'bye: loop {
+                let calls: Vec<Call> = (0..PIPELINE)
+                    .map(|_| {
+                        self.seq += 1;
+                        Call::empty(self.seq, true)
+                    })
+                    .collect();
+                match self.send(&mut conn, mode, &calls, false).await {
+                    Ok(replies) => {
+                        for r in replies {
+                            if r.status != Status::Ok {
+                                break 'bye;
+                            }
+                            if r.done {
+                                if !r.stale {
+                                    self.last = r.counts;
                                 }
-                                if r.done {
-                                    if !r.stale {
-                                        *self.shared.view.lock() = r.counts;
-                                    }
-                                    break 'bye;
-                                }
+                                break 'bye;
                             }
                         }
-                        Err(e) => {
-                            tracing::warn!(node = %self.shared.node_id, error = %e, "presence cluster: shutdown could not remove this node's sessions; they leave the view after the node timeout");
-                            break;
-                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.shared.node_id, error = %e, "presence cluster: shutdown could not remove this node's sessions; they leave the view after the node timeout");
+                        break;
                     }
                 }
             }
@@ -1352,7 +1247,7 @@ impl Flusher {
         self.pending.clear();
         self.forget_pages();
         self.leaves = 0;
-        self.shared.view.lock().stale = true;
+        self.fresh = false;
     }
 }
 
@@ -1393,18 +1288,190 @@ pub(super) async fn read_many(
     Ok(out)
 }
 
+/// Reads `reads` from every tag that has a part of them, the tags at once (one round trip
+/// per Redis server), and merges the parts: counts are summed, lists merged by name (a user
+/// is kept by one tag, so no name shows twice), a user read from its own tag only.
+pub(super) async fn read_spread(
+    conn: &Conn,
+    script: &Lua,
+    shared: &Shared,
+    reads: &[Read],
+    timeout: Duration,
+) -> Result<Vec<Answer>, ClusterError> {
+    let prefixes = &shared.prefixes;
+    let k = prefixes.len();
+    if k == 1 {
+        return read_many(&mut conn.clone(), script, &prefixes[0], reads, timeout).await;
+    }
+    let mut per_tag: Vec<Vec<(usize, Read)>> = vec![Vec::new(); k];
+    for (i, r) in reads.iter().enumerate() {
+        match r {
+            Read::User(u) => per_tag[tags::of_user(u, k)].push((i, r.clone())),
+            Read::Top(n) => {
+                for list in &mut per_tag {
+                    list.push((i, Read::Top(first_depth(*n))));
+                }
+            }
+            _ => {
+                for list in &mut per_tag {
+                    list.push((i, r.clone()));
+                }
+            }
+        }
+    }
+    let answers = futures_util::future::join_all(per_tag.iter().enumerate().map(|(t, list)| {
+        let mut conn = conn.clone();
+        let reads: Vec<Read> = list.iter().map(|(_, r)| r.clone()).collect();
+        async move { read_many(&mut conn, script, &prefixes[t], &reads, timeout).await }
+    }))
+    .await;
+    let mut parts: Vec<Vec<Answer>> = vec![Vec::new(); reads.len()];
+    for (list, answers) in per_tag.iter().zip(answers) {
+        for ((i, _), a) in list.iter().zip(answers?) {
+            parts[*i].push(a);
+        }
+    }
+    let mut out = Vec::with_capacity(reads.len());
+    for (read, parts) in reads.iter().zip(parts) {
+        out.push(match read {
+            Read::Top(n) => top_spread(conn, script, shared, *n, parts, timeout).await?,
+            _ => merge_parts(read, parts),
+        });
+    }
+    Ok(out)
+}
+
+/// The busiest pages each tag is first asked for, to merge the `n` busiest of all.
+fn first_depth(n: usize) -> usize {
+    (n * 4).clamp(64, super::MAX_LIST)
+}
+
+/// Most pages each tag is asked for in the busiest pages' merge.
+const MAX_TOP_DEPTH: usize = 4 * super::MAX_LIST;
+
+fn merge_parts(read: &Read, parts: Vec<Answer>) -> Answer {
+    match read {
+        Read::PageCount(_) => Answer::Count(
+            parts
+                .iter()
+                .map(|a| match a {
+                    Answer::Count(n) => *n,
+                    _ => 0,
+                })
+                .sum(),
+        ),
+        Read::Members(n) | Read::PageMembers(_, n) => {
+            let mut names: Vec<(String, crate::UserId)> = parts
+                .into_iter()
+                .flat_map(|a| match a {
+                    Answer::Names(v) => v,
+                    _ => Vec::new(),
+                })
+                .map(|u| (super::sort_key(u.as_str()), u))
+                .collect();
+            names.sort_unstable_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+            names.dedup_by(|a, b| a.1 == b.1);
+            names.truncate(*n);
+            Answer::Names(names.into_iter().map(|(_, u)| u).collect())
+        }
+        Read::User(_) | Read::Top(_) => parts.into_iter().next().unwrap_or(Answer::User(None)),
+    }
+}
+
+/// The `n` busiest pages of all tags, from each tag's busiest (`lists`, `depth` asked of
+/// each): the candidates' exact counts are summed over every tag, and the depth grows until
+/// no page left out can beat the `n`-th (a page no tag listed has at most the sum of the
+/// tags' last listed counts).
+async fn top_spread(
+    conn: &Conn,
+    script: &Lua,
+    shared: &Shared,
+    n: usize,
+    mut lists: Vec<Answer>,
+    timeout: Duration,
+) -> Result<Answer, ClusterError> {
+    let prefixes = &shared.prefixes;
+    let mut depth = first_depth(n);
+    loop {
+        let mut bound = 0;
+        let mut candidates: Vec<String> = Vec::new();
+        let mut known = HashSet::new();
+        for list in &lists {
+            let Answer::Pages(p) = list else { continue };
+            if p.len() >= depth {
+                bound += p.last().map_or(0, |x| x.1);
+            }
+            for (page, _) in p {
+                if known.insert(page.clone()) {
+                    candidates.push(page.clone());
+                }
+            }
+        }
+        let mut packed = Vec::new();
+        for page in &candidates {
+            packed.extend_from_slice(format!("{:04x}", page.len().min(0xFFFF)).as_bytes());
+            packed.extend_from_slice(page.as_bytes());
+        }
+        let counts = futures_util::future::join_all(prefixes.iter().map(|prefix| {
+            let mut conn = conn.clone();
+            let call = vec![b"pcs".to_vec(), packed.clone(), Vec::new()];
+            async move {
+                let key = format!("{prefix}n");
+                let answer = tokio::time::timeout(
+                    timeout,
+                    conn::eval_many(&mut conn, script, &key, std::slice::from_ref(&call)),
+                )
+                .await
+                .map_err(|_| ClusterError::Timeout(timeout))??
+                .pop()
+                .ok_or_else(|| ClusterError::Protocol("read script: no answer".into()))??;
+                let v: Vec<Vec<i64>> = redis::from_redis_value(answer)
+                    .map_err(|e| ClusterError::Protocol(format!("page counts: {e}")))?;
+                Ok::<_, ClusterError>(v.into_iter().next().unwrap_or_default())
+            }
+        }))
+        .await;
+        let mut totals = vec![0usize; candidates.len()];
+        for c in counts {
+            for (t, v) in totals.iter_mut().zip(c?) {
+                *t += usize::try_from(v).unwrap_or(0);
+            }
+        }
+        let mut pages: Vec<(String, usize)> = candidates.into_iter().zip(totals).collect();
+        pages.retain(|p| p.1 > 0);
+        pages.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let settled = bound == 0 || pages.get(n.saturating_sub(1)).is_some_and(|p| p.1 >= bound);
+        if settled || depth >= MAX_TOP_DEPTH {
+            pages.truncate(n);
+            return Ok(Answer::Pages(pages));
+        }
+        depth = (depth * 4).min(MAX_TOP_DEPTH);
+        let deeper = vec![Read::Top(depth)];
+        lists = futures_util::future::join_all(prefixes.iter().map(|prefix| {
+            let mut conn = conn.clone();
+            let deeper = &deeper;
+            async move { read_many(&mut conn, script, prefix, deeper, timeout).await }
+        }))
+        .await
+        .into_iter()
+        .map(|r| r.map(|mut v| v.pop().unwrap_or(Answer::Pages(Vec::new()))))
+        .collect::<Result<_, _>>()?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::Cluster;
+    use crate::cluster::node::Node;
     use crate::{ManualClock, Reaper};
 
-    fn flusher(presence: &Presence) -> (Arc<Shared>, Flusher) {
+    fn flusher(presence: &Presence) -> (Arc<Shared>, Node) {
         let b = Cluster::builder("redis://127.0.0.1:1").flush_interval(Duration::from_millis(10));
         let client = conn::client(&b.url).unwrap();
         let shared = Arc::new(b.into_shared(presence));
-        let f = Flusher::new(shared.clone(), presence.clone(), client);
-        (shared, f)
+        let node = Node::new(shared.clone(), presence.clone(), client);
+        (shared, node)
     }
 
     /// Redis unreachable (nothing listens on port 1) for many flushes while sessions come,
@@ -1443,9 +1510,9 @@ mod tests {
             assert!(f.flush(false).await.is_err());
             assert!(shared.view.lock().stale);
             assert!(
-                f.pending.len() <= live.len(),
+                f.tags[0].pending.len() <= live.len(),
                 "round {round}: {} pending for {} live sessions",
-                f.pending.len(),
+                f.tags[0].pending.len(),
                 live.len()
             );
         }
@@ -1453,8 +1520,12 @@ mod tests {
             presence.leave(*id);
         }
         assert!(f.flush(false).await.is_err());
-        assert_eq!(f.pending.len(), live.len(), "90 live plus 10 leaves");
-        assert_eq!(f.leaves, 10);
+        assert_eq!(
+            f.tags[0].pending.len(),
+            live.len(),
+            "90 live plus 10 leaves"
+        );
+        assert_eq!(f.tags[0].leaves, 10);
     }
 
     /// Whatever is pending, each call carries at most the budget's work, so that no call
@@ -1473,7 +1544,8 @@ mod tests {
                 .visit(SessionId::new_v4(), kind, &long[..i % long.len()])
                 .unwrap();
         }
-        let (_, mut f) = flusher(&presence);
+        let (_, mut node) = flusher(&presence);
+        let f = &mut node.tags[0];
         let calls = f.plan();
         let sessions = calls
             .iter()
@@ -1514,7 +1586,8 @@ mod tests {
     #[tokio::test]
     async fn the_budget_follows_the_measured_time_of_full_calls() {
         let presence = Presence::builder().reaper(Reaper::Manual).build();
-        let (_, mut f) = flusher(&presence);
+        let (_, mut node) = flusher(&presence);
+        let f = &mut node.tags[0];
         let b = f.budget;
         f.adapt(b * 4, 4, CALL_TARGET * 4 * 10);
         assert_eq!(f.budget, b * 2 / 3, "ten times too slow: down a third");
@@ -1542,11 +1615,12 @@ mod tests {
     #[tokio::test]
     async fn inbox_messages_move_a_page_only_when_newer_than_the_take() {
         let presence = Presence::builder().reaper(Reaper::Manual).build();
-        let (_, mut f) = flusher(&presence);
+        let (_, mut node) = flusher(&presence);
         let (x, y) = (SessionId::new_v4(), SessionId::new_v4());
         presence.visit(x, Kind::member("x"), "/x").unwrap();
         presence.visit(y, Kind::Guest, "/y").unwrap();
-        f.collect();
+        node.collect();
+        let f = &mut node.tags[0];
         let takes = f
             .plan()
             .iter()
@@ -1580,11 +1654,11 @@ mod tests {
         };
         assert!(presence.heartbeat(x));
         assert!(
-            !upsert(&mut f, x),
+            !upsert(f, x),
             "still on the page it had here: not taken back"
         );
         presence.visit(x, Kind::member("x"), "/x/2").unwrap();
-        assert!(upsert(&mut f, x), "a new page here: taken back");
+        assert!(upsert(f, x), "a new page here: taken back");
         assert_eq!(f.pages.get("/x/2"), Some(&1));
 
         // y: taken by another node, then let go by it.
@@ -1593,7 +1667,7 @@ mod tests {
         assert!(!f.own.contains_key(&y));
         f.inbox.insert(y, (b'o', 12));
         assert!(f.read_inbox());
-        assert!(upsert(&mut f, y), "nobody counts it: taken back");
+        assert!(upsert(f, y), "nobody counts it: taken back");
         assert_eq!(f.pages.get("/y"), Some(&1));
     }
 

@@ -6,12 +6,12 @@
 //! path pays nothing. The set holds each id once, so it is bounded by the sessions that changed
 //! since the last [`drain`](ChangeLog::drain), whatever the number of requests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::SessionId;
+use crate::{SessionId, UserId};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -19,8 +19,9 @@ type Hasher = foldhash::fast::RandomState;
 pub(crate) struct ChangeLog {
     enabled: AtomicBool,
     ids: Mutex<HashSet<SessionId, Hasher>>,
-    /// Of those, the sessions that ended by an explicit leave (not by expiry).
-    left: Mutex<HashSet<SessionId, Hasher>>,
+    /// Of those, the sessions that ended by an explicit leave (not by expiry), with their
+    /// user: the cluster view routes a leave to where the session's user is kept.
+    left: Mutex<HashMap<SessionId, Option<UserId>, Hasher>>,
 }
 
 #[allow(dead_code)] // the consumer is the optional cluster view
@@ -52,17 +53,18 @@ impl ChangeLog {
     /// `Presence::erase_user`, which leaves each of the user's sessions): for the cluster
     /// view, such a session ends on every node, not only this one.
     #[inline]
-    pub(crate) fn record_left(&self, id: SessionId) {
+    pub(crate) fn record_left(&self, id: SessionId, user: Option<&UserId>) {
         if self.enabled.load(Ordering::Relaxed) {
-            self.left.lock().insert(id);
+            self.left.lock().insert(id, user.cloned());
         }
     }
 
-    /// The sessions that left explicitly since the last call, each once. They are also in
-    /// [`drain`](Self::drain)'s ids; a session that left and then started again is in both,
-    /// and its current state (live again) is what counts.
-    pub(crate) fn drain_left(&self) -> Vec<SessionId> {
-        swap_out(&self.left)
+    /// The sessions that left explicitly since the last call, each once, with the user
+    /// they had. They are also in [`drain`](Self::drain)'s ids; a session that left and
+    /// then started again is in both, and its current state (live again) is what counts.
+    pub(crate) fn drain_left(&self) -> Vec<(SessionId, Option<UserId>)> {
+        let taken = std::mem::take(&mut *self.left.lock());
+        taken.into_iter().collect()
     }
 
     /// The ids recorded since the last drain, each once, in no particular order.
@@ -101,10 +103,11 @@ mod tests {
         assert_eq!(log.drain(), vec![id]);
         assert!(log.drain().is_empty());
         log.record(id);
-        log.record_left(id);
-        assert_eq!(log.drain_left(), vec![id]);
+        let ann = UserId::from("ann");
+        log.record_left(id, Some(&ann));
+        assert_eq!(log.drain_left(), vec![(id, Some(ann))]);
         assert!(log.drain_left().is_empty());
-        log.record_left(id);
+        log.record_left(id, None);
         log.disable();
         assert_eq!(log.len(), 0);
         assert!(log.drain_left().is_empty());

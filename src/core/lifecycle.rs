@@ -700,7 +700,7 @@ impl Lifecycle {
                 let live = now < session.deadline(&self.cfg, now);
                 let info = live.then(|| on_live(session, details));
                 let reason = if live {
-                    self.changes.record_left(id);
+                    self.changes.record_left(id, details.user.as_ref());
                     LeaveReason::Left
                 } else {
                     session.leave_reason(&self.cfg, now)
@@ -753,7 +753,7 @@ impl Lifecycle {
             } else {
                 session.leave_reason(&self.cfg, now)
             };
-            self.changes.record_left(id);
+            self.changes.record_left(id, details.user.as_ref());
             self.end_as(
                 id,
                 session,
@@ -1071,7 +1071,7 @@ mod tests {
         // Leaves.
         assert!(life.leave(a, 70, |_, _| ()).is_some());
         assert_eq!(changed(&life), [a]);
-        assert_eq!(life.changes().drain_left(), [a]);
+        assert_eq!(life.changes().drain_left(), [(a, None)]);
         assert_eq!(occupied(&life), 0);
 
         // Expires, evicted by a reap.
@@ -1148,7 +1148,14 @@ mod tests {
         assert_eq!(logged, expected);
         let mut left = life.changes().drain_left();
         left.sort();
-        assert_eq!(left, expected);
+        let alice = Some(UserId::from("alice"));
+        assert_eq!(
+            left,
+            expected
+                .iter()
+                .map(|&id| (id, alice.clone()))
+                .collect::<Vec<_>>()
+        );
         assert!(matches!(life.user_snapshot("alice"), UserSnapshot::Unknown));
         assert!(matches!(
             life.user_snapshot("bob"),

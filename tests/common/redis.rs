@@ -310,3 +310,12 @@ pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The hash tags the cluster tests spread their namespace over: 1, or what
+/// `PRESENCE_TEST_SHARDS` says (CI runs the cluster tests with 16 too).
+pub fn shards() -> usize {
+    std::env::var("PRESENCE_TEST_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
