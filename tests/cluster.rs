@@ -1073,3 +1073,54 @@ async fn round_robin_page_views_keep_page_counts_exact() {
         );
     }
 }
+
+/// No sticky sessions around a sign-in: a guest signs in on b while the page's heartbeats
+/// keep reaching a, where the session is still a guest. It counts once, as the member, and
+/// a's renewals of what it had do not bring the guest back (spread over several tags, the
+/// session moved to its user's tag: a keeps its claim on the mark it left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_who_signs_in_on_another_node_counts_once_while_heartbeats_reach_both() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // Real time: claims last 1.5 s, so a renews its claim every 0.75 s of heartbeats.
+    let tracker = || {
+        Presence::builder()
+            .idle_timeout(Duration::from_millis(1_500))
+            .reaper(Reaper::Manual)
+            .build()
+    };
+    let (a, b) = (tracker(), tracker());
+    let ca = node(&server.url(), "a", &a).await;
+    let cb = node(&server.url(), "b", &b).await;
+    let s = id();
+    a.visit(s, Kind::Guest, "/x").unwrap();
+    let c = settle(&[&ca, &cb]).await;
+    assert_eq!((c.sessions, c.guests, c.members), (1, 1, 0), "{c:?}");
+
+    b.visit(s, Kind::member("erin"), "/x").unwrap();
+    let c = settle(&[&cb, &ca]).await;
+    assert_eq!((c.sessions, c.guests, c.members), (1, 0, 1), "{c:?}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert!(a.heartbeat(s) && b.heartbeat(s));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for c in [ca.sync().await.unwrap(), cb.sync().await.unwrap()] {
+            assert_eq!(
+                (c.sessions, c.guests, c.members, c.online),
+                (1, 0, 1, 1),
+                "after {:?}: {c:?}",
+                start.elapsed()
+            );
+        }
+    }
+    assert_eq!(ca.page_count("/x").await.unwrap(), 1);
+    assert_eq!(names(ca.page_members("/x", 10).await.unwrap()), ["erin"]);
+
+    // a sees the sign-in too, then b lets the session go: a still holds it, as erin.
+    a.touch(s, Kind::member("erin")).unwrap();
+    settle(&[&ca, &cb]).await;
+    cb.shutdown().await;
+    let c = ca.sync().await.unwrap();
+    assert_eq!((c.sessions, c.guests, c.members), (1, 0, 1), "{c:?}");
+}

@@ -29,6 +29,9 @@
 --                its expiry (and its user's last seen) moves; else as "u"
 --   "r" id(16)   release this node's claim
 --   "l" id(16)   leave: end the session for every claimant
+--   "x" id(16)   moved to another hash tag (signed in or out): counted no more here, for
+--                any claimant; the others keep their claims on a mark (kind "x") until
+--                they let it go, so that renewing what they had counts nothing here
 --   "P" count(8 hex) page          this node's sessions on the page, as it counts them now
 --   "A" bucket(4 hex) {len(4 hex) entry}...   page entries this node adds to a bucket of its
 --   "D" bucket(4 hex) {len(4 hex) entry}...   member lists, or removes; an entry is
@@ -36,7 +39,7 @@
 --   "K" {id(16) len(4 hex) bucket(4 hex) page_len(4 hex) page entry}...   before a bye that
 --       parks: where this node counts its sessions, so that each leaves its page when it
 --       expires or another node takes it
--- The node sends "u", "n", "r" and "l" sorted by session bucket: each bucket's run reads and
+-- The node sends "u", "n", "r", "l" and "x" sorted by session bucket: each bucket's run reads and
 -- writes its records and claims once. Nodes send ages and time left, never timestamps:
 -- Redis TIME scores everything.
 --
@@ -230,8 +233,9 @@ end
 -- Adds (d = 1) or removes (d = -1) a session's share of the counters and its user's.
 -- `sortkey` is known for an upsert; for a removal it comes from the user record at the end.
 local function apply(s, d, sortkey)
-  dc.sessions = dc.sessions + d
   local kind, user = s[1], s[2]
+  if kind == 'x' then return end -- moved to another tag: counted there
+  dc.sessions = dc.sessions + d
   if kind == 'g' then
     dc.guests = dc.guests + d
   elseif kind == 'b' then
@@ -342,6 +346,13 @@ local function run_bucket(b, ops)
           s = { kind, user, take and me or '', me }
           apply(s, 1, sortkey)
           changed = true
+        elseif s[1] == 'x' and op == 'n' then
+          -- Moved to another tag, and this node only renews what it had: it keeps its
+          -- claim on the mark and counts nothing.
+          if not claimant then
+            s[#s + 1] = me
+            changed = true
+          end
         else
           if not claimant then
             s[#s + 1] = me
@@ -374,6 +385,26 @@ local function run_bucket(b, ops)
           if s[3] ~= '' then message(s[3], 'm', id) end
           dels[#dels + 1] = id
           apply(s, -1)
+        end
+      elseif op == 'x' then
+        -- Moved to another tag (signed in or out): no longer counted here, for any node.
+        -- The other claimants keep their claims on a mark (kind "x"), so that renewing what
+        -- they had does not count it here again; it goes with the last of them.
+        if v then
+          local s = cmsgpack.unpack(v)
+          if s[3] ~= '' then message(s[3], 'm', id) end
+          apply(s, -1)
+          local out = { 'x', '', '' }
+          for j = 4, #s do
+            if s[j] ~= me then out[#out + 1] = s[j] end
+          end
+          if #out > 3 then
+            sets[#sets + 1] = id
+            sets[#sets + 1] = cmsgpack.pack(out)
+          else
+            dels[#dels + 1] = id
+          end
+          redis.call('ZREM', H, id)
         end
       else
         error('presence flush: unknown operation ' .. tostring(op))
@@ -443,7 +474,7 @@ for i = FIRST_OP, #ARGV do
     end
     redis.call('HSET', ppkey(me), unpack(args))
     redis.call('PEXPIRE', ppkey(me), keyttl)
-  elseif op == 'u' or op == 'n' or op == 'r' or op == 'l' then
+  elseif op == 'u' or op == 'n' or op == 'r' or op == 'l' or op == 'x' then
     local b = bucket(string.sub(a, 2, 17))
     if b ~= group_b then
       if #group > 0 then run_bucket(group_b, group) end

@@ -76,7 +76,13 @@
 //! Cluster keeps them on one slot and the script can touch them all. Sessions sit in 4096
 //! buckets by id, so that each bucket stays within Redis's compact encoding (listpack) up to
 //! about 500k sessions; past that, raise `hash-max-listpack-entries` and
-//! `zset-max-listpack-entries` (e.g. to 512).
+//! `zset-max-listpack-entries` (e.g. to 512), or spread the view over several tags.
+//!
+//! With [`shards(k)`](ClusterBuilder::shards), each of `k` tags (`{ns:0}` to `{ns:k-1}`,
+//! some with a suffix, as `{ns:3.1}`, so that their slots spread evenly) holds every key
+//! below for its part of the sessions, in `4096 / k` buckets: guests and bots by a hash of
+//! their id, signed-in sessions by a hash of their user's name. The one key outside them,
+//! `{ns}:shards`, says how many tags each live node uses.
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
@@ -130,13 +136,24 @@
 //! - [`Cluster::user`]'s `last_seen` and `idle` come from the last renewals (up to half an
 //!   `idle_timeout` old), merged with this node's own view of the user.
 //! - A session seen by two nodes with different kinds shows the kind the last flush sent.
+//!   Spread over several tags, a session moves from its id's tag to its user's when it signs
+//!   in: the node that sees the sign-in marks it moved in the former, so a node that still
+//!   has it as a guest (no sticky sessions) renews its claim there without counting it. Two
+//!   cases count it in both tags until the other node sees the new kind or lets the session
+//!   go: a guest's first send that reaches Redis after the sign-in (a request from just
+//!   before it, flushed late), and a sign-out (or a change of user) that another node has
+//!   not seen, which no tag can tell from the session's id.
+//! - Spread over several tags, [`top_pages`](Cluster::top_pages) merges each tag's busiest
+//!   pages with exact counts; when many pages tie, which of the tied pages come last may
+//!   differ from one tag's name order.
 //!
 //! # Scale
 //! One hash tag puts every key on one Redis shard; `BENCHMARKS.md` gives the session updates
 //! per second one `redis-server` core absorbs through the flush script, and the live sessions
 //! that carries (each re-sent once per half `idle_timeout`, plus joins, leaves and page
-//! changes). The layout splits into several tags by design: sessions are keyed by id bucket,
-//! and users and pages can go by a hash of their name, the counts being sums over the tags.
+//! changes). On a Redis Cluster, [`ClusterBuilder::shards`] spreads the view over several
+//! tags so that every master does its share: the counts are sums over the tags, and a flush
+//! sends every tag's calls at once, one round trip per master.
 
 mod cache;
 mod conn;
@@ -374,10 +391,10 @@ impl ClusterBuilder {
     /// tags of the other masters go on, and the view says it is
     /// [`partial`](ClusterCounts::partial).
     ///
-    /// A session that signs in moves from its id's tag to its user's: it ends in the former
-    /// for every node, as after a leave. A node that saw it only before it signed in (no
-    /// sticky sessions) lets go of it there at its next activity (which carries the
-    /// signed-in kind) or expiry.
+    /// A session that signs in moves from its id's tag to its user's, and counts no more in
+    /// the former for any node: one that saw it only as a guest (no sticky sessions) keeps
+    /// renewing its claim there without counting it, until it lets it go. See the [module
+    /// docs](self#limits) for the two cases that count it in both tags for a while.
     pub fn shards(mut self, k: usize) -> Self {
         self.shards = k;
         self

@@ -3,10 +3,11 @@
 //! tags' flushes together (their calls reach each Redis server in one round trip), and
 //! merges what they read back into one view.
 //!
-//! A session whose tag changes (a guest signs in, so it is now kept by its user's tag) ends
-//! in its former tag for every node, as after a leave, and starts in the new one: it never
-//! counts in two tags at once for long. A node that never saw it sign in lets go of it in
-//! the former tag when it expires there or shows activity (which then carries the new kind).
+//! A session whose tag changes (a guest signs in, so it is now kept by its user's tag) is
+//! marked moved in its former tag, where it counts no more for any node, and starts in the
+//! new one. A node that sends a signed-in session for the first time marks it moved in its
+//! id's tag too, in case another node saw it there as a guest: that node's renewals keep
+//! its claim on the mark and count nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -140,6 +141,16 @@ impl Node {
                 .session_lease(id)
                 .map(|(info, _)| tags::of_session(id, &info.kind, k));
             self.route(id, t, Pending::Check);
+            // A signed-in session this node sends for the first time may be a guest's that
+            // signed in: another node that saw the guest (no sticky sessions) still counts
+            // it in its id's tag. Marked moved there, it counts there no more.
+            if let Some(t) = t {
+                let guest_tag = tags::of_id(id, k);
+                if t != guest_tag && !self.tags[t].has_sent(&id) && !self.tags[guest_tag].holds(&id)
+                {
+                    self.tags[guest_tag].add_pending(id, Pending::Moved);
+                }
+            }
         }
     }
 

@@ -120,8 +120,8 @@ for i = 1, #ARGV, 3 do
   elseif what == 'sess' then
     local bucket = (string.byte(a, 1) * 16 + math.floor(string.byte(a, 2) / 16)) % tonumber(b)
     local v = redis.call('HGET', P .. 's:' .. bucket, a)
-    if v then
-      local s = cmsgpack.unpack(v)
+    local s = v and cmsgpack.unpack(v)
+    if s and s[1] ~= 'x' then
       r = { s[1], s[2], '' }
     else
       r = {}

@@ -84,6 +84,10 @@ pub(super) enum Pending {
     Check,
     /// The session left explicitly: unless it started again, end it for every node.
     Leave,
+    /// A guest's session signed in and is now kept by its user's tag: this tag (its id's)
+    /// counts it no more, for any node, though this node never sent it here (another
+    /// node saw it as a guest).
+    Moved,
 }
 
 /// What this node last renewed in Redis for a session it claims.
@@ -160,6 +164,8 @@ pub(super) enum Op {
     },
     Release(SessionId),
     Leave(SessionId),
+    /// Kept by another tag now (signed in or out): counted no more in this one.
+    Moved(SessionId),
     /// This node's count of a page, as it is now.
     Page {
         page: Arc<str>,
@@ -202,7 +208,7 @@ impl Op {
                 }
             }
             Op::Release(_) => 6,
-            Op::Leave(_) => 8,
+            Op::Leave(_) | Op::Moved(_) => 8,
             // The node's count, the page's count.
             Op::Page { .. } => 5,
             Op::Entries { entries, .. } => 2 + entries.len(),
@@ -247,6 +253,7 @@ impl Op {
             }
             Op::Release(id) => [b"r".as_slice(), id.as_uuid().as_bytes()].concat(),
             Op::Leave(id) => [b"l".as_slice(), id.as_uuid().as_bytes()].concat(),
+            Op::Moved(id) => [b"x".as_slice(), id.as_uuid().as_bytes()].concat(),
             Op::Page { page, count } => {
                 let mut a = Vec::with_capacity(9 + page.len());
                 a.push(b'P');
@@ -286,7 +293,7 @@ impl Op {
     /// The session of a session operation.
     fn id(&self) -> Option<SessionId> {
         match self {
-            Op::Upsert { id, .. } | Op::Release(id) | Op::Leave(id) => Some(*id),
+            Op::Upsert { id, .. } | Op::Release(id) | Op::Leave(id) | Op::Moved(id) => Some(*id),
             Op::Page { .. } | Op::Entries { .. } | Op::Park(_) => None,
         }
     }
@@ -557,6 +564,11 @@ impl Flusher {
         self.sent.contains_key(id) || self.own.contains_key(id) || self.pending.contains_key(id)
     }
 
+    /// Whether this node sent session `id` to this tag.
+    pub(super) fn has_sent(&self, id: &SessionId) -> bool {
+        self.sent.contains_key(id)
+    }
+
     fn call_timeout(&self) -> Duration {
         self.shared.call_timeout
     }
@@ -601,8 +613,8 @@ impl Flusher {
                     *p = Pending::Check;
                 }
             }
-            Pending::Renew => {
-                self.pending.entry(id).or_insert(Pending::Renew);
+            Pending::Renew | Pending::Moved => {
+                self.pending.entry(id).or_insert(p);
             }
         }
     }
@@ -769,10 +781,11 @@ impl Flusher {
                 })
             }
             None if p == Pending::Leave => Some(Op::Leave(id)),
+            None if p == Pending::Moved => Some(Op::Moved(id)),
             // Live here under another tag (a guest signed in, a user signed out): it moved,
-            // so it ends here for every node, as after a leave.
+            // so it counts here no more, for any node.
             None if self.sent.contains_key(&id) && self.presence.session_lease(id).is_some() => {
-                Some(Op::Leave(id))
+                Some(Op::Moved(id))
             }
             None if self.sent.contains_key(&id) => Some(Op::Release(id)),
             None => {
@@ -1132,7 +1145,7 @@ impl Flusher {
                         s.kind = info.kind;
                     }
                 }
-                Op::Release(id) | Op::Leave(id) => {
+                Op::Release(id) | Op::Leave(id) | Op::Moved(id) => {
                     self.sent.remove(&id);
                 }
                 Op::Page { page, count } => {
