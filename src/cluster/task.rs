@@ -1,10 +1,12 @@
-//! The flush task: what this node sends to Redis, and when.
+//! The flush of one hash tag: what this node sends to the part of the view that tag keeps
+//! (all of it with one tag), and when.
 //!
-//! Each flush drains the tracker's change log (sessions that started, ended, or changed kind
-//! or page) and the renewals that fell due into `pending`, turns each pending id into one
-//! operation by reading the session once, and sends them sorted by bucket, in calls sized by
-//! a work budget, one call in flight (two during a refill). Nothing here scans the sessions,
-//! except the full re-send after Redis lost this node's data.
+//! The node's task (`node.rs`) hands each tag the sessions of the tracker's change log that
+//! are, or were, kept there (they started, ended, or changed kind or page); each flush adds
+//! the renewals that fell due to them in `pending`, turns each pending id into one operation
+//! by reading the session once, and sends them sorted by bucket, in calls sized by a work
+//! budget, one call in flight (two during a refill). Nothing here scans the sessions, except
+//! the full re-send after Redis lost this node's data.
 //!
 //! Nothing is lost: an id leaves `pending` only when Redis acknowledged the call that carried
 //! it. Every call carries a sequence number; Redis keeps the last one it applied for this
