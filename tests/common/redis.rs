@@ -197,6 +197,18 @@ impl RedisServer {
         (calls, total)
     }
 
+    /// The CPU time the server used so far, seconds (`used_cpu_sys + used_cpu_user`).
+    pub fn cpu(&self) -> f64 {
+        self.cli(&["INFO", "cpu"])
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                matches!(k, "used_cpu_sys" | "used_cpu_user")
+                    .then(|| v.trim().parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
     /// Every key and every value in the server, as text (binary values lossily): to show
     /// that a name is stored nowhere.
     #[allow(dead_code)]
@@ -252,19 +264,28 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// A cluster whose servers get `extra` settings after the harness's own (a setting
+    /// given twice takes the later value), e.g. `["--cluster-require-full-coverage", "no"]`
+    /// or `["--cluster-node-timeout", "1000"]`.
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
         if !available() {
             return None;
         }
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+        ];
+        args.extend_from_slice(extra);
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "5000",
-            ])?);
+            nodes.push(RedisServer::start_with(&args)?);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -283,18 +304,181 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !nodes
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok(Duration::from_secs(20));
+        Some(cluster)
+    }
+
+    /// Waits until every running master says `cluster_state:ok`; returns how long it took.
+    pub fn wait_ok(&self, within: Duration) -> Duration {
+        let start = Instant::now();
+        while !self
+            .nodes
             .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
             assert!(
-                Instant::now() < deadline,
-                "the Redis Cluster did not become ok"
+                start.elapsed() < within,
+                "the Redis Cluster did not become ok within {within:?}: {:?}",
+                self.states()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Some(RedisCluster { nodes })
+        start.elapsed()
+    }
+
+    /// `cluster_state` as each master sees it (`"down"` for a master that does not answer).
+    pub fn states(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                if !n.answers() {
+                    return "down".to_owned();
+                }
+                n.cli(&["CLUSTER", "INFO"])
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cluster_state:"))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Waits until every master but `except` says `cluster_state:<state>` (`ok`, `fail`);
+    /// returns how long it took.
+    pub fn wait_state(&self, except: usize, state: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        let want = format!("cluster_state:{state}");
+        while !self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != except)
+            .all(|(_, n)| n.cli(&["CLUSTER", "INFO"]).contains(&want))
+        {
+            assert!(
+                start.elapsed() < within,
+                "the other masters did not say {want} within {within:?}: {:?}",
+                self.states()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+
+    /// Waits until every master but `i` flags master `i` as failed (`fail` in its
+    /// `CLUSTER NODES` line, past the `fail?` suspicion); returns how long it took.
+    pub fn wait_flagged_fail(&self, i: usize, within: Duration) -> Duration {
+        let start = Instant::now();
+        let addr = format!("127.0.0.1:{}@", self.nodes[i].port);
+        let flagged = |n: &RedisServer| {
+            n.cli(&["CLUSTER", "NODES"]).lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[1].starts_with(&addr) && f[2].split(',').any(|x| x == "fail")
+            })
+        };
+        while !self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .all(|(_, n)| flagged(n))
+        {
+            assert!(
+                start.elapsed() < within,
+                "master {i} not flagged failed within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+
+    /// Kills master `i` (SIGKILL, by its PID): its data is gone; its directory and its
+    /// `nodes.conf` stay, for [`restart_master`](Self::restart_master).
+    pub fn kill_master(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts master `i` again on its port with its `nodes.conf`, empty (no dump): it
+    /// rejoins as the same master with the same slots. Waits until every master says
+    /// `cluster_state:ok` (within `within`); returns how long that took after the start.
+    pub fn restart_master(&mut self, i: usize, within: Duration) -> Duration {
+        assert!(
+            self.nodes[i].dir.join("nodes.conf").exists(),
+            "master {i} has no nodes.conf"
+        );
+        self.nodes[i].restart_empty();
+        assert_eq!(
+            self.nodes[i].cli(&["DBSIZE"]),
+            "0",
+            "the restarted master is empty"
+        );
+        self.wait_ok(within)
+    }
+
+    /// The slot of `key` (its hash tag's), as Redis computes it.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.answers())
+            .expect("a master up");
+        n.cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// The slot ranges master `i` serves, from its own `CLUSTER NODES` line.
+    pub fn slots_of(&self, i: usize) -> Vec<(u16, u16)> {
+        let nodes = self.nodes[i].cli(&["CLUSTER", "NODES"]);
+        let me = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .expect("a myself line");
+        me.split_whitespace()
+            .skip(8)
+            .filter(|f| !f.starts_with('['))
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                None => (r.parse().unwrap(), r.parse().unwrap()),
+            })
+            .collect()
+    }
+
+    /// Which master serves `slot`.
+    pub fn master_of_slot(&self, slot: u16) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| {
+                self.slots_of(i)
+                    .iter()
+                    .any(|&(a, b)| (a..=b).contains(&slot))
+            })
+            .expect("every slot is served")
+    }
+
+    /// Which master serves `key`.
+    pub fn master_of_key(&self, key: &str) -> usize {
+        self.master_of_slot(self.keyslot(key))
+    }
+
+    /// Resets every master's `INFO` statistics (`CONFIG RESETSTAT`).
+    pub fn reset_stats(&self) {
+        for n in &self.nodes {
+            n.cli(&["CONFIG", "RESETSTAT"]);
+        }
+    }
+
+    /// For each master, the calls of `cmd` (e.g. `evalsha`) since the last reset, from
+    /// `INFO commandstats`.
+    pub fn calls_per_master(&self, cmd: &str) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.commandstats(cmd).0).collect()
+    }
+
+    /// For each master, the CPU time it used so far (`used_cpu_sys + used_cpu_user` of
+    /// `INFO cpu`, seconds; not reset by `CONFIG RESETSTAT`: take differences).
+    pub fn cpu_per_master(&self) -> Vec<f64> {
+        self.nodes.iter().map(RedisServer::cpu).collect()
     }
 }
 
