@@ -449,7 +449,8 @@ async fn full_coverage_scenario(namespace_master: bool) {
     };
     let (victim, url) = victim(&cluster, namespace_master);
     let (a, b) = (tracker(), tracker());
-    let ca = node(&url, "a", &a).await;
+    // a was given the lost master's URL: it reconnects through the other masters it learnt.
+    let ca = node(&cluster.nodes[victim].url(), "a", &a).await;
     let cb = node(&url, "b", &b).await;
     let b_guests = load(&a, &b);
     settle(&[&ca, &cb]).await;

@@ -91,15 +91,41 @@ mod tests {
             .to_string();
         assert!(!e.contains("s3cret"), "{e}");
     }
+
+    #[test]
+    fn a_seed_keeps_the_credentials_and_database() {
+        assert_eq!(
+            with_address("redis://:pw@a:1/2", "10.0.0.2:7001"),
+            "redis://:pw@10.0.0.2:7001/2"
+        );
+        assert_eq!(
+            with_address("rediss://b:6379", "[::1]:7"),
+            "rediss://[::1]:7"
+        );
+        assert_eq!(
+            with_address("redis://u:p@h?protocol=resp3", "c:1"),
+            "redis://u:p@c:1?protocol=resp3"
+        );
+    }
 }
 
 /// Connects, asking the server whether it is part of a Redis Cluster. `timeout` bounds each
-/// step; the caller bounds the whole.
+/// step; the caller bounds the whole. `seeds`: the URLs of a Redis Cluster's masters, known
+/// from an earlier connection, so that a reconnect works with the URL's own node down.
 pub(super) async fn connect(
     url: &str,
     client: &Client,
     timeout: Duration,
+    seeds: &[String],
 ) -> Result<Conn, ClusterError> {
+    if !seeds.is_empty() {
+        let cluster = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()?;
+        return Ok(Conn::Cluster(cluster.get_async_connection().await?));
+    }
     let mut probe = client
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()
@@ -221,22 +247,21 @@ pub(super) fn is_auth_error(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
-/// The most of `slots` one Redis server holds: all of them on one server, and on a Redis
-/// Cluster the count of its busiest master (from `CLUSTER SLOTS`; all of them if it cannot
-/// tell).
-pub(super) async fn busiest_server(conn: &mut Conn, slots: &[u16]) -> usize {
+/// A Redis Cluster's slot ranges and the `host:port` of the master of each, from
+/// `CLUSTER SLOTS` (`None` on one server, or if it cannot tell).
+pub(super) async fn slot_map(conn: &mut Conn) -> Option<Vec<(i64, i64, String)>> {
     if matches!(conn, Conn::Single(_)) {
-        return slots.len();
+        return None;
     }
     let Ok(Value::Array(ranges)) = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async::<Value>(conn)
         .await
     else {
-        return slots.len();
+        return None;
     };
     // Each range: start, end, then the master's [host, port, id, ...] and its replicas'.
-    let mut masters: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    let mut masters: Vec<(i64, i64, String)> = Vec::new();
     for r in ranges {
         let Value::Array(r) = r else { continue };
         let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(m))) =
@@ -246,19 +271,50 @@ pub(super) async fn busiest_server(conn: &mut Conn, slots: &[u16]) -> usize {
         };
         let who = match (m.first(), m.get(1)) {
             (Some(Value::BulkString(host)), Some(Value::Int(port))) => {
-                [host.as_slice(), b":", port.to_string().as_bytes()].concat()
+                let host = String::from_utf8_lossy(host);
+                if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                }
             }
             _ => continue,
         };
         masters.push((*start, *end, who));
     }
-    let mut per: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    Some(masters)
+}
+
+/// The most of `slots` one Redis server holds, from `map` (see [`slot_map`]): all of them
+/// on one server, or if the map cannot tell.
+pub(super) fn busiest_server(map: Option<&[(i64, i64, String)]>, slots: &[u16]) -> usize {
+    let Some(masters) = map else {
+        return slots.len();
+    };
+    let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for &slot in slots {
         let slot = i64::from(slot);
         match masters.iter().find(|(s, e, _)| (*s..=*e).contains(&slot)) {
-            Some((_, _, who)) => *per.entry(who.as_slice()).or_default() += 1,
+            Some((_, _, who)) => *per.entry(who.as_str()).or_default() += 1,
             None => return slots.len(),
         }
     }
     per.into_values().max().unwrap_or(slots.len()).max(1)
+}
+
+/// `url` with its host and port replaced by `addr` (`host:port`): its scheme, credentials,
+/// database and parameters kept.
+pub(super) fn with_address(url: &str, addr: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, rest),
+    };
+    let tail = rest.find(['/', '?']).map_or("", |i| &rest[i..]);
+    match userinfo {
+        Some(u) => format!("{scheme}://{u}@{addr}{tail}"),
+        None => format!("{scheme}://{addr}{tail}"),
+    }
 }

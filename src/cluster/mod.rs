@@ -494,7 +494,8 @@ impl ClusterBuilder {
         let client = conn::client(&self.url)?;
         let shared = Arc::new(self.into_shared(presence));
         let timeout = shared.call_timeout;
-        match tokio::time::timeout(timeout, conn::connect(&shared.url, &client, timeout)).await {
+        match tokio::time::timeout(timeout, conn::connect(&shared.url, &client, timeout, &[])).await
+        {
             Ok(Ok(mut c)) => {
                 conn::check_eviction_policy(&mut c, &shared.node_id).await;
                 *shared.conn.lock() = Some(c);

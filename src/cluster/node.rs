@@ -53,8 +53,10 @@ pub(super) struct Node {
     /// One flush per hash tag.
     pub(super) tags: Vec<Flusher>,
     shape_script: Lua,
-    /// When the namespace's shape is checked next (`None`: now).
+    /// When the namespace's shape is checked next (`None`: now), and whether a check ever
+    /// passed.
     shape_due: Option<Instant>,
+    shape_ok: bool,
     /// The newest erasure tombstone taken in (ms, Redis time), and the namespace's key.
     erase_cursor: u64,
     erase_key: Option<Vec<u8>>,
@@ -62,6 +64,9 @@ pub(super) struct Node {
     peak: (usize, i64),
     /// Which tags' last flush succeeded (a bye goes only to those).
     ok: Vec<bool>,
+    /// A Redis Cluster's masters, as URLs, from the last connection: a reconnect tries them
+    /// all, so it works with the URL's own node down.
+    seeds: Vec<String>,
     log: Diagnostics,
 }
 
@@ -89,10 +94,12 @@ impl Node {
             tags,
             shape_script: Lua::new(SHAPE_LUA),
             shape_due: None,
+            shape_ok: false,
             erase_cursor: 0,
             erase_key: None,
             peak: (0, 0),
             ok: vec![false; k],
+            seeds: Vec::new(),
             log: Diagnostics::default(),
         }
     }
@@ -172,14 +179,28 @@ impl Node {
         }
         let timeout = self.shared.call_timeout;
         let url = self.shared.url.clone();
-        let mut c = tokio::time::timeout(timeout, conn::connect(&url, &self.client, timeout))
-            .await
-            .map_err(|_| ClusterError::Timeout(timeout))??;
+        let mut c = tokio::time::timeout(
+            timeout,
+            conn::connect(&url, &self.client, timeout, &self.seeds),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout(timeout))??;
+        let map = conn::slot_map(&mut c).await;
+        if let Some(map) = &map {
+            let mut seeds: Vec<String> = map
+                .iter()
+                .map(|(_, _, addr)| conn::with_address(&url, addr))
+                .collect();
+            seeds.sort();
+            seeds.dedup();
+            seeds.push(url.clone());
+            self.seeds = seeds;
+        }
         if self.tags.len() > 1 {
             // The tags' calls of one flush reach their servers together: sized so that the
             // calls one server gets at once take what one call would.
             let slots: Vec<u16> = self.shared.tag_slots();
-            let sharing = conn::busiest_server(&mut c, &slots).await;
+            let sharing = conn::busiest_server(map.as_deref(), &slots);
             for t in &mut self.tags {
                 t.share_server(sharing);
             }
@@ -189,7 +210,12 @@ impl Node {
     }
 
     fn fail(&mut self, e: ClusterError) -> Result<ClusterCounts, ClusterError> {
-        self.shared.view.lock().stale = true;
+        {
+            let mut view = self.shared.view.lock();
+            view.stale = true;
+            // Nothing of this flush reached Redis: no part of the view is current.
+            view.partial = false;
+        }
         if matches!(e, ClusterError::Timeout(_)) {
             // A stalled server: drop the connection, and with it the calls queued on it,
             // rather than pile one more on it every flush. The next flush connects anew
@@ -244,8 +270,15 @@ impl Node {
             Ok(c) => c,
             Err(e) => return self.fail(e),
         };
-        if let Err(e) = self.check_shape(&mut conn).await {
-            return self.fail(e);
+        match self.check_shape(&mut conn).await {
+            Ok(()) => self.shape_ok = true,
+            Err(e @ ClusterError::ShardsMismatch { .. }) => return self.fail(e),
+            // The shape's key is out of reach (its master down) but was checked before: the
+            // tags go on, and the check is tried again at the next flush.
+            Err(e) if self.shape_ok => {
+                tracing::debug!(error = %e, "presence cluster: shape check failed");
+            }
+            Err(e) => return self.fail(e),
         }
         // Users another node erased: ended here first, so that their leaves go out now.
         match self.erasures(&mut conn).await {
@@ -270,6 +303,12 @@ impl Node {
                 _ => a,
             });
         if let Some(e) = error {
+            if view.partial {
+                // Some tags answered: the connection works (a Redis Cluster reconnects to
+                // each master itself), and the view says which it is.
+                self.log.failed(&self.shared.node_id, &e);
+                return Err(e);
+            }
             return self.fail(e);
         }
         self.log.succeeded(&self.shared.node_id, view.stale);
