@@ -285,21 +285,26 @@ pub(super) async fn slot_map(conn: &mut Conn) -> Option<Vec<(i64, i64, String)>>
     Some(masters)
 }
 
-/// The most of `slots` one Redis server holds, from `map` (see [`slot_map`]): all of them
-/// on one server, or if the map cannot tell.
-pub(super) fn busiest_server(map: Option<&[(i64, i64, String)]>, slots: &[u16]) -> usize {
+/// The server of each of `slots`, numbered from 0, from `map` (see [`slot_map`]): all on
+/// server 0 on one Redis, or if the map cannot tell.
+pub(super) fn servers(map: Option<&[(i64, i64, String)]>, slots: &[u16]) -> Vec<usize> {
     let Some(masters) = map else {
-        return slots.len();
+        return vec![0; slots.len()];
     };
-    let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut names: Vec<&str> = Vec::new();
+    let mut out = Vec::with_capacity(slots.len());
     for &slot in slots {
         let slot = i64::from(slot);
-        match masters.iter().find(|(s, e, _)| (*s..=*e).contains(&slot)) {
-            Some((_, _, who)) => *per.entry(who.as_str()).or_default() += 1,
-            None => return slots.len(),
-        }
+        let Some((_, _, who)) = masters.iter().find(|(s, e, _)| (*s..=*e).contains(&slot)) else {
+            return vec![0; slots.len()];
+        };
+        let i = names.iter().position(|n| n == who).unwrap_or_else(|| {
+            names.push(who);
+            names.len() - 1
+        });
+        out.push(i);
     }
-    per.into_values().max().unwrap_or(slots.len()).max(1)
+    out
 }
 
 /// `url` with its host and port replaced by `addr` (`host:port`): its scheme, credentials,

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::conn::{self, Conn, Lua};
 use super::log::Diagnostics;
-use super::task::{Command, Flusher, Pending, read_spread};
+use super::task::{Command, Flusher, GATE, Pending, read_spread};
 use super::{ClusterCounts, ClusterError, Shared, tags};
 use crate::{Peak, Presence, SessionId, UserId};
 
@@ -76,10 +76,10 @@ impl Node {
         let mut tags: Vec<Flusher> = (0..k)
             .map(|t| Flusher::new(shared.clone(), presence.clone(), t))
             .collect();
-        if k > 1 {
-            for t in &mut tags {
-                t.share_server(k);
-            }
+        // One server until a Redis Cluster's slot map says otherwise.
+        let gate = Arc::new(Semaphore::new(GATE));
+        for t in &mut tags {
+            t.gate = gate.clone();
         }
         // Enable the log before reading the sessions: a change in between is seen twice,
         // which the pending maps absorb; none is missed.
@@ -197,12 +197,13 @@ impl Node {
             self.seeds = seeds;
         }
         if self.tags.len() > 1 {
-            // The tags' calls of one flush reach their servers together: sized so that the
-            // calls one server gets at once take what one call would.
-            let slots: Vec<u16> = self.shared.tag_slots();
-            let sharing = conn::busiest_server(map.as_deref(), &slots);
-            for t in &mut self.tags {
-                t.share_server(sharing);
+            // The tags of one server share its gate (see `task::GATE`).
+            let servers = conn::servers(map.as_deref(), &self.shared.tag_slots());
+            let gates: Vec<Arc<Semaphore>> = (0..=servers.iter().copied().max().unwrap_or(0))
+                .map(|_| Arc::new(Semaphore::new(GATE)))
+                .collect();
+            for (t, server) in self.tags.iter_mut().zip(servers) {
+                t.gate = gates[server].clone();
             }
         }
         *self.shared.conn.lock() = Some(c.clone());

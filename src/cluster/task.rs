@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use super::cache::{Answer, Read};
 use super::conn::{self, Conn, Lua};
@@ -69,6 +69,14 @@ const INBOX_PAGE: usize = 1024;
 const MAX_INBOX_ROUNDS: usize = 16;
 /// Reads per read-script call in a cache refresh.
 const READS_PER_CALL: usize = 64;
+/// A Redis server's share, in permits, of the calls in flight to it at once: a full call
+/// (its tag's budget) takes all of it, a call with nothing to send [`CALL_FLOOR`]. So the
+/// tags of one server (spread over several, see `tags.rs`) send their small calls together,
+/// in one round trip, and their full calls one after another, as one tag would: a bystander
+/// waits for about one full call.
+pub(super) const GATE: usize = 1000;
+/// A call's share of the gate however little it carries: registering and the view.
+const CALL_FLOOR: usize = 30;
 /// Explicit leaves kept while Redis is unreachable; past this, a leave is left to expire.
 const MAX_PENDING_LEAVES: usize = 100_000;
 
@@ -477,11 +485,12 @@ pub(super) struct Flusher {
     pub(super) peak: (usize, i64),
     ttl_bucket: u64,
     ttl_page: u64,
-    /// Work units per call, sized from the measured time of full calls, between
-    /// `min_budget` and `MAX_BUDGET`, aiming at `target` per call.
+    /// Work units per call, sized from the measured time of full calls.
     budget: usize,
-    min_budget: usize,
-    target: Duration,
+    /// The Redis server this tag's keys are on, shared with the other tags there: a call
+    /// holds a share of it in proportion to its work, so the calls one server runs back to
+    /// back take about what one full call would (see [`GATE`]).
+    pub(super) gate: Arc<Semaphore>,
     /// This tag's part of the view as Redis last gave it whole, and whether the last flush
     /// brought it (`false`: failed, or Redis says it is partial).
     pub(super) last: ClusterCounts,
@@ -534,23 +543,10 @@ impl Flusher {
             ttl_bucket: 0,
             ttl_page: 0,
             budget: CALL_BUDGET,
-            min_budget: MIN_BUDGET,
-            target: CALL_TARGET,
+            gate: Arc::new(Semaphore::new(GATE)),
             last: empty,
             fresh: false,
         }
-    }
-
-    /// Sizes this tag's calls for `sharing` tags whose calls reach one Redis server at once
-    /// (the calls of one flush go out together): together they take what one call would.
-    pub(super) fn share_server(&mut self, sharing: usize) {
-        let sharing = sharing.max(1);
-        self.target = CALL_TARGET / u32::try_from(sharing).unwrap_or(u32::MAX);
-        self.min_budget = (MIN_BUDGET / sharing).max(MIN_BUDGET / 4);
-        self.budget = self
-            .budget
-            .min(CALL_BUDGET / sharing)
-            .clamp(self.min_budget, MAX_BUDGET);
     }
 
     /// Session `id` as this tag sees it: `None` when it is not here or kept by another tag.
@@ -937,6 +933,18 @@ impl Flusher {
             .collect();
         let key = format!("{}n", self.prefix);
         let timeout = self.call_timeout() * u32::try_from(calls.len().max(1)).unwrap_or(1);
+        let share: usize = calls
+            .iter()
+            .map(|c| CALL_FLOOR + c.units * (GATE - CALL_FLOOR) / self.budget.max(1))
+            .sum();
+        let gate = self.gate.clone();
+        let _turn = tokio::time::timeout(
+            timeout,
+            gate.acquire_many(u32::try_from(share.min(GATE)).unwrap_or(1)),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout(timeout))?
+        .map_err(|_| ClusterError::Stopped)?;
         let mut answers =
             tokio::time::timeout(timeout, conn::eval_many(conn, &self.script, &key, &args))
                 .await
@@ -1105,10 +1113,10 @@ impl Flusher {
             return;
         }
         let per_unit = took.as_secs_f64() / units as f64;
-        let fit = (self.target.as_secs_f64() / per_unit.max(1e-9)) as usize;
+        let fit = (CALL_TARGET.as_secs_f64() / per_unit.max(1e-9)) as usize;
         self.budget = fit
             .clamp(self.budget * 2 / 3, self.budget * 4 / 3)
-            .clamp(self.min_budget, MAX_BUDGET);
+            .clamp(MIN_BUDGET, MAX_BUDGET);
     }
 
     fn confirm(&mut self, ops: Vec<Op>, sent_at: Instant, stamp: u64) {
