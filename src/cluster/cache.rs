@@ -69,14 +69,15 @@ impl Answer {
 
 impl Read {
     /// The read script's three arguments for this read.
-    pub(super) fn args(&self) -> [Vec<u8>; 3] {
+    /// `pm_buckets`: the member buckets of a tag (see `task::pm_buckets`).
+    pub(super) fn args(&self, pm_buckets: u16) -> [Vec<u8>; 3] {
         let s = |v: &str| v.as_bytes().to_vec();
         match self {
             Read::PageCount(p) => [s("pc"), s(p), Vec::new()],
             Read::Top(n) => [s("top"), s(&n.to_string()), Vec::new()],
             Read::User(u) => [s("user"), s(u), Vec::new()],
             Read::Members(n) => [s("mem"), s(&n.to_string()), Vec::new()],
-            Read::PageMembers(p, n) => [s("pm"), s(p), s(&n.to_string())],
+            Read::PageMembers(p, n) => [s("pm"), s(p), s(&format!("{n}/{pm_buckets}"))],
         }
     }
 

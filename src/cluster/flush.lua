@@ -20,7 +20,8 @@
 -- refresh, 14 first and 15 number of this node's page-member buckets whose TTL to refresh,
 -- 16 key TTL ms, 17 the highest inbox message this node has taken in (its score), 18 the
 -- number of session buckets (4096 with one hash tag, fewer per tag when the namespace is
--- spread over several: a bucket then holds as many sessions).
+-- spread over several: a bucket then holds as many sessions), 19 the number of member
+-- buckets of this node's page entries (256 with one tag, fewer per tag with several).
 -- Then one argument per operation, packed:
 --   "u" id(16) kind(1: g b m h) renew(1: 0/1) ttl_ms(8 hex) seen_age_ms(8 hex)
 --       active_age_ms(8 hex) user_len(4 hex) user sortkey_len(4 hex) sortkey take(1: 0/1)
@@ -59,7 +60,7 @@ local FIXED = { C, U, M, PG, N, NN, ND, NSEQ, DEAD, PARKED, FILL, SINCE, DRAIN, 
 local BUCKETS = tonumber(ARGV[18])
 -- A node's page entries are spread over this many member buckets by a hash of the page
 -- (computed by the node), so that each stays small and compact.
-local PM_BUCKETS = 256
+local PM_BUCKETS = tonumber(ARGV[19])
 
 -- Sessions live in buckets by id (4096 in a namespace of one tag) so that each bucket stays
 -- within Redis's compact encoding (listpack) up to about 500k sessions per tag.
@@ -84,7 +85,7 @@ local timeout, flushms, mode, filled = tonumber(ARGV[5]), tonumber(ARGV[6]), ARG
 local my_peak, my_peak_at, budget = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local ttl_b, ttl_bn, ttl_p, ttl_pn = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local keyttl, inbox_seen = tonumber(ARGV[16]), tonumber(ARGV[17])
-local FIRST_OP = 19
+local FIRST_OP = 20
 
 local function view(status, fresh, reg, more, done)
   local c = redis.call('HMGET', C, 'sessions', 'guests', 'bots', 'members', 'hidden')

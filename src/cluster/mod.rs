@@ -80,9 +80,12 @@
 //!
 //! With [`shards(k)`](ClusterBuilder::shards), each of `k` tags (`{ns:0}` to `{ns:k-1}`,
 //! some with a suffix, as `{ns:3.1}`, so that their slots spread evenly) holds every key
-//! below for its part of the sessions, in `4096 / k` buckets: guests and bots by a hash of
-//! their id, signed-in sessions by a hash of their user's name. The one key outside them,
-//! `{ns}:shards`, says how many tags each live node uses.
+//! below for its part of the view: sessions in `4096 / k` buckets (guests and bots by a
+//! hash of their id, signed-in sessions by a hash of their user's name, so a user's records
+//! are in one tag), and page counts and page entries by a hash of the page, so a node sends
+//! one count per page that changed whatever the tags of its sessions, and a page is read
+//! from one tag. The one key outside them, `{ns}:shards`, says how many tags each live node
+//! uses.
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
@@ -160,6 +163,7 @@ mod conn;
 mod erase;
 mod log;
 mod node;
+mod pages;
 mod tags;
 mod task;
 
@@ -390,6 +394,10 @@ impl ClusterBuilder {
     /// the whole view is [`stale`](ClusterCounts::stale) until it returns; with `no`, the
     /// tags of the other masters go on, and the view says it is
     /// [`partial`](ClusterCounts::partial).
+    ///
+    /// A node shut down for a restart (see [`Cluster::shutdown`]) parks its sessions, which
+    /// stay counted; spread over several tags, their pages are kept by other tags than the
+    /// sessions, so they come off their pages at once, until the node is back.
     ///
     /// A session that signs in moves from its id's tag to its user's, and counts no more in
     /// the former for any node: one that saw it only as a guest (no sticky sessions) keeps

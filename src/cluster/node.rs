@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::conn::{self, Conn, Lua};
 use super::log::Diagnostics;
+use super::pages::PageBook;
 use super::task::{Command, Flusher, GATE, Pending, read_spread};
 use super::{ClusterCounts, ClusterError, Shared, tags};
 use crate::{Peak, Presence, SessionId, UserId};
@@ -73,8 +74,9 @@ pub(super) struct Node {
 impl Node {
     pub(super) fn new(shared: Arc<Shared>, presence: Presence, client: redis::Client) -> Self {
         let k = shared.prefixes.len();
+        let book = Arc::new(parking_lot::Mutex::new(PageBook::new(k)));
         let mut tags: Vec<Flusher> = (0..k)
-            .map(|t| Flusher::new(shared.clone(), presence.clone(), t))
+            .map(|t| Flusher::new(shared.clone(), presence.clone(), t, book.clone()))
             .collect();
         // One server until a Redis Cluster's slot map says otherwise.
         let gate = Arc::new(Semaphore::new(GATE));
@@ -291,7 +293,31 @@ impl Node {
         for t in &mut self.tags {
             t.peak = peak;
         }
-        let results = join_all(self.tags.iter_mut().map(|t| t.flush(conn.clone()))).await;
+        for t in &mut self.tags {
+            t.prepare();
+        }
+        let mut results = join_all(self.tags.iter_mut().map(|t| t.flush(conn.clone()))).await;
+        // Pages another tag's inbox moved meanwhile: their tags send them now (a round
+        // or two, with no session operation left).
+        for _ in 0..2 {
+            let again: Vec<usize> = (0..self.tags.len())
+                .filter(|&i| results[i].is_ok() && self.tags[i].pages_dirty())
+                .collect();
+            if again.is_empty() {
+                break;
+            }
+            let more = join_all(
+                self.tags
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| again.contains(i))
+                    .map(|(_, t)| t.flush(conn.clone())),
+            )
+            .await;
+            for (i, r) in again.into_iter().zip(more) {
+                results[i] = r;
+            }
+        }
         self.ok = results.iter().map(Result::is_ok).collect();
         let view = self.merge();
         *self.shared.view.lock() = view;
@@ -426,8 +452,6 @@ impl Node {
     /// The final flush: what changed, then each tag's bye, and this node's entry in the
     /// namespace's shape. Best effort: Redis down means the node timeout does it instead.
     async fn bye(&mut self) {
-        let flushed = self.flush(false).await;
-        self.presence.changes().disable();
         // A tracker with a snapshot file saves its sessions at shutdown and restores them at
         // the next start: a restart is coming, so its sessions stay in the view ("parked")
         // and expire on their own time if the node does not come back.
@@ -436,6 +460,16 @@ impl Node {
         } else {
             "b"
         };
+        if mode == "k" && self.tags.len() > 1 {
+            // A parked session's page is kept by another tag than the session, which its
+            // expiry cannot reach: spread over several tags, a parked node's sessions stay
+            // counted but leave their pages now (the restarted node counts them again).
+            for t in &mut self.tags {
+                t.drop_pages();
+            }
+        }
+        let flushed = self.flush(false).await;
+        self.presence.changes().disable();
         let conn = match &flushed {
             Err(ClusterError::ShardsMismatch { .. } | ClusterError::NodeIdInUse(_)) => None,
             _ => self.connection().await.ok(),
@@ -465,6 +499,9 @@ impl Node {
                 conn::eval_many(&mut conn, &self.shape_script, &key, &[args]),
             )
             .await;
+        }
+        if let Some(t) = self.tags.first() {
+            t.book.lock().clear();
         }
         self.shared.view.lock().stale = true;
     }

@@ -5,12 +5,11 @@
 --   "top" n ""        the n busiest pages, ties by name: {page, count, page, count, ...}
 --   "user" name ""    {listed sessions, hidden sessions, last seen ms, last active ms, now ms} or {}
 --   "mem" n ""        listed users in name order, at most n
---   "pm" page n       listed users with a listed session on the page, in name order, at most n
+--   "pm" page n/b     listed users with a listed session on the page, in name order, at most n
+--                     (b: the member buckets of each node's page entries in this tag)
 --   "sess" id buckets a session by id (16 bytes), among this tag's session buckets:
 --                     {kind, user, ""}, or {} when no node holds it (its page is known only
 --                     to the node that counts it)
---   "pcs" pages ""    live sessions on each of several pages, each "len(4 hex) page"
---                     (merging the busiest pages of several tags)
 -- Each read costs what it returns. Returns one answer per request, in order.
 local P = string.sub(KEYS[1], 1, #KEYS[1] - 1)
 local U, M, PG = P .. 'u', P .. 'm', P .. 'p'
@@ -40,18 +39,18 @@ local function top(n)
 end
 
 -- The member bucket of a page in each node's page entries (the node computes the same).
-local function pm_bucket(page)
+local function pm_bucket(page, buckets)
   local h = 0
   for k = 1, #page do h = (h * 31 + string.byte(page, k)) % 65521 end
-  return h % 256
+  return h % buckets
 end
 
-local function page_members(page, want)
+local function page_members(page, want, buckets)
   -- Each node keeps its listed sessions' entries "page_len page sortkey \0 user \0 id"
   -- in a bucket by page: a user with several tabs there is listed once, and the rest of
   -- their entries are skipped by range. The nodes' lists are merged by name.
   local pre = string.format('%04x', #page) .. page
-  local b = pm_bucket(page)
+  local b = pm_bucket(page, buckets)
   local skip_id = string.rep('\255', 17)
   local heads, seen = {}, {}
   -- Live nodes, and parked ones: their sessions stay on their pages until they expire.
@@ -90,17 +89,6 @@ for i = 1, #ARGV, 3 do
   local r
   if what == 'pc' then
     r = tonumber(redis.call('ZSCORE', PG, a) or 0)
-  elseif what == 'pcs' then
-    local pages, j = {}, 1
-    while j <= #a do
-      local len = tonumber(string.sub(a, j, j + 3), 16)
-      pages[#pages + 1] = string.sub(a, j + 4, j + 3 + len)
-      j = j + 4 + len
-    end
-    r = {}
-    if #pages > 0 then
-      for k, v in ipairs(redis.call('ZMSCORE', PG, unpack(pages))) do r[k] = tonumber(v) or 0 end
-    end
   elseif what == 'top' then
     r = top(tonumber(a))
   elseif what == 'user' then
@@ -116,7 +104,8 @@ for i = 1, #ARGV, 3 do
     r = {}
     for _, m in ipairs(redis.call('ZRANGE', M, 0, tonumber(a) - 1)) do r[#r + 1] = after_nul(m) end
   elseif what == 'pm' then
-    r = page_members(a, tonumber(b))
+    local want, buckets = string.match(b, '^(%d+)/(%d+)$')
+    r = page_members(a, tonumber(want), tonumber(buckets))
   elseif what == 'sess' then
     local bucket = (string.byte(a, 1) * 16 + math.floor(string.byte(a, 2) / 16)) % tonumber(b)
     local v = redis.call('HGET', P .. 's:' .. bucket, a)

@@ -26,15 +26,17 @@
 //! A node that sees a page on a session it does not own takes it (one record write); the
 //! former owner learns it from its inbox and drops the session from its pages.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use redis::Value;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::cache::{Answer, Read};
 use super::conn::{self, Conn, Lua};
+use super::pages::{self, PageBook};
 use super::{ClusterCounts, ClusterError, Shared, tags};
 use crate::{Kind, Peak, Presence, SessionId, SessionInfo};
 
@@ -130,6 +132,12 @@ const ENTRIES_PER_OP: usize = 128;
 /// Member buckets of each node's page entries (flush.lua and read.lua compute the same).
 pub(super) const PM_BUCKETS: u16 = 256;
 
+/// Member buckets per tag: [`PM_BUCKETS`] in all, as session buckets (see `tags.rs`), so a
+/// bucket holds as many entries whatever the number of tags.
+pub(super) fn pm_buckets(tags: usize) -> u16 {
+    (PM_BUCKETS / u16::try_from(tags.max(1)).unwrap_or(u16::MAX)).max(8)
+}
+
 /// The session bucket of `id` among a tag's `buckets` (flush.lua's `bucket`).
 fn bucket_of(id: SessionId, buckets: u64) -> u16 {
     let b = id.as_uuid().as_bytes();
@@ -137,11 +145,11 @@ fn bucket_of(id: SessionId, buckets: u64) -> u16 {
 }
 
 /// The member bucket of `page`: read.lua computes the same.
-pub(super) fn pm_bucket(page: &str) -> u16 {
+pub(super) fn pm_bucket(page: &str, buckets: u16) -> u16 {
     let h = page
         .bytes()
         .fold(0u32, |h, b| (h * 31 + u32::from(b)) % 65_521);
-    (h % u32::from(PM_BUCKETS)) as u16
+    (h % u32::from(buckets)) as u16
 }
 
 /// The entry of a listed session on `page`: `page_len page sortkey \0 user \0 id`.
@@ -451,6 +459,7 @@ pub(super) struct Flusher {
     tags: usize,
     prefix: String,
     buckets: u64,
+    pm_buckets: u16,
     script: Lua,
     pending: HashMap<SessionId, Pending>,
     leaves: usize,
@@ -459,11 +468,13 @@ pub(super) struct Flusher {
     origin: Instant,
     /// The sessions whose page this node counts, and what it counts: sessions per page.
     own: HashMap<SessionId, Own>,
-    pages: HashMap<Arc<str>, u32>,
-    /// Pages whose count, and page entries whose presence (bucket, added), Redis may not
-    /// have as they are here: sent until acknowledged as they still are.
-    dirty_pages: HashSet<Arc<str>>,
-    dirty_entries: HashMap<Vec<u8>, (u16, bool)>,
+    /// The node's page counts and entries, for all tags (see `pages.rs`): this tag sends
+    /// those of its own pages.
+    pub(super) book: Arc<Mutex<PageBook>>,
+    /// Counts no pages (spread over several tags, a bye that parks drops them first).
+    no_pages: bool,
+    /// The session operations [`prepare`](Self::prepare) made for the next flush.
+    prepared: Option<Vec<Op>>,
     /// Inbox messages taken in and not yet acted on (kind, stamp), and the highest stamp
     /// taken in (Redis drops what it has up to it).
     inbox: HashMap<SessionId, (u8, u64)>,
@@ -511,7 +522,12 @@ pub(super) fn system_time(ms: i64) -> SystemTime {
 
 impl Flusher {
     /// The flush of tag `tag` of `tags`; its sessions come through [`route`](Self::route).
-    pub(super) fn new(shared: Arc<Shared>, presence: Presence, tag: usize) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        presence: Presence,
+        tag: usize,
+        book: Arc<Mutex<PageBook>>,
+    ) -> Self {
         let tags = shared.prefixes.len();
         let empty = ClusterCounts::empty(SystemTime::now());
         Flusher {
@@ -521,6 +537,7 @@ impl Flusher {
             tag,
             tags,
             buckets: tags::buckets(tags),
+            pm_buckets: pm_buckets(tags),
             script: Lua::new(include_str!("flush.lua")),
             pending: HashMap::new(),
             leaves: 0,
@@ -528,9 +545,9 @@ impl Flusher {
             wheel: BTreeMap::new(),
             origin: Instant::now(),
             own: HashMap::new(),
-            pages: HashMap::new(),
-            dirty_pages: HashSet::new(),
-            dirty_entries: HashMap::new(),
+            book,
+            no_pages: false,
+            prepared: None,
             inbox: HashMap::new(),
             inbox_seen: 0,
             taken: HashMap::new(),
@@ -560,6 +577,12 @@ impl Flusher {
     /// it pending.
     pub(super) fn holds(&self, id: &SessionId) -> bool {
         self.sent.contains_key(id) || self.own.contains_key(id) || self.pending.contains_key(id)
+    }
+
+    /// Stops counting pages: what this node counted comes off them at the next flush.
+    pub(super) fn drop_pages(&mut self) {
+        self.forget_pages();
+        self.no_pages = true;
     }
 
     /// Whether this node sent session `id` to this tag.
@@ -665,6 +688,9 @@ impl Flusher {
     /// this node does not count yet is taken when it shows a page here, unless another node
     /// took it from this one and it is still on the page it had here then.
     fn account(&mut self, id: SessionId, info: Option<&SessionInfo>) {
+        if self.no_pages {
+            return;
+        }
         let want = info.and_then(|i| {
             let page = i.page.as_deref().filter(|p| !p.is_empty())?;
             let entry = match &i.kind {
@@ -690,32 +716,23 @@ impl Flusher {
             }
         };
         self.unown(id);
-        let page: Arc<str> = match self.pages.get_key_value(page) {
-            Some((p, _)) => p.clone(),
-            None => Arc::from(page),
+        let page = {
+            let mut book = self.book.lock();
+            let page = book.intern(page);
+            let bucket = pm_bucket(&page, self.pm_buckets);
+            book.add(&page, entry.as_deref().map(|e| (e, bucket)));
+            page
         };
-        *self.pages.entry(page.clone()).or_insert(0) += 1;
-        self.dirty_pages.insert(page.clone());
-        if let Some(e) = &entry {
-            self.dirty_entries
-                .insert(e.clone(), (pm_bucket(&page), true));
-        }
         self.own.insert(id, Own { page, entry, stamp });
     }
 
     /// Takes session `id` off this node's page counts.
     fn unown(&mut self, id: SessionId) -> Option<Arc<str>> {
         let o = self.own.remove(&id)?;
-        if let Some(n) = self.pages.get_mut(&o.page) {
-            *n -= 1;
-            if *n == 0 {
-                self.pages.remove(&o.page);
-            }
-        }
-        self.dirty_pages.insert(o.page.clone());
-        if let Some(e) = o.entry {
-            self.dirty_entries.insert(e, (pm_bucket(&o.page), false));
-        }
+        let bucket = pm_bucket(&o.page, self.pm_buckets);
+        self.book
+            .lock()
+            .remove(&o.page, o.entry.map(|e| (e, bucket)));
         Some(o.page)
     }
 
@@ -793,19 +810,24 @@ impl Flusher {
         }
     }
 
-    /// The page counts and page entries Redis may not have as they are here.
+    /// The page counts and page entries of this tag's pages that Redis may not have as they
+    /// are here.
     fn page_ops(&self) -> Vec<Op> {
-        let mut ops: Vec<Op> = self
+        let book = self.book.lock();
+        let mut ops: Vec<Op> = book
             .dirty_pages
             .iter()
+            .filter(|page| book.in_tag(page, self.tag))
             .map(|page| Op::Page {
                 page: page.clone(),
-                count: self.pages.get(page).copied().unwrap_or(0),
+                count: book.pages.get(page).copied().unwrap_or(0),
             })
             .collect();
         let mut groups: BTreeMap<(u16, bool), Vec<Vec<u8>>> = BTreeMap::new();
-        for (e, &(bucket, add)) in &self.dirty_entries {
-            groups.entry((bucket, add)).or_default().push(e.clone());
+        for (e, &(bucket, add)) in &book.dirty_entries {
+            if book.entry_in_tag(e, self.tag) {
+                groups.entry((bucket, add)).or_default().push(e.clone());
+            }
         }
         for ((bucket, add), list) in groups {
             for chunk in list.chunks(ENTRIES_PER_OP) {
@@ -822,14 +844,40 @@ impl Flusher {
     /// Every pending operation, in calls of at most `self.budget` units; at least one call
     /// (it registers the node and reads the view back).
     pub(super) fn plan(&mut self) -> Vec<Call> {
+        let session_ops = match self.prepared.take() {
+            Some(ops) => ops,
+            None => self.session_ops(),
+        };
+        let page_ops = self.page_ops();
+        self.calls(session_ops.into_iter().chain(page_ops))
+    }
+
+    /// The renewals due and the session operations, ready for the next flush: every tag
+    /// prepares before any sends, so that the page counts each tag sends include what
+    /// the others' sessions changed (a page is kept by its own tag).
+    pub(super) fn prepare(&mut self) {
+        self.collect();
+        self.prepared = Some(self.session_ops());
+    }
+
+    fn session_ops(&mut self) -> Vec<Op> {
         let now = Instant::now();
         let ids: Vec<SessionId> = self.pending.keys().copied().collect();
         let mut session_ops: Vec<Op> = ids.into_iter().filter_map(|id| self.op(id, now)).collect();
         // By bucket, so that each call touches few buckets, each once (see flush.lua).
         let buckets = self.buckets;
         session_ops.sort_unstable_by_key(|op| op.id().map(|id| bucket_of(id, buckets)));
-        let page_ops = self.page_ops();
-        self.calls(session_ops.into_iter().chain(page_ops))
+        session_ops
+    }
+
+    /// Whether the node's page counts hold something this tag's pages must send.
+    pub(super) fn pages_dirty(&self) -> bool {
+        let book = self.book.lock();
+        book.dirty_pages.iter().any(|p| book.in_tag(p, self.tag))
+            || book
+                .dirty_entries
+                .keys()
+                .any(|e| book.entry_in_tag(e, self.tag))
     }
 
     /// `ops` in calls of at most `self.budget` units; at least one call.
@@ -875,7 +923,7 @@ impl Flusher {
         let (ttl_bn, ttl_pn) = if first {
             let per_flush =
                 (buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
-            let pm_buckets = u64::from(PM_BUCKETS);
+            let pm_buckets = u64::from(self.pm_buckets);
             let pm_per_flush =
                 (pm_buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
             (
@@ -911,6 +959,7 @@ impl Flusher {
         args.push(ms(s.key_ttl));
         args.push(n(self.inbox_seen));
         args.push(n(buckets));
+        args.push(n(u64::from(self.pm_buckets)));
         if first {
             self.ttl_bucket = (self.ttl_bucket + ttl_bn) % buckets;
         }
@@ -975,6 +1024,8 @@ impl Flusher {
         self.sent.clear();
         self.wheel.clear();
         self.forget_pages();
+        // This tag's pages, as this node counts them, go again whole.
+        self.book.lock().tag_lost(self.tag);
         for s in self.presence.sessions() {
             if self.tags == 1 || tags::of_session(s.id, &s.kind, self.tags) == self.tag {
                 self.add_pending(s.id, Pending::Check);
@@ -1029,7 +1080,9 @@ impl Flusher {
     /// Flushes this tag: what changed, the inbox, and a dead node's claims for most of a
     /// flush interval. `self.last` and `self.fresh` then say what Redis gave back.
     pub(super) async fn flush(&mut self, mut conn: Conn) -> Result<(), ClusterError> {
-        self.collect();
+        if self.prepared.is_none() {
+            self.collect();
+        }
         let started = Instant::now();
         let mut resynced = false;
         let mut inbox_rounds = 0;
@@ -1158,18 +1211,8 @@ impl Flusher {
                 Op::Release(id) | Op::Leave(id) | Op::Moved(id) => {
                     self.sent.remove(&id);
                 }
-                Op::Page { page, count } => {
-                    if self.pages.get(&page).copied().unwrap_or(0) == count {
-                        self.dirty_pages.remove(&page);
-                    }
-                }
-                Op::Entries { add, entries, .. } => {
-                    for e in entries {
-                        if self.dirty_entries.get(&e).is_some_and(|&(_, a)| a == add) {
-                            self.dirty_entries.remove(&e);
-                        }
-                    }
-                }
+                Op::Page { page, count } => self.book.lock().page_sent(&page, count),
+                Op::Entries { add, entries, .. } => self.book.lock().entries_sent(entries, add),
                 Op::Park(_) => {}
             }
         }
@@ -1177,10 +1220,10 @@ impl Flusher {
 
     /// Forgets what this node counts on pages: Redis lost it, or the node leaves.
     fn forget_pages(&mut self) {
-        self.own.clear();
-        self.pages.clear();
-        self.dirty_pages.clear();
-        self.dirty_entries.clear();
+        let owned: Vec<SessionId> = self.own.keys().copied().collect();
+        for id in owned {
+            self.unown(id);
+        }
         self.inbox.clear();
         self.inbox_seen = 0;
         self.taken.clear();
@@ -1197,7 +1240,9 @@ impl Flusher {
             .map(|(id, o)| {
                 let entry = o.entry.as_deref().unwrap_or_default();
                 let mut v = Vec::with_capacity(8 + o.page.len() + entry.len());
-                v.extend_from_slice(format!("{:04x}", pm_bucket(&o.page)).as_bytes());
+                v.extend_from_slice(
+                    format!("{:04x}", pm_bucket(&o.page, self.pm_buckets)).as_bytes(),
+                );
                 v.extend_from_slice(format!("{:04x}", o.page.len().min(0xFFFF)).as_bytes());
                 v.extend_from_slice(o.page.as_bytes());
                 v.extend_from_slice(entry);
@@ -1281,12 +1326,14 @@ pub(super) async fn read_many(
     script: &Lua,
     prefix: &str,
     reads: &[Read],
+    tags: usize,
     timeout: Duration,
 ) -> Result<Vec<Answer>, ClusterError> {
     let key = format!("{prefix}n");
+    let pm_buckets = pm_buckets(tags);
     let mut out = Vec::with_capacity(reads.len());
     for chunk in reads.chunks(READS_PER_CALL) {
-        let call: Vec<Vec<u8>> = chunk.iter().flat_map(|r| r.args()).collect();
+        let call: Vec<Vec<u8>> = chunk.iter().flat_map(|r| r.args(pm_buckets)).collect();
         let answer = tokio::time::timeout(
             timeout,
             conn::eval_many(conn, script, &key, std::slice::from_ref(&call)),
@@ -1311,9 +1358,10 @@ pub(super) async fn read_many(
     Ok(out)
 }
 
-/// Reads `reads` from every tag that has a part of them, the tags at once (one round trip
-/// per Redis server), and merges the parts: counts are summed, lists merged by name (a user
-/// is kept by one tag, so no name shows twice), a user read from its own tag only.
+/// Reads `reads` from the tags that keep them, the tags at once (one round trip per Redis
+/// server), and merges the parts: a page's count and members, and a user, are read from
+/// their own tag; the busiest pages and the listed users of all tags are merged, each page
+/// and each user being kept by one tag.
 pub(super) async fn read_spread(
     conn: &Conn,
     script: &Lua,
@@ -1324,18 +1372,18 @@ pub(super) async fn read_spread(
     let prefixes = &shared.prefixes;
     let k = prefixes.len();
     if k == 1 {
-        return read_many(&mut conn.clone(), script, &prefixes[0], reads, timeout).await;
+        return read_many(&mut conn.clone(), script, &prefixes[0], reads, 1, timeout).await;
     }
     let mut per_tag: Vec<Vec<(usize, Read)>> = vec![Vec::new(); k];
     for (i, r) in reads.iter().enumerate() {
-        match r {
-            Read::User(u) => per_tag[tags::of_user(u, k)].push((i, r.clone())),
-            Read::Top(n) => {
-                for list in &mut per_tag {
-                    list.push((i, Read::Top(first_depth(*n))));
-                }
-            }
-            _ => {
+        let one = match r {
+            Read::User(u) => Some(tags::of_user(u, k)),
+            Read::PageCount(p) | Read::PageMembers(p, _) => Some(pages::tag_of(p, k)),
+            Read::Top(_) | Read::Members(_) => None,
+        };
+        match one {
+            Some(t) => per_tag[t].push((i, r.clone())),
+            None => {
                 for list in &mut per_tag {
                     list.push((i, r.clone()));
                 }
@@ -1345,7 +1393,12 @@ pub(super) async fn read_spread(
     let answers = futures_util::future::join_all(per_tag.iter().enumerate().map(|(t, list)| {
         let mut conn = conn.clone();
         let reads: Vec<Read> = list.iter().map(|(_, r)| r.clone()).collect();
-        async move { read_many(&mut conn, script, &prefixes[t], &reads, timeout).await }
+        async move {
+            if reads.is_empty() {
+                return Ok(Vec::new());
+            }
+            read_many(&mut conn, script, &prefixes[t], &reads, k, timeout).await
+        }
     }))
     .await;
     let mut parts: Vec<Vec<Answer>> = vec![Vec::new(); reads.len()];
@@ -1354,36 +1407,28 @@ pub(super) async fn read_spread(
             parts[*i].push(a);
         }
     }
-    let mut out = Vec::with_capacity(reads.len());
-    for (read, parts) in reads.iter().zip(parts) {
-        out.push(match read {
-            Read::Top(n) => top_spread(conn, script, shared, *n, parts, timeout).await?,
-            _ => merge_parts(read, parts),
-        });
-    }
-    Ok(out)
+    Ok(reads
+        .iter()
+        .zip(parts)
+        .map(|(read, parts)| merge_parts(read, parts))
+        .collect())
 }
-
-/// The busiest pages each tag is first asked for, to merge the `n` busiest of all.
-fn first_depth(n: usize) -> usize {
-    (n * 4).clamp(64, super::MAX_LIST)
-}
-
-/// Most pages each tag is asked for in the busiest pages' merge.
-const MAX_TOP_DEPTH: usize = 4 * super::MAX_LIST;
 
 fn merge_parts(read: &Read, parts: Vec<Answer>) -> Answer {
     match read {
-        Read::PageCount(_) => Answer::Count(
-            parts
-                .iter()
-                .map(|a| match a {
-                    Answer::Count(n) => *n,
-                    _ => 0,
+        Read::Top(n) => {
+            let mut pages: Vec<(String, usize)> = parts
+                .into_iter()
+                .flat_map(|a| match a {
+                    Answer::Pages(p) => p,
+                    _ => Vec::new(),
                 })
-                .sum(),
-        ),
-        Read::Members(n) | Read::PageMembers(_, n) => {
+                .collect();
+            pages.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            pages.truncate(*n);
+            Answer::Pages(pages)
+        }
+        Read::Members(n) => {
             let mut names: Vec<(String, crate::UserId)> = parts
                 .into_iter()
                 .flat_map(|a| match a {
@@ -1393,92 +1438,12 @@ fn merge_parts(read: &Read, parts: Vec<Answer>) -> Answer {
                 .map(|u| (super::sort_key(u.as_str()), u))
                 .collect();
             names.sort_unstable_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
-            names.dedup_by(|a, b| a.1 == b.1);
             names.truncate(*n);
             Answer::Names(names.into_iter().map(|(_, u)| u).collect())
         }
-        Read::User(_) | Read::Top(_) => parts.into_iter().next().unwrap_or(Answer::User(None)),
-    }
-}
-
-/// The `n` busiest pages of all tags, from each tag's busiest (`lists`, `depth` asked of
-/// each): the candidates' exact counts are summed over every tag, and the depth grows until
-/// no page left out can beat the `n`-th (a page no tag listed has at most the sum of the
-/// tags' last listed counts).
-async fn top_spread(
-    conn: &Conn,
-    script: &Lua,
-    shared: &Shared,
-    n: usize,
-    mut lists: Vec<Answer>,
-    timeout: Duration,
-) -> Result<Answer, ClusterError> {
-    let prefixes = &shared.prefixes;
-    let mut depth = first_depth(n);
-    loop {
-        let mut bound = 0;
-        let mut candidates: Vec<String> = Vec::new();
-        let mut known = HashSet::new();
-        for list in &lists {
-            let Answer::Pages(p) = list else { continue };
-            if p.len() >= depth {
-                bound += p.last().map_or(0, |x| x.1);
-            }
-            for (page, _) in p {
-                if known.insert(page.clone()) {
-                    candidates.push(page.clone());
-                }
-            }
+        Read::PageCount(_) | Read::PageMembers(..) | Read::User(_) => {
+            parts.into_iter().next().unwrap_or(Answer::User(None))
         }
-        let mut packed = Vec::new();
-        for page in &candidates {
-            packed.extend_from_slice(format!("{:04x}", page.len().min(0xFFFF)).as_bytes());
-            packed.extend_from_slice(page.as_bytes());
-        }
-        let counts = futures_util::future::join_all(prefixes.iter().map(|prefix| {
-            let mut conn = conn.clone();
-            let call = vec![b"pcs".to_vec(), packed.clone(), Vec::new()];
-            async move {
-                let key = format!("{prefix}n");
-                let answer = tokio::time::timeout(
-                    timeout,
-                    conn::eval_many(&mut conn, script, &key, std::slice::from_ref(&call)),
-                )
-                .await
-                .map_err(|_| ClusterError::Timeout(timeout))??
-                .pop()
-                .ok_or_else(|| ClusterError::Protocol("read script: no answer".into()))??;
-                let v: Vec<Vec<i64>> = redis::from_redis_value(answer)
-                    .map_err(|e| ClusterError::Protocol(format!("page counts: {e}")))?;
-                Ok::<_, ClusterError>(v.into_iter().next().unwrap_or_default())
-            }
-        }))
-        .await;
-        let mut totals = vec![0usize; candidates.len()];
-        for c in counts {
-            for (t, v) in totals.iter_mut().zip(c?) {
-                *t += usize::try_from(v).unwrap_or(0);
-            }
-        }
-        let mut pages: Vec<(String, usize)> = candidates.into_iter().zip(totals).collect();
-        pages.retain(|p| p.1 > 0);
-        pages.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let settled = bound == 0 || pages.get(n.saturating_sub(1)).is_some_and(|p| p.1 >= bound);
-        if settled || depth >= MAX_TOP_DEPTH {
-            pages.truncate(n);
-            return Ok(Answer::Pages(pages));
-        }
-        depth = (depth * 4).min(MAX_TOP_DEPTH);
-        let deeper = vec![Read::Top(depth)];
-        lists = futures_util::future::join_all(prefixes.iter().map(|prefix| {
-            let mut conn = conn.clone();
-            let deeper = &deeper;
-            async move { read_many(&mut conn, script, prefix, deeper, timeout).await }
-        }))
-        .await
-        .into_iter()
-        .map(|r| r.map(|mut v| v.pop().unwrap_or(Answer::Pages(Vec::new()))))
-        .collect::<Result<_, _>>()?;
     }
 }
 
@@ -1651,7 +1616,7 @@ mod tests {
             .filter(|op| matches!(op, Op::Upsert { take: true, .. }))
             .count();
         assert_eq!(takes, 2, "first seen here: taken");
-        assert_eq!(f.pages.get("/x"), Some(&1));
+        assert_eq!(f.book.lock().pages.get("/x"), Some(&1));
         f.own.get_mut(&x).unwrap().stamp = Some(5);
         f.inbox.insert(x, (b'm', 4));
         f.inbox.insert(y, (b'm', 9));
@@ -1662,10 +1627,10 @@ mod tests {
         f.inbox.insert(x, (b'm', 6));
         assert!(f.read_inbox());
         assert!(!f.own.contains_key(&x));
-        assert_eq!(f.pages.get("/x"), None);
-        assert!(f.dirty_pages.contains("/x"));
+        assert_eq!(f.book.lock().pages.get("/x"), None);
+        assert!(f.book.lock().dirty_pages.contains("/x"));
         assert!(
-            f.dirty_entries.values().any(|&(_, add)| !add),
+            f.book.lock().dirty_entries.values().any(|&(_, add)| !add),
             "its page entry goes"
         );
         let upsert = |f: &mut Flusher, id| {
@@ -1682,7 +1647,7 @@ mod tests {
         );
         presence.visit(x, Kind::member("x"), "/x/2").unwrap();
         assert!(upsert(f, x), "a new page here: taken back");
-        assert_eq!(f.pages.get("/x/2"), Some(&1));
+        assert_eq!(f.book.lock().pages.get("/x/2"), Some(&1));
 
         // y: taken by another node, then let go by it.
         f.own.get_mut(&y).unwrap().stamp = Some(1);
@@ -1691,7 +1656,7 @@ mod tests {
         f.inbox.insert(y, (b'o', 12));
         assert!(f.read_inbox());
         assert!(upsert(f, y), "nobody counts it: taken back");
-        assert_eq!(f.pages.get("/y"), Some(&1));
+        assert_eq!(f.book.lock().pages.get("/y"), Some(&1));
     }
 
     #[test]
