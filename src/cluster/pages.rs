@@ -19,33 +19,28 @@ pub(super) fn tag_of(page: &str, k: usize) -> usize {
     super::tags::of_user(page, k)
 }
 
-/// The page of a page entry (`page_len(4 hex) page ...`).
-fn page_of(entry: &[u8]) -> &[u8] {
-    let len = std::str::from_utf8(entry.get(..4).unwrap_or_default())
-        .ok()
-        .and_then(|h| usize::from_str_radix(h, 16).ok())
-        .unwrap_or(0);
-    entry.get(4..4 + len).unwrap_or_default()
-}
-
 #[derive(Debug, Default)]
 pub(super) struct PageBook {
     tags: usize,
     /// Sessions this node counts on each page.
     pub(super) pages: HashMap<Arc<str>, u32>,
-    /// Every page entry this node has now, with its member bucket.
-    entries: HashMap<Vec<u8>, u16>,
-    /// Pages whose count, and page entries whose presence (bucket, added), Redis may not
-    /// have as they are here: sent until acknowledged as they still are.
-    pub(super) dirty_pages: HashSet<Arc<str>>,
-    pub(super) dirty_entries: HashMap<Vec<u8>, (u16, bool)>,
+    /// Every page entry this node has now: its member bucket and its page's tag.
+    entries: HashMap<Vec<u8>, (u16, usize)>,
+    /// By tag: pages whose count, and page entries whose presence (bucket, added), Redis
+    /// may not have as they are here, sent until acknowledged as they still are.
+    pub(super) dirty_pages: Vec<HashSet<Arc<str>>>,
+    pub(super) dirty_entries: Vec<HashMap<Vec<u8>, (u16, bool)>>,
 }
 
 impl PageBook {
     pub(super) fn new(tags: usize) -> PageBook {
+        let tags = tags.max(1);
         PageBook {
             tags,
-            ..PageBook::default()
+            pages: HashMap::new(),
+            entries: HashMap::new(),
+            dirty_pages: vec![HashSet::new(); tags],
+            dirty_entries: vec![HashMap::new(); tags],
         }
     }
 
@@ -59,80 +54,74 @@ impl PageBook {
 
     /// One more session counted on `page`, with its entry if listed.
     pub(super) fn add(&mut self, page: &Arc<str>, entry: Option<(&[u8], u16)>) {
+        let t = tag_of(page, self.tags);
         *self.pages.entry(page.clone()).or_insert(0) += 1;
-        self.dirty_pages.insert(page.clone());
+        self.dirty_pages[t].insert(page.clone());
         if let Some((e, bucket)) = entry {
-            self.entries.insert(e.to_vec(), bucket);
-            self.dirty_entries.insert(e.to_vec(), (bucket, true));
+            self.entries.insert(e.to_vec(), (bucket, t));
+            self.dirty_entries[t].insert(e.to_vec(), (bucket, true));
         }
     }
 
     /// One session fewer on `page`, and its entry gone.
     pub(super) fn remove(&mut self, page: &Arc<str>, entry: Option<(Vec<u8>, u16)>) {
+        let t = tag_of(page, self.tags);
         if let Some(n) = self.pages.get_mut(page) {
             *n -= 1;
             if *n == 0 {
                 self.pages.remove(page);
             }
         }
-        self.dirty_pages.insert(page.clone());
+        self.dirty_pages[t].insert(page.clone());
         if let Some((e, bucket)) = entry {
             self.entries.remove(&e);
-            self.dirty_entries.insert(e, (bucket, false));
+            self.dirty_entries[t].insert(e, (bucket, false));
         }
     }
 
-    /// Whether `page` is kept by tag `tag`.
-    pub(super) fn in_tag(&self, page: &str, tag: usize) -> bool {
-        tag_of(page, self.tags) == tag
-    }
-
-    /// Whether `entry` is kept by tag `tag`.
-    pub(super) fn entry_in_tag(&self, entry: &[u8], tag: usize) -> bool {
-        self.tags <= 1
-            || std::str::from_utf8(page_of(entry)).is_ok_and(|p| tag_of(p, self.tags) == tag)
+    /// Whether tag `tag` has page counts or entries to send.
+    pub(super) fn dirty(&self, tag: usize) -> bool {
+        !self.dirty_pages[tag].is_empty() || !self.dirty_entries[tag].is_empty()
     }
 
     /// Redis lost tag `tag`: its pages' counts and entries are sent again, whole.
     pub(super) fn tag_lost(&mut self, tag: usize) {
         let tags = self.tags;
-        self.dirty_pages.retain(|p| tag_of(p, tags) != tag);
-        for p in self.pages.keys() {
-            if tag_of(p, tags) == tag {
-                self.dirty_pages.insert(p.clone());
-            }
-        }
-        self.dirty_entries
-            .retain(|e, _| !std::str::from_utf8(page_of(e)).is_ok_and(|p| tag_of(p, tags) == tag));
-        for (e, &bucket) in &self.entries {
-            if std::str::from_utf8(page_of(e)).is_ok_and(|p| tag_of(p, tags) == tag) {
-                self.dirty_entries.insert(e.clone(), (bucket, true));
-            }
-        }
+        self.dirty_pages[tag] = self
+            .pages
+            .keys()
+            .filter(|p| tag_of(p, tags) == tag)
+            .cloned()
+            .collect();
+        self.dirty_entries[tag] = self
+            .entries
+            .iter()
+            .filter(|(_, v)| v.1 == tag)
+            .map(|(e, &(bucket, _))| (e.clone(), (bucket, true)))
+            .collect();
     }
 
     /// Redis acknowledged `count` for `page`.
     pub(super) fn page_sent(&mut self, page: &Arc<str>, count: u32) {
         if self.pages.get(page).copied().unwrap_or(0) == count {
-            self.dirty_pages.remove(page);
+            let t = tag_of(page, self.tags);
+            self.dirty_pages[t].remove(page);
         }
     }
 
-    /// Redis acknowledged `entries` added (or removed).
-    pub(super) fn entries_sent(&mut self, entries: Vec<Vec<u8>>, add: bool) {
+    /// Redis acknowledged `entries` of tag `tag` added (or removed).
+    pub(super) fn entries_sent(&mut self, tag: usize, entries: Vec<Vec<u8>>, add: bool) {
+        let dirty = &mut self.dirty_entries[tag];
         for e in entries {
-            if self.dirty_entries.get(&e).is_some_and(|&(_, a)| a == add) {
-                self.dirty_entries.remove(&e);
+            if dirty.get(&e).is_some_and(|&(_, a)| a == add) {
+                dirty.remove(&e);
             }
         }
     }
 
     /// Forgets everything (the node leaves).
     pub(super) fn clear(&mut self) {
-        self.pages.clear();
-        self.entries.clear();
-        self.dirty_pages.clear();
-        self.dirty_entries.clear();
+        *self = PageBook::new(self.tags);
     }
 }
 
@@ -154,15 +143,16 @@ mod tests {
         for p in &pages {
             book.page_sent(p, 1);
         }
-        let all: Vec<Vec<u8>> = book.dirty_entries.keys().cloned().collect();
-        book.entries_sent(all, true);
-        assert!(book.dirty_pages.is_empty() && book.dirty_entries.is_empty());
+        for t in 0..k {
+            let all: Vec<Vec<u8>> = book.dirty_entries[t].keys().cloned().collect();
+            book.entries_sent(t, all, true);
+        }
+        assert!((0..k).all(|t| !book.dirty(t)));
         book.tag_lost(2);
-        let in_two = pages.iter().filter(|p| tag_of(p, k) == 2).count();
-        assert!(in_two > 0 && in_two < pages.len());
-        assert_eq!(book.dirty_pages.len(), in_two);
-        assert!(book.dirty_pages.iter().all(|p| book.in_tag(p, 2)));
-        assert_eq!(book.dirty_entries.len(), in_two);
-        assert!(book.dirty_entries.keys().all(|e| book.entry_in_tag(e, 2)));
+        let in_two: Vec<&Arc<str>> = pages.iter().filter(|p| tag_of(p, k) == 2).collect();
+        assert!(!in_two.is_empty() && in_two.len() < pages.len());
+        assert_eq!(book.dirty_pages[2].len(), in_two.len());
+        assert_eq!(book.dirty_entries[2].len(), in_two.len());
+        assert!([0, 1, 3].iter().all(|&t| !book.dirty(t)));
     }
 }

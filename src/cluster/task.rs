@@ -814,20 +814,16 @@ impl Flusher {
     /// are here.
     fn page_ops(&self) -> Vec<Op> {
         let book = self.book.lock();
-        let mut ops: Vec<Op> = book
-            .dirty_pages
+        let mut ops: Vec<Op> = book.dirty_pages[self.tag]
             .iter()
-            .filter(|page| book.in_tag(page, self.tag))
             .map(|page| Op::Page {
                 page: page.clone(),
                 count: book.pages.get(page).copied().unwrap_or(0),
             })
             .collect();
         let mut groups: BTreeMap<(u16, bool), Vec<Vec<u8>>> = BTreeMap::new();
-        for (e, &(bucket, add)) in &book.dirty_entries {
-            if book.entry_in_tag(e, self.tag) {
-                groups.entry((bucket, add)).or_default().push(e.clone());
-            }
+        for (e, &(bucket, add)) in &book.dirty_entries[self.tag] {
+            groups.entry((bucket, add)).or_default().push(e.clone());
         }
         for ((bucket, add), list) in groups {
             for chunk in list.chunks(ENTRIES_PER_OP) {
@@ -872,12 +868,7 @@ impl Flusher {
 
     /// Whether the node's page counts hold something this tag's pages must send.
     pub(super) fn pages_dirty(&self) -> bool {
-        let book = self.book.lock();
-        book.dirty_pages.iter().any(|p| book.in_tag(p, self.tag))
-            || book
-                .dirty_entries
-                .keys()
-                .any(|e| book.entry_in_tag(e, self.tag))
+        self.book.lock().dirty(self.tag)
     }
 
     /// `ops` in calls of at most `self.budget` units; at least one call.
@@ -1212,7 +1203,9 @@ impl Flusher {
                     self.sent.remove(&id);
                 }
                 Op::Page { page, count } => self.book.lock().page_sent(&page, count),
-                Op::Entries { add, entries, .. } => self.book.lock().entries_sent(entries, add),
+                Op::Entries { add, entries, .. } => {
+                    self.book.lock().entries_sent(self.tag, entries, add);
+                }
                 Op::Park(_) => {}
             }
         }
@@ -1628,9 +1621,9 @@ mod tests {
         assert!(f.read_inbox());
         assert!(!f.own.contains_key(&x));
         assert_eq!(f.book.lock().pages.get("/x"), None);
-        assert!(f.book.lock().dirty_pages.contains("/x"));
+        assert!(f.book.lock().dirty_pages[0].contains("/x"));
         assert!(
-            f.book.lock().dirty_entries.values().any(|&(_, add)| !add),
+            f.book.lock().dirty_entries[0].values().any(|&(_, add)| !add),
             "its page entry goes"
         );
         let upsert = |f: &mut Flusher, id| {
