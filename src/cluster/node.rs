@@ -9,6 +9,7 @@
 //! id's tag too, in case another node saw it there as a guest: that node's renewals keep
 //! its claim on the mark and count nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -53,6 +54,10 @@ pub(super) struct Node {
     client: redis::Client,
     /// One flush per hash tag.
     pub(super) tags: Vec<Flusher>,
+    /// Sessions last handed to another tag than their id's (signed-in ones, kept by their
+    /// user's tag), and that tag: with the id's own tag, where a change may have to undo
+    /// something. Empty with one tag.
+    placed: HashMap<SessionId, u16>,
     shape_script: Lua,
     /// When the namespace's shape is checked next (`None`: now), and whether a check ever
     /// passed.
@@ -86,14 +91,20 @@ impl Node {
         // Enable the log before reading the sessions: a change in between is seen twice,
         // which the pending maps absorb; none is missed.
         presence.changes().enable();
+        let mut placed = HashMap::new();
         for s in presence.sessions() {
-            tags[tags::of_session(s.id, &s.kind, k)].add_pending(s.id, Pending::Check);
+            let t = tags::of_session(s.id, &s.kind, k);
+            tags[t].add_pending(s.id, Pending::Check);
+            if t != tags::of_id(s.id, k) {
+                placed.insert(s.id, t as u16);
+            }
         }
         Node {
             shared,
             presence,
             client,
             tags,
+            placed,
             shape_script: Lua::new(SHAPE_LUA),
             shape_due: None,
             shape_ok: false,
@@ -164,13 +175,26 @@ impl Node {
     }
 
     /// `p` for session `id` in tag `t` (where it is now, or where it left from), and a check
-    /// in every other tag that has something of it.
+    /// in the other tags that may have something of it: its id's, and the one it was last
+    /// handed to.
     fn route(&mut self, id: SessionId, t: Option<usize>, p: Pending) {
-        for (i, tag) in self.tags.iter_mut().enumerate() {
-            if Some(i) == t {
-                tag.add_pending(id, p);
-            } else if tag.holds(&id) {
-                tag.add_pending(id, Pending::Check);
+        let k = self.tags.len();
+        let own = tags::of_id(id, k);
+        let before = self.placed.get(&id).map(|&b| usize::from(b));
+        if let Some(t) = t {
+            self.tags[t].add_pending(id, p);
+        }
+        for other in [Some(own), before].into_iter().flatten() {
+            if Some(other) != t && self.tags[other].holds(&id) {
+                self.tags[other].add_pending(id, Pending::Check);
+            }
+        }
+        match t {
+            Some(t) if t != own && p != Pending::Leave => {
+                self.placed.insert(id, t as u16);
+            }
+            _ => {
+                self.placed.remove(&id);
             }
         }
     }

@@ -1623,7 +1623,9 @@ mod tests {
         assert_eq!(f.book.lock().pages.get("/x"), None);
         assert!(f.book.lock().dirty_pages[0].contains("/x"));
         assert!(
-            f.book.lock().dirty_entries[0].values().any(|&(_, add)| !add),
+            f.book.lock().dirty_entries[0]
+                .values()
+                .any(|&(_, add)| !add),
             "its page entry goes"
         );
         let upsert = |f: &mut Flusher, id| {
