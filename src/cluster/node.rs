@@ -300,9 +300,10 @@ impl Node {
         match self.check_shape(&mut conn).await {
             Ok(()) => self.shape_ok = true,
             Err(e @ ClusterError::ShardsMismatch { .. }) => return self.fail(e),
-            // The shape's key is out of reach (its master down) but was checked before: the
-            // tags go on, and the check is tried again at the next flush.
-            Err(e) if self.shape_ok => {
+            // On a Redis Cluster, the shape's key out of reach (its master down) but checked
+            // before: the tags go on, and the check is tried again at the next flush. On one
+            // server, Redis is down: the flush fails now, not a timeout later.
+            Err(e) if self.shape_ok && matches!(conn, Conn::Cluster(_)) => {
                 tracing::debug!(error = %e, "presence cluster: shape check failed");
             }
             Err(e) => return self.fail(e),
@@ -311,6 +312,8 @@ impl Node {
         match self.erasures(&mut conn).await {
             Ok(true) => self.collect(),
             Ok(false) => {}
+            // One server that does not answer: the flush would not either.
+            Err(e) if matches!(conn, Conn::Single(_)) && unreachable(&e) => return self.fail(e),
             Err(e) => tracing::debug!(error = %e, "presence cluster: erasure check failed"),
         }
         let peak = self.peak;
@@ -528,5 +531,19 @@ impl Node {
             t.book.lock().clear();
         }
         self.shared.view.lock().stale = true;
+    }
+}
+
+/// Whether `e` says that Redis did not answer (rather than answered with an error).
+fn unreachable(e: &ClusterError) -> bool {
+    match e {
+        ClusterError::Timeout(_) => true,
+        ClusterError::Redis(e) => {
+            e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+        }
+        _ => false,
     }
 }
