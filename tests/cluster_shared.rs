@@ -297,6 +297,50 @@ async fn every_key_has_a_ttl() {
     }
 }
 
+/// Every key's TTL comes back within one cycle of flushes (a quarter of the key TTL), though
+/// a flush refreshes only a slice: the TTLs are taken off (`PERSIST`) after the first send,
+/// and a cycle of flushes with nothing changed must set each again. Flushes every 100 s and
+/// a key TTL of an hour make a cycle of 9 flushes, which does not divide the session buckets
+/// (4096, or 256 per tag): a slice runs past the last bucket to the first ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_of_flushes_refreshes_every_key_ttl() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let p = tracker();
+    let c = node_with(
+        &server.url(),
+        "a",
+        &p,
+        Duration::from_secs(100),
+        Duration::from_secs(300),
+    )
+    .await;
+    for i in 0..3000 {
+        p.visit(id(), mixed(i), &format!("/t/{}", i % 300)).unwrap();
+    }
+    c.sync().await.unwrap();
+    // The shape of the namespace has a check (and a TTL) of its own.
+    let scan = server.cli(&["--scan", "--pattern", "{shared[}:]*"]);
+    let keys: Vec<&str> = scan.lines().filter(|k| !k.ends_with(":shards")).collect();
+    assert!(keys.len() > 1000, "{} keys", keys.len());
+    let persisted = server.cli_each("PERSIST", &keys);
+    assert!(persisted.iter().all(|r| r == "1"), "each had a TTL");
+    for _ in 0..9 {
+        c.sync().await.unwrap();
+    }
+    let ttls = server.cli_each("PTTL", &keys);
+    assert_eq!(ttls.len(), keys.len());
+    let missed: Vec<(&str, &String)> = keys
+        .iter()
+        .zip(&ttls)
+        .filter(|(_, t)| t.parse::<i64>().unwrap() < 0)
+        .map(|(k, t)| (*k, t))
+        .collect();
+    assert!(missed.is_empty(), "no TTL after a cycle: {missed:?}");
+    assert_eq!(c.counts().sessions, 3000);
+}
+
 /// A Redis that may evict keys is warned about at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicting_redis_is_warned_about() {

@@ -21,7 +21,12 @@
 -- 16 key TTL ms, 17 the highest inbox message this node has taken in (its score), 18 the
 -- number of session buckets (4096 with one hash tag, fewer per tag when the namespace is
 -- spread over several: a bucket then holds as many sessions), 19 the number of member
--- buckets of this node's page entries (256 with one tag, fewer per tag with several).
+-- buckets of this node's page entries (256 with one tag, fewer per tag with several), 20 "1"
+-- to refresh the TTLs of the namespace's fixed keys and of this node's own.
+--
+-- TTLs: a key this call creates gets its TTL at once (`made` below, judged from what the
+-- write returns, so a call that creates nothing sets none); the node asks for the rest a
+-- slice at a time (ARGV 12 to 15, 20), each key at least every quarter of the key TTL.
 -- Then one argument per operation, packed:
 --   "u" id(16) kind(1: g b m h) renew(1: 0/1) ttl_ms(8 hex) seen_age_ms(8 hex)
 --       active_age_ms(8 hex) user_len(4 hex) user sortkey_len(4 hex) sortkey take(1: 0/1)
@@ -85,9 +90,15 @@ local timeout, flushms, mode, filled = tonumber(ARGV[5]), tonumber(ARGV[6]), ARG
 local my_peak, my_peak_at, budget = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local ttl_b, ttl_bn, ttl_p, ttl_pn = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local keyttl, inbox_seen = tonumber(ARGV[16]), tonumber(ARGV[17])
-local FIRST_OP = 20
+local fixed_ttl = ARGV[20] == '1'
+local FIRST_OP = 21
+
+-- Keys this call may have created: they get their TTL before it returns.
+local new_keys = {}
+local function made(key) new_keys[key] = true end
 
 local function view(status, fresh, reg, more, done)
+  for key, _ in pairs(new_keys) do redis.call('PEXPIRE', key, keyttl) end
   local c = redis.call('HMGET', C, 'sessions', 'guests', 'bots', 'members', 'hidden')
   for k = 1, 5 do c[k] = tonumber(c[k]) or 0 end
   local online = c[2] + c[4] + c[5]
@@ -104,8 +115,10 @@ local function view(status, fresh, reg, more, done)
   if stale == 0 and (not po or online > po) then po, pat = online, now end
   if po and (tonumber(pk[1]) ~= po or tonumber(pk[2]) ~= pat) then
     redis.call('HSET', PEAK, 'online', po, 'at', pat)
+    redis.call('PEXPIRE', PEAK, 30 * 86400000)
+  elseif po and fixed_ttl then
+    redis.call('PEXPIRE', PEAK, 30 * 86400000)
   end
-  if po then redis.call('PEXPIRE', PEAK, 30 * 86400000) end
   return { status, fresh, reg, now, redis.call('ZCARD', N), c[1], c[2], c[3], c[4], c[5],
     po or 0, pat or 0, stale, more, done, -1, tonumber(redis.call('GET', IBN) or '0'), 0 }
 end
@@ -115,7 +128,10 @@ end
 local function unregister(num, drain_pages)
   redis.call('ZREM', N, num)
   redis.call('SREM', FILL, num)
-  if drain_pages then redis.call('HSET', DRAIN, num, 0) end
+  if drain_pages then
+    redis.call('HSET', DRAIN, num, 0)
+    made(DRAIN)
+  end
   local v = redis.call('HGET', ND, num)
   redis.call('HDEL', ND, num)
   if v then
@@ -129,6 +145,7 @@ end
 for _, num in ipairs(redis.call('ZRANGEBYSCORE', N, '-inf', '(' .. now)) do
   unregister(num, true)
   redis.call('HSET', DEAD, num, 0)
+  made(DEAD)
 end
 
 -- This node. Its record: {name, token, last sequence applied, sequence it registered at}.
@@ -145,6 +162,7 @@ if me then
     -- claims here are outdated. Let them go as a dead node's and register anew.
     unregister(me, true)
     redis.call('HSET', DEAD, me, 0)
+    made(DEAD)
     me, lost = nil, true
   elseif seq <= rec[3] then
     -- Sent before a call that already ran (it waited in a stalled server): ignore it.
@@ -160,19 +178,23 @@ if not me then
   if mode == 'b' or mode == 'k' then return view(1, 0, 0, 0, 1) end
   me = tostring(redis.call('INCR', NSEQ))
   redis.call('HSET', NN, name, me)
+  made(NSEQ)
+  made(NN)
   fresh, reg = 1, seq
   -- After a loss every node sends all it has again; until each has, the view is partial.
   if lost then
     redis.call('SADD', FILL, me)
     redis.call('SET', SINCE, now)
+    made(FILL)
+    made(SINCE)
   end
 end
-redis.call('HSET', ND, me, cmsgpack.pack({ name, token, seq, reg }))
-redis.call('ZADD', N, now + timeout, me)
+if redis.call('HSET', ND, me, cmsgpack.pack({ name, token, seq, reg })) > 0 then made(ND) end
+if redis.call('ZADD', N, now + timeout, me) > 0 then made(N) end
 -- A refill is complete once the node, having seen its registration, says it sent everything.
 if filled and fresh == 0 and acked >= reg then redis.call('SREM', FILL, me) end
 -- A bye takes this node's pages off the page counts first (in the drain below).
-if mode == 'b' then redis.call('HSETNX', DRAIN, me, 0) end
+if mode == 'b' and redis.call('HSETNX', DRAIN, me, 0) > 0 then made(DRAIN) end
 -- Inbox messages the node has taken in.
 if fresh == 0 and inbox_seen > 0 then
   redis.call('ZREMRANGEBYSCORE', ibkey(me), '-inf', inbox_seen)
@@ -181,7 +203,6 @@ end
 -- What this call changes, aggregated and written once at the end.
 local dc = { sessions = 0, guests = 0, bots = 0 }
 local users = {}         -- user -> {listed delta, hidden delta, sortkey, seen, active}
-local new_keys = {}      -- keys created here: they get their TTL at once
 local my_buckets = {}    -- buckets where this node took a new claim
 
 -- A parked node no longer counts session `id` on its page: another node took it, or it
@@ -206,8 +227,10 @@ local function message(num, kind, id)
     return
   end
   -- Each message its own stamp: a node takes its inbox in by stamp, a page at a time.
-  redis.call('ZADD', ibkey(num), redis.call('INCR', IBN), kind .. id)
-  new_keys[ibkey(num)] = true
+  local stamp = redis.call('INCR', IBN)
+  if stamp == 1 then made(IBN) end
+  redis.call('ZADD', ibkey(num), stamp, kind .. id)
+  made(ibkey(num))
 end
 
 local function hex(a, i, n) return tonumber(string.sub(a, i, i + n - 1), 16) end
@@ -414,12 +437,12 @@ local function run_bucket(b, ops)
     if #dels > 0 then redis.call('HDEL', S, unpack(dels)) end
     if #sets > 0 then
       redis.call('HSET', S, unpack(sets))
-      new_keys[S] = true
+      made(S)
     end
     release_many(me, b, mine, false)
   end
   if #claims > 0 and redis.call('ZADD', H, unpack(claims)) > 0 then
-    new_keys[H] = true
+    made(H)
     my_buckets[#my_buckets + 1] = b
   end
 end
@@ -435,7 +458,12 @@ local function page_count(page, n)
   else
     redis.call('ZREM', pc, page)
   end
-  if tonumber(redis.call('ZINCRBY', PG, n - old, page)) <= 0 then redis.call('ZREM', PG, page) end
+  local now_n = tonumber(redis.call('ZINCRBY', PG, n - old, page))
+  if now_n <= 0 then
+    redis.call('ZREM', PG, page)
+  elseif now_n == n - old then
+    made(PG) -- the page was new: so may the key be
+  end
 end
 
 -- Page entries, length-prefixed, from position `i` of `a`.
@@ -461,7 +489,7 @@ for i = FIRST_OP, #ARGV do
   elseif op == 'A' then
     local key = pmkey(me, hex(a, 2, 4))
     redis.call('ZADD', key, unpack(entries(a, 6, true)))
-    redis.call('PEXPIRE', key, keyttl)
+    made(key)
   elseif op == 'D' then
     redis.call('ZREM', pmkey(me, hex(a, 2, 4)), unpack(entries(a, 6, false)))
   elseif op == 'K' then
@@ -487,7 +515,7 @@ for i = FIRST_OP, #ARGV do
   end
 end
 if #group > 0 then run_bucket(group_b, group) end
-if pages_touched then new_keys[pckey(me)] = true end
+if pages_touched then made(pckey(me)) end
 
 -- What the operations and sweeps changed, written once per user and counter: one read of
 -- the users' records, one write, one of the listed users.
@@ -528,13 +556,16 @@ local function write_changes()
       end
     end
     if #m_rem > 0 then redis.call('ZREM', M, unpack(m_rem)) end
-    if #m_add > 0 then redis.call('ZADD', M, unpack(m_add)) end
+    if #m_add > 0 then
+      redis.call('ZADD', M, unpack(m_add))
+      made(M)
+    end
     if #dels > 0 then redis.call('HDEL', U, unpack(dels)) end
-    if #sets > 0 then redis.call('HSET', U, unpack(sets)) end
+    if #sets > 0 and redis.call('HSET', U, unpack(sets)) > 0 then made(U) end
   end
   dc.members, dc.hidden = dmembers, dhidden
   for field, d in pairs(dc) do
-    if d ~= 0 then redis.call('HINCRBY', C, field, d) end
+    if d ~= 0 and redis.call('HINCRBY', C, field, d) == d then made(C) end
   end
   if #my_buckets > 0 then
     local args = {}
@@ -543,9 +574,8 @@ local function write_changes()
       args[#args + 1] = b
     end
     redis.call('ZADD', hbkey(me), unpack(args))
-    new_keys[hbkey(me)] = true
+    made(hbkey(me))
   end
-  for key, _ in pairs(new_keys) do redis.call('PEXPIRE', key, keyttl) end
 end
 
 -- Sweeps, within the budget: dead nodes' claims all go; parked nodes' claims go at their own
@@ -644,6 +674,7 @@ for k = 1, #parked, 2 do
   if redis.call('EXISTS', hbkey(num)) == 0 then
     redis.call('HDEL', PARKED, num)
     redis.call('HSET', DRAIN, num, 0)
+    made(DRAIN)
   else
     redis.call('HSET', PARKED, num, next_cursor or 0)
   end
@@ -656,6 +687,7 @@ if mode == 'k' then
   -- view, pages too, until their own expiry or until a node takes them (the same node,
   -- restarted, does).
   redis.call('HSET', PARKED, me, 0)
+  made(PARKED)
   unregister(me, false)
 elseif mode == 'b' then
   -- Bye: its pages come off (above), its claims are released, a batch per call; then it
@@ -670,23 +702,26 @@ end
 
 write_changes()
 
--- TTLs: the fixed keys each call; session buckets, this node's claim buckets and its page
--- member buckets a slice at a time, so all are refreshed well within the TTL.
-if ttl_bn > 0 then
+-- TTLs, a slice at a time as the node asks (every key well within the TTL): the fixed keys
+-- and this node's own, session buckets with this node's claims there, its member buckets.
+if fixed_ttl then
   for _, key in ipairs(FIXED) do redis.call('PEXPIRE', key, keyttl) end
   redis.call('PEXPIRE', hbkey(me), keyttl)
   redis.call('PEXPIRE', pckey(me), keyttl)
   redis.call('PEXPIRE', ibkey(me), keyttl)
-  for b = ttl_b, math.min(ttl_b + ttl_bn, BUCKETS) - 1 do
-    redis.call('PEXPIRE', skey(b), keyttl)
-    redis.call('PEXPIRE', hkey(me, b), keyttl)
-  end
+end
+-- A slice runs on past the last bucket to the first ones: the cycle never skips a bucket.
+for j = 0, math.min(ttl_bn, BUCKETS) - 1 do
+  local b = (ttl_b + j) % BUCKETS
+  redis.call('PEXPIRE', skey(b), keyttl)
+  redis.call('PEXPIRE', hkey(me, b), keyttl)
 end
 local next_pm = -1
 if ttl_pn > 0 then
-  local last = math.min(ttl_p + ttl_pn, PM_BUCKETS)
-  for b = ttl_p, last - 1 do redis.call('PEXPIRE', pmkey(me, b), keyttl) end
-  next_pm = last % PM_BUCKETS
+  for j = 0, math.min(ttl_pn, PM_BUCKETS) - 1 do
+    redis.call('PEXPIRE', pmkey(me, (ttl_p + j) % PM_BUCKETS), keyttl)
+  end
+  next_pm = (ttl_p + ttl_pn) % PM_BUCKETS
 end
 
 local r = view(1, fresh, reg, more, done)

@@ -496,6 +496,8 @@ pub(super) struct Flusher {
     pub(super) peak: (usize, i64),
     ttl_bucket: u64,
     ttl_page: u64,
+    /// Flushes so far: the TTL refresh goes by them (see [`ttl_slice`]).
+    flushes: u64,
     /// Work units per call, sized from the measured time of full calls.
     budget: usize,
     /// The Redis server this tag's keys are on, shared with the other tags there: a call
@@ -506,6 +508,22 @@ pub(super) struct Flusher {
     /// brought it (`false`: failed, or Redis says it is partial).
     pub(super) last: ClusterCounts,
     pub(super) fresh: bool,
+}
+
+/// How many of `items` keys whose TTL a flush refreshes at `turn`, so that each is refreshed
+/// once in `cycle` flushes: a few every flush when there are more keys than flushes, one
+/// every few flushes when fewer (so that a namespace spread over many tags costs no more
+/// TTL refreshes than one of a single tag).
+fn ttl_slice(items: u64, cycle: u64, turn: u64) -> u64 {
+    if items == 0 {
+        return 0;
+    }
+    let every = (cycle / items).max(1);
+    if turn % every == 0 {
+        (items * every).div_ceil(cycle).clamp(1, items)
+    } else {
+        0
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -559,6 +577,7 @@ impl Flusher {
             peak: (0, 0),
             ttl_bucket: 0,
             ttl_page: 0,
+            flushes: 0,
             budget: CALL_BUDGET,
             gate: Arc::new(Semaphore::new(GATE)),
             last: empty,
@@ -911,20 +930,22 @@ impl Flusher {
         let ms = |d: Duration| millis(d).to_string().into_bytes();
         let n = |v: u64| v.to_string().into_bytes();
         let buckets = self.buckets;
-        let (ttl_bn, ttl_pn) = if first {
-            let per_flush =
-                (buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
-            let pm_buckets = u64::from(self.pm_buckets);
-            let pm_per_flush =
-                (pm_buckets * 4 * millis(s.flush_interval)).div_ceil(millis(s.key_ttl).max(1));
+        // Every key's TTL is refreshed at least once a quarter of the key TTL: a cycle of
+        // that many flushes, each tag's turns staggered by its index.
+        let (ttl_bn, ttl_pn, fixed) = if first {
+            let cycle = (millis(s.key_ttl) / (4 * millis(s.flush_interval)).max(1)).max(1);
+            let turn = self.flushes + self.tag as u64;
+            let fixed = self.flushes == 0 || turn % cycle == 0;
+            self.flushes += 1;
             (
-                per_flush.clamp(1, buckets),
-                pm_per_flush.clamp(1, pm_buckets),
+                ttl_slice(buckets, cycle, turn),
+                ttl_slice(u64::from(self.pm_buckets), cycle, turn),
+                fixed,
             )
         } else {
-            (0, 0)
+            (0, 0, false)
         };
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(18 + call.ops.len());
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(20 + call.ops.len());
         args.push(s.node_id.as_bytes().to_vec());
         args.push(self.token.as_bytes().to_vec());
         args.push(n(call.seq));
@@ -951,6 +972,7 @@ impl Flusher {
         args.push(n(self.inbox_seen));
         args.push(n(buckets));
         args.push(n(u64::from(self.pm_buckets)));
+        args.push(if fixed { b"1".to_vec() } else { b"0".to_vec() });
         if first {
             self.ttl_bucket = (self.ttl_bucket + ttl_bn) % buckets;
         }
@@ -1453,6 +1475,29 @@ mod tests {
         let shared = Arc::new(b.into_shared(presence));
         let node = Node::new(shared.clone(), presence.clone(), client);
         (shared, node)
+    }
+
+    /// Any `cycle` flushes in a row refresh at least every one of `items` keys, and never
+    /// many more than that: a few keys a flush or one every few flushes.
+    #[test]
+    fn a_cycle_of_ttl_slices_covers_every_key() {
+        for items in [1, 2, 8, 16, 17, 255, 256, 4096] {
+            for cycle in [1, 2, 3, 9, 16, 100, 255, 256, 257, 900, 5000] {
+                for start in [0, 1, 7, 1000] {
+                    let sum: u64 = (start..start + cycle)
+                        .map(|turn| ttl_slice(items, cycle, turn))
+                        .sum();
+                    assert!(sum >= items, "{items} keys, cycle {cycle}: {sum}");
+                    assert!(
+                        sum <= 2 * items + cycle,
+                        "{items} keys, cycle {cycle}: {sum} refreshed"
+                    );
+                }
+            }
+        }
+        assert_eq!(ttl_slice(0, 9, 0), 0);
+        assert_eq!(ttl_slice(4096, 900, 3), 5);
+        assert_eq!((0..9).map(|t| ttl_slice(16, 900, t)).sum::<u64>(), 1);
     }
 
     /// Redis unreachable (nothing listens on port 1) for many flushes while sessions come,

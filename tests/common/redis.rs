@@ -242,6 +242,32 @@ impl RedisServer {
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+
+    /// One command per key through one `redis-cli`: `cmd key`, an output line for each.
+    #[allow(dead_code)]
+    pub fn cli_each(&self, cmd: &str, keys: &[&str]) -> Vec<String> {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run redis-cli");
+        let mut input = String::new();
+        for k in keys {
+            // Quoted, so that a key with a space or a brace stays one argument.
+            input.push_str(&format!(
+                "{cmd} \"{}\"\n",
+                k.replace('\\', "\\\\").replace('"', "\\\"")
+            ));
+        }
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().expect("redis-cli output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
 }
 
 impl Drop for RedisServer {
