@@ -408,6 +408,28 @@ impl ClusterBuilder {
     /// the former for any node: one that saw it only as a guest (no sticky sessions) keeps
     /// renewing its claim there without counting it, until it lets it go. See the [module
     /// docs](self#limits) for the two cases that count it in both tags for a while.
+    ///
+    /// ```no_run
+    /// use presence_tracker::Presence;
+    /// use presence_tracker::cluster::Cluster;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let presence = Presence::new();
+    /// // Any master of a Redis Cluster of three: 15 tags, five on each.
+    /// let cluster = Cluster::builder("redis://10.0.0.7:7000")
+    ///     .namespace("myapp")
+    ///     .shards(15)
+    ///     .start(&presence)
+    ///     .await?;
+    /// if let Err(e) = cluster.sync().await {
+    ///     // A master down (with `cluster-require-full-coverage no`): the other tags go on.
+    ///     let c = cluster.counts();
+    ///     if c.partial {
+    ///         println!("{e}; {} online, some tags as last known", c.online);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn shards(mut self, k: usize) -> Self {
         self.shards = k;
         self
