@@ -51,8 +51,8 @@
 --
 -- Returns {status (1 ok, 2 node name in use by another live process, 3 an older call that
 -- arrived late: ignored), fresh, registered at seq, now ms, live nodes, sessions, guests, bots,
--- members, hidden, peak online, peak at, stale, more sweep work, done (bye), next member
--- bucket of the TTL cycle (-1: none), the inbox stamp now, the call's time in Redis (µs),
+-- members, hidden, peak online, peak at, stale, more sweep work, done (bye), the inbox stamp
+-- now, the call's time in Redis (µs),
 -- then this node's inbox messages:
 -- kind(1: "m" another node took the session's page, "o" its page owner let it go) id(16),
 -- stamp, ...}.
@@ -120,7 +120,7 @@ local function view(status, fresh, reg, more, done)
     redis.call('PEXPIRE', PEAK, 30 * 86400000)
   end
   return { status, fresh, reg, now, redis.call('ZCARD', N), c[1], c[2], c[3], c[4], c[5],
-    po or 0, pat or 0, stale, more, done, -1, tonumber(redis.call('GET', IBN) or '0'), 0 }
+    po or 0, pat or 0, stale, more, done, tonumber(redis.call('GET', IBN) or '0'), 0 }
 end
 
 -- A node leaves the registry: its claims are released below, in batches, and what it
@@ -716,19 +716,14 @@ for j = 0, math.min(ttl_bn, BUCKETS) - 1 do
   redis.call('PEXPIRE', skey(b), keyttl)
   redis.call('PEXPIRE', hkey(me, b), keyttl)
 end
-local next_pm = -1
-if ttl_pn > 0 then
-  for j = 0, math.min(ttl_pn, PM_BUCKETS) - 1 do
-    redis.call('PEXPIRE', pmkey(me, (ttl_p + j) % PM_BUCKETS), keyttl)
-  end
-  next_pm = (ttl_p + ttl_pn) % PM_BUCKETS
+for j = 0, math.min(ttl_pn, PM_BUCKETS) - 1 do
+  redis.call('PEXPIRE', pmkey(me, (ttl_p + j) % PM_BUCKETS), keyttl)
 end
 
 local r = view(1, fresh, reg, more, done)
-r[16] = next_pm
 -- The time this call took in Redis (µs): what the node sizes its calls by.
 local t2 = redis.call('TIME')
-r[18] = (tonumber(t2[1]) - tonumber(t[1])) * 1000000 + tonumber(t2[2]) - tonumber(t[2])
+r[17] = (tonumber(t2[1]) - tonumber(t[1])) * 1000000 + tonumber(t2[2]) - tonumber(t[2])
 -- The inbox: what other nodes said since this node last took it in.
 if mode == 'f' then
   local list = redis.call('ZRANGE', ibkey(me), 0, 1023, 'WITHSCORES')

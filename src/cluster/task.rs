@@ -372,7 +372,6 @@ struct Reply {
     stale: bool,
     more: bool,
     done: bool,
-    next_page: Option<u64>,
     /// The inbox stamp at the end of the call.
     stamp: u64,
     /// The time the call took in Redis.
@@ -387,16 +386,16 @@ impl Reply {
         let Value::Array(items) = v else {
             return Err(bad(format!("not a list: {v:?}")));
         };
-        if items.len() < 18 || (items.len() - 18) % 2 != 0 {
+        if items.len() < 17 || (items.len() - 17) % 2 != 0 {
             return Err(bad(format!(
-                "{} values, expected 18 and pairs",
+                "{} values, expected 17 and pairs",
                 items.len()
             )));
         }
         let mut items = items.into_iter();
         let r: Vec<i64> = items
             .by_ref()
-            .take(18)
+            .take(17)
             .map(|v| redis::from_redis_value::<i64>(v).map_err(|e| bad(e.to_string())))
             .collect::<Result<_, _>>()?;
         let rest: Vec<Value> = items.collect();
@@ -441,9 +440,8 @@ impl Reply {
             stale: r[12] == 1,
             more: r[13] == 1,
             done: r[14] == 1,
-            next_page: u64::try_from(r[15]).ok(),
-            stamp: u64::try_from(r[16]).unwrap_or(0),
-            took: Duration::from_micros(u64::try_from(r[17]).unwrap_or(0)),
+            stamp: u64::try_from(r[15]).unwrap_or(0),
+            took: Duration::from_micros(u64::try_from(r[16]).unwrap_or(0)),
             inbox,
         })
     }
@@ -975,6 +973,7 @@ impl Flusher {
         args.push(if fixed { b"1".to_vec() } else { b"0".to_vec() });
         if first {
             self.ttl_bucket = (self.ttl_bucket + ttl_bn) % buckets;
+            self.ttl_page = (self.ttl_page + ttl_pn) % u64::from(self.pm_buckets);
         }
         args.extend(call.encoded.iter().cloned());
         args
@@ -1078,9 +1077,6 @@ impl Flusher {
             self.inbox_seen = self.inbox_seen.max(stamp);
         }
         self.confirm(call.ops, sent_at, reply.stamp);
-        if let Some(p) = reply.next_page {
-            self.ttl_page = p;
-        }
         if reply.stale {
             self.fresh = false;
         } else {

@@ -244,7 +244,6 @@ impl RedisServer {
     }
 
     /// One command per key through one `redis-cli`: `cmd key`, an output line for each.
-    #[allow(dead_code)]
     pub fn cli_each(&self, cmd: &str, keys: &[&str]) -> Vec<String> {
         let mut child = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
